@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test Herald has: unit, integration (real server, real HTTP) and
+# browser (real Chromium). Installs what it needs on a fresh Debian machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+
+need_apt=()
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "==> installing Debian packages: ${need_apt[*]}"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ -f tests/browser/package.json ]; then
+  echo "==> installing browser test dependencies (npm)"
+  (cd tests/browser && npm ci --no-audit --no-fund --silent)
+fi
+
+echo "==> cargo test (unit + integration + browser)"
+cargo test --release --locked --all-targets

@@ -1,0 +1,376 @@
+//! JWT validation and what a token lets its bearer do.
+//!
+//! Both claim dialects in the wild are understood, and a token may carry
+//! both (grants are the union):
+//! - deployed: `{"mercure": {"publish": [...], "subscribe": [...],
+//!   "payload": ...}}`, each entry a topic selector (`*`, URI template or
+//!   exact topic);
+//! - current draft: `{"authorization_details": [{"type":
+//!   "https://mercure.rocks/authorization-detail", "actions": [...],
+//!   "topics": [{"match": ..., "match_type": "exact"|"urlpattern"}],
+//!   "payload": {...}}]}`. A malformed Mercure detail makes the whole token
+//!   invalid: partial acceptance would silently change what it grants.
+//!
+//! Keys come only from configuration (never from the token), and each key
+//! accepts only the algorithms of its kind, so an HMAC secret can never be
+//! confused with a public key.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{json, Value};
+
+use crate::topic::TopicSelector;
+
+pub const AUTHORIZATION_DETAIL_TYPE: &str = "https://mercure.rocks/authorization-detail";
+
+/// Limits on what a token may carry (the draft asks for them; a token over
+/// them is invalid).
+const MAX_DETAILS: usize = 100;
+const MAX_TOPICS_PER_DETAIL: usize = 1000;
+const MAX_MATCHER_LEN: usize = 2048;
+
+/// A verification key and the algorithms it accepts.
+#[derive(Clone)]
+pub struct Verifier {
+    key: DecodingKey,
+    algorithms: Vec<Algorithm>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Verifier({:?})", self.algorithms)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read key file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} is not a PEM RSA or EC public key ({reason}); expected a file starting with -----BEGIN PUBLIC KEY-----")]
+    Pem { path: String, reason: String },
+    #[error("the JWT secret is empty")]
+    Empty,
+}
+
+impl Verifier {
+    /// An HMAC secret (HS256, HS384, HS512).
+    pub fn hmac(secret: &str) -> Result<Verifier, KeyError> {
+        if secret.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        Ok(Verifier {
+            key: DecodingKey::from_secret(secret.as_bytes()),
+            algorithms: vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+        })
+    }
+
+    /// An RSA (RS256/384/512, PS256/384/512) or EC (ES256/ES384) public key
+    /// from a PEM file.
+    pub fn public_key_file(path: &str) -> Result<Verifier, KeyError> {
+        let pem = std::fs::read(path).map_err(|source| KeyError::Read { path: path.into(), source })?;
+        Verifier::public_key_pem(&pem).map_err(|reason| KeyError::Pem { path: path.into(), reason })
+    }
+
+    pub fn public_key_pem(pem: &[u8]) -> Result<Verifier, String> {
+        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            return Ok(Verifier {
+                key,
+                algorithms: vec![
+                    Algorithm::RS256,
+                    Algorithm::RS384,
+                    Algorithm::RS512,
+                    Algorithm::PS256,
+                    Algorithm::PS384,
+                    Algorithm::PS512,
+                ],
+            });
+        }
+        match DecodingKey::from_ec_pem(pem) {
+            Ok(key) => Ok(Verifier { key, algorithms: vec![Algorithm::ES256, Algorithm::ES384] }),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Verify signature, `exp` and `nbf` (when present) and parse the grants.
+    pub fn verify(&self, token: &str) -> Result<Grants, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(AuthError::Invalid(format!("algorithm {:?} is not accepted for this key", header.alg)));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        validation.required_spec_claims.clear();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        let data = jsonwebtoken::decode::<Value>(token, &self.key, &validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        Grants::from_claims(&data.claims)
+    }
+}
+
+/// Why a request was not authorized.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token where one is required (401, no error code).
+    #[error("a token is required: send it as 'Authorization: Bearer <jwt>', a mercureAuthorization cookie or an 'authorization' query parameter")]
+    Missing,
+    /// The token's presentation is malformed (400, `invalid_request`).
+    #[error("malformed credentials: {0}")]
+    Malformed(String),
+    /// Bad signature, expired, unparsable claims (401, `invalid_token`).
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// Valid token, not enough rights (403, `insufficient_scope`).
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+/// A `subscribe` grant with the payload it attaches to matching
+/// subscriptions.
+#[derive(Debug, Clone)]
+struct PayloadRule {
+    selectors: Vec<TopicSelector>,
+    payload: Value,
+}
+
+/// What a verified token allows.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    pub publish: Vec<TopicSelector>,
+    pub subscribe: Vec<TopicSelector>,
+    /// Deployed dialect: one payload for every subscription.
+    legacy_payload: Option<Value>,
+    /// Current draft: the first matching `subscribe` detail's payload.
+    payload_rules: Vec<PayloadRule>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: Option<u64>,
+}
+
+impl Grants {
+    pub fn from_claims(claims: &Value) -> Result<Grants, AuthError> {
+        let mut g = Grants { expires_at: claims.get("exp").and_then(Value::as_u64), ..Grants::default() };
+        if let Some(m) = claims.get("mercure") {
+            let m = m.as_object().ok_or_else(|| invalid("the 'mercure' claim must be an object"))?;
+            g.publish.extend(legacy_selectors(m.get("publish"), "mercure.publish")?);
+            g.subscribe.extend(legacy_selectors(m.get("subscribe"), "mercure.subscribe")?);
+            g.legacy_payload = m.get("payload").cloned();
+        }
+        if let Some(details) = claims.get("authorization_details") {
+            let details = details.as_array().ok_or_else(|| invalid("'authorization_details' must be an array"))?;
+            if details.len() > MAX_DETAILS {
+                return Err(invalid("too many authorization details"));
+            }
+            for d in details {
+                let obj = d.as_object().ok_or_else(|| invalid("each authorization detail must be an object"))?;
+                if obj.get("type").and_then(Value::as_str) != Some(AUTHORIZATION_DETAIL_TYPE) {
+                    continue; // Some other API's detail: not ours to judge.
+                }
+                parse_detail(obj, &mut g)?;
+            }
+        }
+        Ok(g)
+    }
+
+    pub fn can_publish(&self, topic: &str) -> bool {
+        self.publish.iter().any(|s| s.matches(topic))
+    }
+
+    pub fn can_subscribe(&self, topic: &str) -> bool {
+        self.subscribe.iter().any(|s| s.matches(topic))
+    }
+
+    /// The payload to show for a subscription with this matcher.
+    pub fn payload_for(&self, matcher: &str) -> Option<Value> {
+        self.payload_rules
+            .iter()
+            .find(|r| r.selectors.iter().any(|s| s.as_str() == matcher || s.matches(matcher)))
+            .map(|r| r.payload.clone())
+            .or_else(|| self.legacy_payload.clone())
+    }
+}
+
+fn invalid(msg: &str) -> AuthError {
+    AuthError::Invalid(msg.to_string())
+}
+
+fn legacy_selectors(v: Option<&Value>, name: &str) -> Result<Vec<TopicSelector>, AuthError> {
+    let Some(v) = v else { return Ok(Vec::new()) };
+    let arr = v.as_array().ok_or_else(|| invalid(&format!("'{name}' must be an array of strings")))?;
+    arr.iter()
+        .map(|e| {
+            let s = e.as_str().ok_or_else(|| invalid(&format!("'{name}' must be an array of strings")))?;
+            if s.len() > MAX_MATCHER_LEN {
+                return Err(invalid(&format!("a '{name}' entry is too long")));
+            }
+            TopicSelector::uri_template(s).map_err(|e| AuthError::Invalid(format!("'{name}': {e}")))
+        })
+        .collect()
+}
+
+fn parse_detail(obj: &serde_json::Map<String, Value>, g: &mut Grants) -> Result<(), AuthError> {
+    let actions = obj
+        .get("actions")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| invalid("an authorization detail needs a non-empty 'actions' array"))?;
+    let mut publish = false;
+    let mut subscribe = false;
+    for a in actions {
+        match a.as_str() {
+            Some("publish") => publish = true,
+            Some("subscribe") => subscribe = true,
+            Some(_) => {} // Unknown actions grant nothing.
+            None => return Err(invalid("'actions' entries must be strings")),
+        }
+    }
+    let topics = obj
+        .get("topics")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| invalid("an authorization detail needs a non-empty 'topics' array"))?;
+    if topics.len() > MAX_TOPICS_PER_DETAIL {
+        return Err(invalid("too many topics in an authorization detail"));
+    }
+    let mut selectors = Vec::with_capacity(topics.len());
+    for t in topics {
+        let t = t.as_object().ok_or_else(|| invalid("each 'topics' entry must be an object"))?;
+        let m = t.get("match").and_then(Value::as_str).ok_or_else(|| invalid("each 'topics' entry needs a string 'match'"))?;
+        if m.len() > MAX_MATCHER_LEN {
+            return Err(invalid("a 'match' value is too long"));
+        }
+        let sel = match t.get("match_type") {
+            None => TopicSelector::exact(m),
+            Some(Value::String(k)) if k == "exact" => TopicSelector::exact(m),
+            Some(Value::String(k)) if k == "urlpattern" => {
+                TopicSelector::url_pattern(m, None).map_err(|e| AuthError::Invalid(e.to_string()))?
+            }
+            Some(other) => return Err(AuthError::Invalid(format!("unsupported match_type {other}"))),
+        };
+        selectors.push(sel);
+    }
+    let payload = match obj.get("payload") {
+        None => None,
+        Some(p @ Value::Object(_)) => Some(p.clone()),
+        Some(_) => return Err(invalid("'payload' must be a JSON object")),
+    };
+    if publish {
+        g.publish.extend(selectors.iter().cloned());
+    }
+    if subscribe {
+        if let Some(payload) = payload {
+            g.payload_rules.push(PayloadRule { selectors: selectors.clone(), payload });
+        }
+        g.subscribe.extend(selectors);
+    }
+    Ok(())
+}
+
+/// Mint an HS256 token (development helper behind `herald token` and the
+/// startup banner). Carries both claim dialects so any Mercure hub and
+/// client understands it.
+pub fn mint_hs256(
+    secret: &str,
+    publish: &[String],
+    subscribe: &[String],
+    payload: Option<Value>,
+    ttl_secs: Option<u64>,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let mut mercure = json!({ "publish": publish, "subscribe": subscribe });
+    if let Some(p) = &payload {
+        mercure["payload"] = p.clone();
+    }
+    let mut claims = json!({ "mercure": mercure, "sub": "herald-dev" });
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    claims["iat"] = json!(now);
+    if let Some(ttl) = ttl_secs {
+        claims["exp"] = json!(now + ttl);
+    }
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign(claims: Value) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"secret")).unwrap()
+    }
+
+    fn verify(claims: Value) -> Result<Grants, AuthError> {
+        Verifier::hmac("secret").unwrap().verify(&sign(claims))
+    }
+
+    #[test]
+    fn legacy_claims() {
+        let g = verify(json!({"mercure": {"publish": ["https://ex.net/books/{id}"], "subscribe": ["*"], "payload": {"u": 1}}}))
+            .unwrap();
+        assert!(g.can_publish("https://ex.net/books/1"));
+        assert!(!g.can_publish("https://ex.net/users/1"));
+        assert!(g.can_subscribe("anything"));
+        assert_eq!(g.payload_for("x"), Some(json!({"u": 1})));
+    }
+
+    #[test]
+    fn authorization_details() {
+        let g = verify(json!({"authorization_details": [
+            {"type": AUTHORIZATION_DETAIL_TYPE, "actions": ["subscribe", "future"], "topics": [
+                {"match": "https://ex.net/users/42/*", "match_type": "urlpattern"},
+                {"match": "https://ex.net/books/1"}
+            ], "payload": {"tenant": "a"}},
+            {"type": AUTHORIZATION_DETAIL_TYPE, "actions": ["publish"], "topics": [{"match": "*"}]},
+            {"type": "https://other.example/detail", "anything": true}
+        ]}))
+        .unwrap();
+        assert!(g.can_subscribe("https://ex.net/users/42/books/1"));
+        assert!(g.can_subscribe("https://ex.net/books/1"));
+        assert!(!g.can_subscribe("https://ex.net/books/2"));
+        assert!(g.can_publish("whatever"));
+        assert_eq!(g.payload_for("https://ex.net/books/1"), Some(json!({"tenant": "a"})));
+        assert_eq!(g.payload_for("https://ex.net/other"), None);
+    }
+
+    #[test]
+    fn malformed_details_invalidate_the_whole_token() {
+        for bad in [
+            json!({"authorization_details": {}}),
+            json!({"authorization_details": [{"type": AUTHORIZATION_DETAIL_TYPE, "actions": [], "topics": [{"match": "a"}]}]}),
+            json!({"authorization_details": [{"type": AUTHORIZATION_DETAIL_TYPE, "actions": [1], "topics": [{"match": "a"}]}]}),
+            json!({"authorization_details": [{"type": AUTHORIZATION_DETAIL_TYPE, "actions": ["subscribe"], "topics": []}]}),
+            json!({"authorization_details": [{"type": AUTHORIZATION_DETAIL_TYPE, "actions": ["subscribe"], "topics": ["a"]}]}),
+            json!({"authorization_details": [{"type": AUTHORIZATION_DETAIL_TYPE, "actions": ["subscribe"], "topics": [{"match": "a", "match_type": "regex"}]}]}),
+            json!({"authorization_details": [{"type": AUTHORIZATION_DETAIL_TYPE, "actions": ["subscribe"], "topics": [{"match": "https://x/(", "match_type": "urlpattern"}]}]}),
+            json!({"mercure": {"publish": "x"}}),
+            json!({"mercure": {"subscribe": ["https://x/{"]}}),
+        ] {
+            assert!(matches!(verify(bad.clone()), Err(AuthError::Invalid(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn signature_expiry_and_algorithms() {
+        let v = Verifier::hmac("secret").unwrap();
+        let other = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &json!({}), &EncodingKey::from_secret(b"other")).unwrap();
+        assert!(matches!(v.verify(&other), Err(AuthError::Invalid(_))));
+        assert!(matches!(v.verify(&sign(json!({"exp": 1000}))), Err(AuthError::Invalid(_))));
+        assert!(matches!(v.verify(&sign(json!({"nbf": 99999999999u64}))), Err(AuthError::Invalid(_))));
+        assert!(matches!(v.verify("not.a.jwt"), Err(AuthError::Invalid(_))));
+        // alg=none is never accepted.
+        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64("{}"));
+        assert!(matches!(v.verify(&none), Err(AuthError::Invalid(_))));
+        assert!(v.verify(&sign(json!({"exp": 99999999999u64}))).is_ok());
+    }
+
+    fn b64(s: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    }
+
+    #[test]
+    fn minted_tokens_verify() {
+        let t = mint_hs256("k", &["*".into()], &["https://ex.net/u/1".into()], None, Some(60)).unwrap();
+        let g = Verifier::hmac("k").unwrap().verify(&t).unwrap();
+        assert!(g.can_publish("x"));
+        assert!(g.can_subscribe("https://ex.net/u/1"));
+        assert!(g.expires_at.is_some());
+    }
+}

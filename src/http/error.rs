@@ -1,0 +1,73 @@
+//! One error type for every HTTP answer that is not a success: a status, a
+//! message that says what was wrong and what to do, and for token failures
+//! the RFC 6750 `WWW-Authenticate: Bearer` challenge.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::auth::AuthError;
+use crate::hub::HubError;
+
+#[derive(Debug)]
+pub struct HttpError {
+    pub status: StatusCode,
+    pub message: String,
+    /// The `error` attribute of the Bearer challenge, when there is one.
+    challenge: Option<Option<&'static str>>,
+}
+
+impl HttpError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> HttpError {
+        HttpError { status, message: message.into(), challenge: None }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> HttpError {
+        HttpError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn too_large(message: impl Into<String>) -> HttpError {
+        HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, message)
+    }
+}
+
+impl From<AuthError> for HttpError {
+    fn from(e: AuthError) -> HttpError {
+        let (status, code) = match &e {
+            AuthError::Missing => (StatusCode::UNAUTHORIZED, None),
+            AuthError::Malformed(_) => (StatusCode::BAD_REQUEST, Some("invalid_request")),
+            AuthError::Invalid(_) => (StatusCode::UNAUTHORIZED, Some("invalid_token")),
+            AuthError::Forbidden(_) => (StatusCode::FORBIDDEN, Some("insufficient_scope")),
+        };
+        HttpError { status, message: e.to_string(), challenge: Some(code) }
+    }
+}
+
+impl From<HubError> for HttpError {
+    fn from(e: HubError) -> HttpError {
+        use crate::history::HistoryError;
+        let status = match &e {
+            HubError::History(HistoryError::DuplicateId(_)) => StatusCode::CONFLICT,
+            HubError::History(HistoryError::Storage(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            HubError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        HttpError::new(status, e.to_string())
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, format!("{}\n", self.message)).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if let Some(code) = self.challenge {
+            let value = match code {
+                Some(c) => format!("Bearer realm=\"mercure\", error=\"{c}\""),
+                None => "Bearer realm=\"mercure\"".to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        resp
+    }
+}

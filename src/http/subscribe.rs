@@ -1,0 +1,239 @@
+//! `GET /.well-known/mercure`: open an event stream.
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+
+use super::{find_token, form, verify, AppState, HttpError};
+use crate::auth::{AuthError, Grants};
+use crate::history::ResumeFrom;
+use crate::hub::{Subscription, Update};
+use crate::sse::is_control_or_format;
+use crate::topic::TopicSelector;
+
+/// What the query string asks for, validated.
+#[derive(Debug, Default)]
+pub struct SubscribeRequest {
+    pub selectors: Vec<TopicSelector>,
+    pub last_event_id: Option<String>,
+    pub query_token: Option<String>,
+}
+
+/// Parse and validate the subscribe query: `match`, `match_exact`,
+/// `match_urlpattern` (current draft), `topic` (deployed dialect: URI
+/// templates), `last_event_id` / `lastEventID`, `authorization`. Any other
+/// name in the reserved `match` namespace is an error, never ignored.
+pub fn parse_query(raw: &[u8], max_selectors: usize, max_len: usize) -> Result<SubscribeRequest, HttpError> {
+    let pairs = form::parse(raw).map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let mut req = SubscribeRequest::default();
+    let mut draft_id = None;
+    let mut legacy_id = None;
+    for (name, value) in pairs {
+        let is_selector = name == "topic" || name.to_ascii_lowercase().starts_with("match");
+        if is_selector {
+            if value.chars().any(is_control_or_format) {
+                return Err(HttpError::bad_request(format!(
+                    "parameter {name:?} contains control or format characters"
+                )));
+            }
+            if value.len() > max_len {
+                return Err(HttpError::bad_request(format!(
+                    "parameter {name:?} is {} bytes long; the limit is {max_len}",
+                    value.len()
+                )));
+            }
+            if req.selectors.len() >= max_selectors {
+                return Err(HttpError::bad_request(format!(
+                    "too many topic selectors; the limit is {max_selectors} per connection"
+                )));
+            }
+        }
+        let selector = match name.as_str() {
+            "match" | "match_exact" => TopicSelector::exact(&value),
+            "match_urlpattern" => {
+                TopicSelector::url_pattern(&value, None).map_err(|e| HttpError::bad_request(e.to_string()))?
+            }
+            "topic" => TopicSelector::uri_template(&value).map_err(|e| HttpError::bad_request(e.to_string()))?,
+            _ if is_selector => {
+                return Err(HttpError::bad_request(format!(
+                    "unknown matcher parameter {name:?}: use match (exact), match_exact, match_urlpattern or topic"
+                )))
+            }
+            "last_event_id" => {
+                draft_id.get_or_insert(value);
+                continue;
+            }
+            "lastEventID" | "Last-Event-ID" => {
+                legacy_id.get_or_insert(value);
+                continue;
+            }
+            "authorization" => {
+                req.query_token.get_or_insert(value);
+                continue;
+            }
+            _ => continue,
+        };
+        if !req.selectors.contains(&selector) {
+            req.selectors.push(selector);
+        }
+    }
+    if req.selectors.is_empty() {
+        return Err(HttpError::bad_request(
+            "missing topic selector: add at least one match=<topic>, match_urlpattern=<pattern> or topic=<uri-template> parameter",
+        ));
+    }
+    req.last_event_id = draft_id.or(legacy_id);
+    Ok(req)
+}
+
+/// Does this `Accept` header admit `text/event-stream`? No header means yes.
+pub fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    let values: Vec<&str> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+    if values.is_empty() {
+        return true;
+    }
+    values.iter().flat_map(|v| v.split(',')).any(|range| {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q_zero = parts.any(|p| {
+            let p = p.trim();
+            p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")).is_some_and(|q| q.trim().parse::<f32>().map(|q| q <= 0.0).unwrap_or(false))
+        });
+        !q_zero && matches!(media.as_str(), "text/event-stream" | "text/*" | "*/*")
+    })
+}
+
+pub async fn subscribe(State(state): State<AppState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    match open(&state, &headers, query.as_deref().unwrap_or("")) {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn open(state: &AppState, headers: &HeaderMap, query: &str) -> Result<Response, HttpError> {
+    if !accepts_event_stream(headers) {
+        return Err(HttpError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "this endpoint only serves text/event-stream; send 'Accept: text/event-stream'",
+        ));
+    }
+    let cfg = &state.config;
+    let req = parse_query(query.as_bytes(), cfg.max_selectors, cfg.max_selector_len)?;
+    let grants = match find_token(headers, req.query_token.as_deref())? {
+        Some(token) => verify(&state.subscriber, &token)?,
+        None if cfg.allow_anonymous => Grants::default(),
+        None => return Err(AuthError::Missing.into()),
+    };
+
+    let header_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let requested = header_id.or(req.last_event_id);
+    let resume = requested.as_ref().map(|id| match id.as_str() {
+        "earliest" => ResumeFrom::Earliest,
+        other => ResumeFrom::After(other.to_string()),
+    });
+
+    let payload = req.selectors.iter().find_map(|s| grants.payload_for(s.as_str()));
+    let subscription = Subscription {
+        subscriber_id: Update::generate_id(),
+        selectors: req.selectors,
+        private_access: grants.subscribe.clone(),
+        payload,
+    };
+    let (stream, head_id, found) = state.hub.subscribe(subscription, resume.clone())?;
+
+    let mut resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no");
+    if let Some(requested) = &requested {
+        // Current draft: the id of the event preceding the first one sent,
+        // or `earliest` when there is none (history empty, `earliest`
+        // asked, or the id is unknown / already discarded).
+        let preceding = match (&resume, found) {
+            (Some(ResumeFrom::After(_)), true) => requested.as_str(),
+            _ => "earliest",
+        };
+        // Deployed dialect: where the hub's history stood at connection.
+        let legacy = head_id.as_deref().unwrap_or("earliest");
+        if let (Ok(a), Ok(b)) = (HeaderValue::from_str(preceding), HeaderValue::from_str(legacy)) {
+            resp = resp.header("mercure-last-event-id", a).header("last-event-id", b);
+        }
+    }
+    // A subscriber's connection ends when its token expires; it reconnects
+    // with a fresh token and resumes from Last-Event-ID.
+    let body = match grants.expires_at {
+        Some(exp) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let left = std::time::Duration::from_secs(exp.saturating_sub(now));
+            Body::from_stream(stream.take_until(tokio::time::sleep(left)))
+        }
+        None => Body::from_stream(stream),
+    };
+    resp.body(body).map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(s: &str) -> Result<SubscribeRequest, HttpError> {
+        parse_query(s.as_bytes(), 3, 50)
+    }
+
+    #[test]
+    fn parses_both_dialects() {
+        let r = q("match=a&match_urlpattern=https%3A%2F%2Fx%2F%3Aid&topic=https://x/{id}&last_event_id=e1&lastEventID=e2").unwrap();
+        assert_eq!(r.selectors.len(), 3);
+        assert_eq!(r.selectors[0].kind(), "exact");
+        assert_eq!(r.selectors[1].kind(), "url_pattern");
+        assert_eq!(r.selectors[2].kind(), "uri_template");
+        assert_eq!(r.last_event_id.as_deref(), Some("e1"));
+        assert_eq!(q("topic=a&lastEventID=e2").unwrap().last_event_id.as_deref(), Some("e2"));
+        assert_eq!(q("match=*").unwrap().selectors, vec![TopicSelector::Any]);
+        assert_eq!(q("match=a&match=a").unwrap().selectors.len(), 1, "duplicates merged");
+    }
+
+    #[test]
+    fn rejects_bad_queries() {
+        for bad in [
+            "",
+            "foo=bar",
+            "match_regex=a",
+            "MATCH=a",
+            "matches=a",
+            "match=a%00b",
+            "match=a%E2%80%8Bb",
+            "topic=a%0Ab",
+            "match_urlpattern=https%3A%2F%2Fx%2F(",
+            "topic=https://x/{",
+            "match=a&match=b&match=c&match=d",
+            "match=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "match=%FF",
+        ] {
+            let e = q(bad).expect_err(bad);
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+            accepts_event_stream(&m)
+        };
+        assert!(accepts_event_stream(&HeaderMap::new()));
+        assert!(h("text/event-stream"));
+        assert!(h("application/json, */*;q=0.1"));
+        assert!(h("text/*"));
+        assert!(!h("application/json"));
+        assert!(!h("text/event-stream;q=0"));
+        assert!(!h("text/html"));
+    }
+}

@@ -1,0 +1,398 @@
+//! The hub: who is subscribed to what, and getting each update to them.
+//!
+//! Nothing here knows HTTP. The HTTP layer turns a request into a
+//! [`Subscription`] and a [`SubscriberStream`] back into a response body.
+//!
+//! Data flow: `publish` takes the order lock, appends to history (which
+//! assigns the sequence number), then offers the update's shared frame to
+//! every matching subscriber's bounded queue with `try_send`. A queue that is
+//! full means that subscriber cannot keep up: it is cut off (its stream ends
+//! after what is already queued) and it resumes from history by
+//! `Last-Event-ID`. A slow client therefore never slows the others and never
+//! grows memory without bound.
+
+mod registry;
+mod stream;
+mod update;
+
+pub use registry::SubscriptionInfo;
+pub use stream::SubscriberStream;
+pub use update::Update;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::mpsc;
+
+use crate::history::{HistoryError, HistoryStore, ResumeFrom};
+use crate::topic::TopicSelector;
+use registry::Registry;
+
+/// What a subscriber asked for and what it may see.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// The subscriber's IRI, `urn:uuid:…`, used by the subscriptions API.
+    pub subscriber_id: String,
+    /// Topics it wants.
+    pub selectors: Vec<TopicSelector>,
+    /// Topics whose private updates its token lets it read.
+    pub private_access: Vec<TopicSelector>,
+    /// `mercure.payload` from its token, exposed by the subscriptions API.
+    pub payload: Option<serde_json::Value>,
+}
+
+impl Subscription {
+    /// Should this update reach this subscriber? It must have asked for one
+    /// of the update's topics and, if the update is private, be allowed to
+    /// read one of them.
+    pub fn wants(&self, update: &Update) -> bool {
+        crate::topic::any_matches(&self.selectors, &update.topics)
+            && (!update.private || crate::topic::any_matches(&self.private_access, &update.topics))
+    }
+}
+
+/// Tunables of the core.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Events a subscriber may have queued before it is cut off.
+    pub queue_capacity: usize,
+    /// Publish an update on `/.well-known/mercure/subscriptions/…` when a
+    /// subscriber connects or disconnects.
+    pub subscription_events: bool,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig { queue_capacity: 1024, subscription_events: false }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+}
+
+/// Counters exposed on `/metrics`.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    pub published: AtomicU64,
+    pub delivered: AtomicU64,
+    pub cut_off_slow: AtomicU64,
+}
+
+pub struct Hub {
+    config: HubConfig,
+    registry: RwLock<Registry>,
+    /// Serialises history append + fan-out, so every subscriber sees updates
+    /// in sequence order and a resuming subscriber can be handed from replay
+    /// to live delivery at an exact sequence number.
+    order: Mutex<()>,
+    history: Arc<dyn HistoryStore>,
+    next_key: AtomicU64,
+    closed: AtomicBool,
+    pub stats: HubStats,
+}
+
+/// The prefix of the reserved topic namespace.
+pub const RESERVED_PREFIX: &str = "/.well-known/mercure";
+
+impl Hub {
+    pub fn new(config: HubConfig, history: Arc<dyn HistoryStore>) -> Arc<Hub> {
+        Arc::new(Hub {
+            config,
+            registry: RwLock::new(Registry::default()),
+            order: Mutex::new(()),
+            history,
+            next_key: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            stats: HubStats::default(),
+        })
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    pub fn history(&self) -> &Arc<dyn HistoryStore> {
+        &self.history
+    }
+
+    /// Store and deliver an update. Returns once it is in history and offered
+    /// to every matching subscriber's queue.
+    pub fn publish(&self, update: Update) -> Result<Arc<Update>, HubError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(HubError::ShuttingDown);
+        }
+        let update = Arc::new(update);
+        let cut_off = {
+            let _order = self.order.lock();
+            self.history.append(update.clone())?;
+            self.fan_out(&update)
+        };
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        self.remove_many(&cut_off);
+        Ok(update)
+    }
+
+    /// Offer the update to every matching subscriber; returns the keys of
+    /// those whose queue was full or whose connection is gone.
+    fn fan_out(&self, update: &Update) -> Vec<u64> {
+        let registry = self.registry.read();
+        let mut cut_off = Vec::new();
+        let mut delivered = 0u64;
+        registry.for_each_candidate(&update.topics, |key, entry| {
+            if !entry.subscription.wants(update) {
+                return;
+            }
+            match entry.tx.try_send(update.frame.clone()) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.stats.cut_off_slow.fetch_add(1, Ordering::Relaxed);
+                    cut_off.push(key);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => cut_off.push(key),
+            }
+        });
+        self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+        cut_off
+    }
+
+    /// Register a subscriber. With `resume`, the returned stream first
+    /// replays what it missed, then continues live; both halves are split at
+    /// one sequence number taken under the order lock, so nothing is missed
+    /// or repeated. Also returns the id of the newest update in history at
+    /// that point (`None` when history is empty), and whether the requested
+    /// resume point was found in history.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        subscription: Subscription,
+        resume: Option<ResumeFrom>,
+    ) -> Result<(SubscriberStream, Option<String>, bool), HubError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(HubError::ShuttingDown);
+        }
+        let (tx, rx) = mpsc::channel(self.config.queue_capacity.max(1));
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let subscription = Arc::new(subscription);
+        let (cursor, head_id) = {
+            let _order = self.order.lock();
+            self.registry.write().insert(key, subscription.clone(), tx);
+            self.history.head()
+        };
+        let mut found = false;
+        let backlog = match resume {
+            Some(from) => match self.history.replay(&from, cursor) {
+                Ok(replay) => {
+                    found = replay.found;
+                    replay.updates.into_iter().filter(|u| subscription.wants(u)).map(|u| u.frame.clone()).collect()
+                }
+                Err(e) => {
+                    self.remove_many(&[key]);
+                    return Err(e.into());
+                }
+            },
+            None => Vec::new(),
+        };
+        if self.config.subscription_events {
+            self.publish_subscription_events(&subscription, true);
+        }
+        Ok((SubscriberStream::new(self.clone(), key, backlog, rx), head_id, found))
+    }
+
+    /// Called when a subscriber's stream is dropped (client gone).
+    pub(crate) fn unsubscribe(&self, key: u64) {
+        self.remove_many(&[key]);
+    }
+
+    fn remove_many(&self, keys: &[u64]) {
+        if keys.is_empty() {
+            return;
+        }
+        let removed: Vec<_> = {
+            let mut registry = self.registry.write();
+            keys.iter().filter_map(|k| registry.remove(*k)).collect()
+        };
+        if self.config.subscription_events && !self.closed.load(Ordering::Acquire) {
+            for sub in removed {
+                self.publish_subscription_events(&sub, false);
+            }
+        }
+    }
+
+    fn publish_subscription_events(&self, sub: &Subscription, active: bool) {
+        for selector in &sub.selectors {
+            let info = SubscriptionInfo::new(sub, selector, active);
+            let update = Update::new(
+                Update::generate_id(),
+                vec![info.id.clone(), info.legacy_id.clone()],
+                true,
+                Some("mercure".to_string()),
+                None,
+                info.to_json_ld(None).to_string(),
+            );
+            if let Err(e) = self.publish(update) {
+                tracing::warn!(error = %e, "could not publish subscription event");
+            }
+        }
+    }
+
+    /// Active subscriptions, one per (subscriber, selector).
+    pub fn subscriptions(&self) -> Vec<SubscriptionInfo> {
+        self.registry.read().subscriptions()
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.registry.read().len()
+    }
+
+    /// Send a keep-alive comment to every subscriber. A full queue is left
+    /// alone: that subscriber has data coming anyway.
+    pub fn heartbeat(&self) {
+        static KEEP_ALIVE: Bytes = Bytes::from_static(crate::sse::KEEP_ALIVE);
+        let dead: Vec<u64> = {
+            let registry = self.registry.read();
+            registry
+                .iter()
+                .filter_map(|(key, entry)| match entry.tx.try_send(KEEP_ALIVE.clone()) {
+                    Err(mpsc::error::TrySendError::Closed(_)) => Some(key),
+                    _ => None,
+                })
+                .collect()
+        };
+        self.remove_many(&dead);
+    }
+
+    /// Stop: refuse new subscribers and publishes, and end every stream
+    /// (each ends after flushing what is already queued).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _order = self.order.lock();
+        self.registry.write().clear();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::MemoryHistory;
+    use futures_util::StreamExt;
+
+    fn hub(capacity: usize) -> Arc<Hub> {
+        Hub::new(HubConfig { queue_capacity: capacity, subscription_events: false }, Arc::new(MemoryHistory::new(100)))
+    }
+
+    fn sub(selectors: &[&str], private: &[&str]) -> Subscription {
+        Subscription {
+            subscriber_id: Update::generate_id(),
+            selectors: selectors.iter().map(|s| TopicSelector::uri_template(s).unwrap()).collect(),
+            private_access: private.iter().map(|s| TopicSelector::uri_template(s).unwrap()).collect(),
+            payload: None,
+        }
+    }
+
+    fn update(id: &str, topics: &[&str], private: bool) -> Update {
+        Update::new(id.into(), topics.iter().map(|s| s.to_string()).collect(), private, None, None, id.into())
+    }
+
+    async fn next_chunk(s: &mut SubscriberStream) -> String {
+        let chunk = s.next().await.expect("stream open").expect("infallible");
+        String::from_utf8(chunk.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn delivers_once_even_when_several_topics_match() {
+        let hub = hub(8);
+        let (mut s, _, _) = hub.subscribe(sub(&["a", "b", "https://x/{id}"], &[]), None).unwrap();
+        hub.publish(update("1", &["a", "b", "https://x/1"], false)).unwrap();
+        hub.publish(update("2", &["c"], false)).unwrap();
+        hub.publish(update("3", &["b"], false)).unwrap();
+        let got = next_chunk(&mut s).await;
+        assert_eq!(got, "id: 1\ndata: 1\n\nid: 3\ndata: 3\n\n");
+    }
+
+    #[tokio::test]
+    async fn private_updates_need_access() {
+        let hub = hub(8);
+        let (mut anon, _, _) = hub.subscribe(sub(&["u/{id}"], &[]), None).unwrap();
+        let (mut other, _, _) = hub.subscribe(sub(&["u/{id}"], &["u/2"]), None).unwrap();
+        let (mut owner, _, _) = hub.subscribe(sub(&["u/{id}"], &["u/1"]), None).unwrap();
+        hub.publish(update("p", &["u/1"], true)).unwrap();
+        hub.publish(update("q", &["u/1"], false)).unwrap();
+        assert_eq!(next_chunk(&mut owner).await, "id: p\ndata: p\n\nid: q\ndata: q\n\n");
+        assert_eq!(next_chunk(&mut anon).await, "id: q\ndata: q\n\n");
+        assert_eq!(next_chunk(&mut other).await, "id: q\ndata: q\n\n");
+    }
+
+    #[tokio::test]
+    async fn slow_subscriber_is_cut_off_without_losing_queued_events() {
+        let hub = hub(2);
+        let (mut slow, _, _) = hub.subscribe(sub(&["t"], &[]), None).unwrap();
+        let (mut fast, _, _) = hub.subscribe(sub(&["t"], &[]), None).unwrap();
+        hub.publish(update("1", &["t"], false)).unwrap();
+        hub.publish(update("2", &["t"], false)).unwrap();
+        assert_eq!(next_chunk(&mut fast).await, "id: 1\ndata: 1\n\nid: 2\ndata: 2\n\n");
+        hub.publish(update("3", &["t"], false)).unwrap();
+        assert_eq!(hub.subscriber_count(), 1);
+        assert_eq!(hub.stats.cut_off_slow.load(Ordering::Relaxed), 1);
+        assert_eq!(next_chunk(&mut slow).await, "id: 1\ndata: 1\n\nid: 2\ndata: 2\n\n");
+        assert!(slow.next().await.is_none(), "cut-off stream ends");
+        assert_eq!(next_chunk(&mut fast).await, "id: 3\ndata: 3\n\n");
+    }
+
+    #[tokio::test]
+    async fn resume_replays_then_goes_live() {
+        let hub = hub(8);
+        for id in ["1", "2", "3"] {
+            hub.publish(update(id, &["t"], false)).unwrap();
+        }
+        let (mut s, head, found) = hub.subscribe(sub(&["t"], &[]), Some(ResumeFrom::After("1".into()))).unwrap();
+        assert_eq!(head.as_deref(), Some("3"));
+        assert!(found);
+        hub.publish(update("4", &["t"], false)).unwrap();
+        assert_eq!(next_chunk(&mut s).await, "id: 2\ndata: 2\n\nid: 3\ndata: 3\n\n");
+        assert_eq!(next_chunk(&mut s).await, "id: 4\ndata: 4\n\n");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_stream_unregisters() {
+        let hub = hub(8);
+        let (s, _, _) = hub.subscribe(sub(&["t"], &[]), None).unwrap();
+        assert_eq!(hub.subscriber_count(), 1);
+        drop(s);
+        assert_eq!(hub.subscriber_count(), 0);
+        assert!(hub.subscriptions().is_empty());
+    }
+
+    #[tokio::test]
+    async fn close_ends_streams_and_refuses_new_ones() {
+        let hub = hub(8);
+        let (mut s, _, _) = hub.subscribe(sub(&["t"], &[]), None).unwrap();
+        hub.close();
+        assert!(s.next().await.is_none());
+        assert!(matches!(hub.subscribe(sub(&["t"], &[]), None), Err(HubError::ShuttingDown)));
+        assert!(matches!(hub.publish(update("x", &["t"], false)), Err(HubError::ShuttingDown)));
+    }
+
+    #[tokio::test]
+    async fn subscription_events_are_private_updates() {
+        let hub = Hub::new(
+            HubConfig { queue_capacity: 8, subscription_events: true },
+            Arc::new(MemoryHistory::new(100)),
+        );
+        let (mut watcher, _, _) = hub.subscribe(sub(&["/.well-known/mercure/subscriptions{/topic}{/subscriber}"], &["*"]), None).unwrap();
+        let (_first, _, _) = hub.subscribe(sub(&["https://ex.net/a"], &[]), None).unwrap();
+        let chunk = next_chunk(&mut watcher).await;
+        // The watcher sees its own connection event and the other one's.
+        assert!(chunk.contains("https%3A%2F%2Fex.net%2Fa"), "{chunk}");
+        assert!(chunk.contains("\\\"active\\\":true") || chunk.contains("\"active\":true"), "{chunk}");
+    }
+}

@@ -1,0 +1,133 @@
+//! `herald serve`: wire configuration, keys, hub and HTTP together, run
+//! until SIGINT/SIGTERM, then shut down cleanly.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use rand::RngCore;
+
+use crate::auth::{mint_hs256, Verifier};
+use crate::config::{Config, KeySource};
+use crate::history::MemoryHistory;
+use crate::http::{router, AppState, HUB_PATH};
+use crate::hub::{Hub, HubConfig};
+
+/// How long shutdown waits for open connections to finish after every
+/// stream has been ended.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+fn verifier(source: &Option<KeySource>) -> anyhow::Result<Option<Verifier>> {
+    Ok(match source {
+        None => None,
+        Some(KeySource::Secret(s)) => Some(Verifier::hmac(s)?),
+        Some(KeySource::PublicKeyFile(p)) => Some(Verifier::public_key_file(&p.to_string_lossy())?),
+    })
+}
+
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
+    // Zero setup: with no key at all, make a development key and show how
+    // to use it.
+    let mut dev_key = None;
+    if config.publisher_key.is_none() && config.subscriber_key.is_none() {
+        let mut bytes = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        config.publisher_key = Some(KeySource::Secret(key.clone()));
+        config.subscriber_key = Some(KeySource::Secret(key.clone()));
+        dev_key = Some(key);
+    }
+    let publisher = verifier(&config.publisher_key).context("publisher key")?;
+    let subscriber = verifier(&config.subscriber_key).context("subscriber key")?;
+
+    let history = Arc::new(MemoryHistory::new(config.history_size));
+    let hub = Hub::new(
+        HubConfig { queue_capacity: config.queue_capacity, subscription_events: config.subscriptions },
+        history,
+    );
+
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (is another server using it? try --listen 127.0.0.1:0)", config.listen))?;
+    let addr = listener.local_addr()?;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on http://{addr}")?;
+    if let Some(key) = &dev_key {
+        let token = mint_hs256(key, &["*".into()], &["*".into()], None, None)?;
+        writeln!(out, "no JWT key configured: generated a development key (tokens die with this process)")?;
+        writeln!(out, "  key:   {key}")?;
+        writeln!(out, "  token (publish+subscribe to every topic): {token}")?;
+        writeln!(out, "  try:   curl -N 'http://{addr}{HUB_PATH}?match=https://example.com/hello' &")?;
+        writeln!(
+            out,
+            "         curl -H 'Authorization: Bearer {token}' -d topic=https://example.com/hello -d data=hi http://{addr}{HUB_PATH}"
+        )?;
+        writeln!(out, "  set --jwt-key (or HERALD_JWT_KEY) for a stable key")?;
+    }
+    out.flush()?;
+    drop(out);
+
+    let heartbeat = config.heartbeat;
+    if !heartbeat.is_zero() {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(heartbeat);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if hub.is_closed() {
+                    break;
+                }
+                hub.heartbeat();
+            }
+        });
+    }
+
+    let state = AppState { hub: hub.clone(), config: Arc::new(config), publisher, subscriber };
+    let app = router(state);
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let closing_hub = hub.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: ending streams");
+        closing_hub.close();
+        let _ = stopped_tx.send(());
+    });
+    tokio::select! {
+        r = server => r.context("server error")?,
+        _ = async {
+            let _ = stopped_rx.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway"),
+    }
+    println!("herald stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
