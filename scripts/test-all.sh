@@ -21,5 +21,9 @@ if [ -f tests/browser/package.json ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --silent)
 fi
 
+echo "==> cargo fmt --check, cargo clippy -D warnings"
+cargo fmt --check
+cargo clippy --release --locked --all-targets -- -D warnings
+
 echo "==> cargo test (unit + integration + browser)"
 cargo test --release --locked --all-targets

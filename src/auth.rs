@@ -44,7 +44,10 @@ impl std::fmt::Debug for Verifier {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read key file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is not a PEM RSA or EC public key ({reason}); expected a file starting with -----BEGIN PUBLIC KEY-----")]
     Pem { path: String, reason: String },
     #[error("the JWT secret is empty")]
@@ -66,8 +69,14 @@ impl Verifier {
     /// An RSA (RS256/384/512, PS256/384/512) or EC (ES256/ES384) public key
     /// from a PEM file.
     pub fn public_key_file(path: &str) -> Result<Verifier, KeyError> {
-        let pem = std::fs::read(path).map_err(|source| KeyError::Read { path: path.into(), source })?;
-        Verifier::public_key_pem(&pem).map_err(|reason| KeyError::Pem { path: path.into(), reason })
+        let pem = std::fs::read(path).map_err(|source| KeyError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Verifier::public_key_pem(&pem).map_err(|reason| KeyError::Pem {
+            path: path.into(),
+            reason,
+        })
     }
 
     pub fn public_key_pem(pem: &[u8]) -> Result<Verifier, String> {
@@ -85,16 +94,23 @@ impl Verifier {
             });
         }
         match DecodingKey::from_ec_pem(pem) {
-            Ok(key) => Ok(Verifier { key, algorithms: vec![Algorithm::ES256, Algorithm::ES384] }),
+            Ok(key) => Ok(Verifier {
+                key,
+                algorithms: vec![Algorithm::ES256, Algorithm::ES384],
+            }),
             Err(e) => Err(e.to_string()),
         }
     }
 
     /// Verify signature, `exp` and `nbf` (when present) and parse the grants.
     pub fn verify(&self, token: &str) -> Result<Grants, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         if !self.algorithms.contains(&header.alg) {
-            return Err(AuthError::Invalid(format!("algorithm {:?} is not accepted for this key", header.alg)));
+            return Err(AuthError::Invalid(format!(
+                "algorithm {:?} is not accepted for this key",
+                header.alg
+            )));
         }
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
@@ -148,20 +164,31 @@ pub struct Grants {
 
 impl Grants {
     pub fn from_claims(claims: &Value) -> Result<Grants, AuthError> {
-        let mut g = Grants { expires_at: claims.get("exp").and_then(Value::as_u64), ..Grants::default() };
+        let mut g = Grants {
+            expires_at: claims.get("exp").and_then(Value::as_u64),
+            ..Grants::default()
+        };
         if let Some(m) = claims.get("mercure") {
-            let m = m.as_object().ok_or_else(|| invalid("the 'mercure' claim must be an object"))?;
-            g.publish.extend(legacy_selectors(m.get("publish"), "mercure.publish")?);
-            g.subscribe.extend(legacy_selectors(m.get("subscribe"), "mercure.subscribe")?);
+            let m = m
+                .as_object()
+                .ok_or_else(|| invalid("the 'mercure' claim must be an object"))?;
+            g.publish
+                .extend(legacy_selectors(m.get("publish"), "mercure.publish")?);
+            g.subscribe
+                .extend(legacy_selectors(m.get("subscribe"), "mercure.subscribe")?);
             g.legacy_payload = m.get("payload").cloned();
         }
         if let Some(details) = claims.get("authorization_details") {
-            let details = details.as_array().ok_or_else(|| invalid("'authorization_details' must be an array"))?;
+            let details = details
+                .as_array()
+                .ok_or_else(|| invalid("'authorization_details' must be an array"))?;
             if details.len() > MAX_DETAILS {
                 return Err(invalid("too many authorization details"));
             }
             for d in details {
-                let obj = d.as_object().ok_or_else(|| invalid("each authorization detail must be an object"))?;
+                let obj = d
+                    .as_object()
+                    .ok_or_else(|| invalid("each authorization detail must be an object"))?;
                 if obj.get("type").and_then(Value::as_str) != Some(AUTHORIZATION_DETAIL_TYPE) {
                     continue; // Some other API's detail: not ours to judge.
                 }
@@ -183,7 +210,11 @@ impl Grants {
     pub fn payload_for(&self, matcher: &str) -> Option<Value> {
         self.payload_rules
             .iter()
-            .find(|r| r.selectors.iter().any(|s| s.as_str() == matcher || s.matches(matcher)))
+            .find(|r| {
+                r.selectors
+                    .iter()
+                    .any(|s| s.as_str() == matcher || s.matches(matcher))
+            })
             .map(|r| r.payload.clone())
             .or_else(|| self.legacy_payload.clone())
     }
@@ -195,10 +226,14 @@ fn invalid(msg: &str) -> AuthError {
 
 fn legacy_selectors(v: Option<&Value>, name: &str) -> Result<Vec<TopicSelector>, AuthError> {
     let Some(v) = v else { return Ok(Vec::new()) };
-    let arr = v.as_array().ok_or_else(|| invalid(&format!("'{name}' must be an array of strings")))?;
+    let arr = v
+        .as_array()
+        .ok_or_else(|| invalid(&format!("'{name}' must be an array of strings")))?;
     arr.iter()
         .map(|e| {
-            let s = e.as_str().ok_or_else(|| invalid(&format!("'{name}' must be an array of strings")))?;
+            let s = e
+                .as_str()
+                .ok_or_else(|| invalid(&format!("'{name}' must be an array of strings")))?;
             if s.len() > MAX_MATCHER_LEN {
                 return Err(invalid(&format!("a '{name}' entry is too long")));
             }
@@ -233,18 +268,26 @@ fn parse_detail(obj: &serde_json::Map<String, Value>, g: &mut Grants) -> Result<
     }
     let mut selectors = Vec::with_capacity(topics.len());
     for t in topics {
-        let t = t.as_object().ok_or_else(|| invalid("each 'topics' entry must be an object"))?;
-        let m = t.get("match").and_then(Value::as_str).ok_or_else(|| invalid("each 'topics' entry needs a string 'match'"))?;
+        let t = t
+            .as_object()
+            .ok_or_else(|| invalid("each 'topics' entry must be an object"))?;
+        let m = t
+            .get("match")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("each 'topics' entry needs a string 'match'"))?;
         if m.len() > MAX_MATCHER_LEN {
             return Err(invalid("a 'match' value is too long"));
         }
         let sel = match t.get("match_type") {
             None => TopicSelector::exact(m),
             Some(Value::String(k)) if k == "exact" => TopicSelector::exact(m),
-            Some(Value::String(k)) if k == "urlpattern" => {
-                TopicSelector::url_pattern(m, None).map_err(|e| AuthError::Invalid(e.to_string()))?
+            Some(Value::String(k)) if k == "urlpattern" => TopicSelector::url_pattern(m, None)
+                .map_err(|e| AuthError::Invalid(e.to_string()))?,
+            Some(other) => {
+                return Err(AuthError::Invalid(format!(
+                    "unsupported match_type {other}"
+                )))
             }
-            Some(other) => return Err(AuthError::Invalid(format!("unsupported match_type {other}"))),
         };
         selectors.push(sel);
     }
@@ -258,7 +301,10 @@ fn parse_detail(obj: &serde_json::Map<String, Value>, g: &mut Grants) -> Result<
     }
     if subscribe {
         if let Some(payload) = payload {
-            g.payload_rules.push(PayloadRule { selectors: selectors.clone(), payload });
+            g.payload_rules.push(PayloadRule {
+                selectors: selectors.clone(),
+                payload,
+            });
         }
         g.subscribe.extend(selectors);
     }
@@ -280,12 +326,19 @@ pub fn mint_hs256(
         mercure["payload"] = p.clone();
     }
     let mut claims = json!({ "mercure": mercure, "sub": "herald-dev" });
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     claims["iat"] = json!(now);
     if let Some(ttl) = ttl_secs {
         claims["exp"] = json!(now + ttl);
     }
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
 }
 
 #[cfg(test)]
@@ -293,7 +346,12 @@ mod tests {
     use super::*;
 
     fn sign(claims: Value) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"secret")).unwrap()
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap()
     }
 
     fn verify(claims: Value) -> Result<Grants, AuthError> {
@@ -325,7 +383,10 @@ mod tests {
         assert!(g.can_subscribe("https://ex.net/books/1"));
         assert!(!g.can_subscribe("https://ex.net/books/2"));
         assert!(g.can_publish("whatever"));
-        assert_eq!(g.payload_for("https://ex.net/books/1"), Some(json!({"tenant": "a"})));
+        assert_eq!(
+            g.payload_for("https://ex.net/books/1"),
+            Some(json!({"tenant": "a"}))
+        );
         assert_eq!(g.payload_for("https://ex.net/other"), None);
     }
 
@@ -342,17 +403,31 @@ mod tests {
             json!({"mercure": {"publish": "x"}}),
             json!({"mercure": {"subscribe": ["https://x/{"]}}),
         ] {
-            assert!(matches!(verify(bad.clone()), Err(AuthError::Invalid(_))), "{bad}");
+            assert!(
+                matches!(verify(bad.clone()), Err(AuthError::Invalid(_))),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn signature_expiry_and_algorithms() {
         let v = Verifier::hmac("secret").unwrap();
-        let other = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &json!({}), &EncodingKey::from_secret(b"other")).unwrap();
+        let other = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &json!({}),
+            &EncodingKey::from_secret(b"other"),
+        )
+        .unwrap();
         assert!(matches!(v.verify(&other), Err(AuthError::Invalid(_))));
-        assert!(matches!(v.verify(&sign(json!({"exp": 1000}))), Err(AuthError::Invalid(_))));
-        assert!(matches!(v.verify(&sign(json!({"nbf": 99999999999u64}))), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            v.verify(&sign(json!({"exp": 1000}))),
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(matches!(
+            v.verify(&sign(json!({"nbf": 99999999999u64}))),
+            Err(AuthError::Invalid(_))
+        ));
         assert!(matches!(v.verify("not.a.jwt"), Err(AuthError::Invalid(_))));
         // alg=none is never accepted.
         let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64("{}"));
@@ -367,7 +442,14 @@ mod tests {
 
     #[test]
     fn minted_tokens_verify() {
-        let t = mint_hs256("k", &["*".into()], &["https://ex.net/u/1".into()], None, Some(60)).unwrap();
+        let t = mint_hs256(
+            "k",
+            &["*".into()],
+            &["https://ex.net/u/1".into()],
+            None,
+            Some(60),
+        )
+        .unwrap();
         let g = Verifier::hmac("k").unwrap().verify(&t).unwrap();
         assert!(g.can_publish("x"));
         assert!(g.can_subscribe("https://ex.net/u/1"));

@@ -8,8 +8,14 @@ use futures_util::StreamExt;
 use crate::sse::{SseEvent, SseParser};
 
 /// Publish one update; returns the id the hub assigned.
-pub async fn publish(hub_url: &str, token: &str, fields: &[(&str, &str)]) -> anyhow::Result<String> {
-    let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+pub async fn publish(
+    hub_url: &str,
+    token: &str,
+    fields: &[(&str, &str)],
+) -> anyhow::Result<String> {
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
     let resp = reqwest::Client::new()
         .post(hub_url)
         .bearer_auth(token)
@@ -41,16 +47,24 @@ pub struct SubscribeOptions {
 
 /// Subscribe and call `on_event` for every event; after a drop, reconnect
 /// with `Last-Event-ID` so nothing is missed (the hub replays from history).
-pub async fn subscribe(opts: SubscribeOptions, mut on_event: impl FnMut(&SseEvent)) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
-    let mut url = reqwest::Url::parse(&opts.hub_url).with_context(|| format!("invalid hub URL {}", opts.hub_url))?;
+pub async fn subscribe(
+    opts: SubscribeOptions,
+    mut on_event: impl FnMut(&SseEvent),
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()?;
+    let mut url = reqwest::Url::parse(&opts.hub_url)
+        .with_context(|| format!("invalid hub URL {}", opts.hub_url))?;
     url.query_pairs_mut().extend_pairs(&opts.selectors);
     let mut last_id = opts.last_event_id.clone();
     let mut retry = Duration::from_secs(1);
     let mut failures = 0u32;
     let mut seen = 0u64;
     loop {
-        let mut req = client.get(url.clone()).header("accept", "text/event-stream");
+        let mut req = client
+            .get(url.clone())
+            .header("accept", "text/event-stream");
         if let Some(t) = &opts.token {
             req = req.bearer_auth(t);
         }
@@ -84,7 +98,10 @@ pub async fn subscribe(opts: SubscribeOptions, mut on_event: impl FnMut(&SseEven
                 let status = resp.status();
                 let text = resp.text().await.unwrap_or_default();
                 if status.is_client_error() {
-                    bail!("the hub refused the subscription: {status}: {}", text.trim());
+                    bail!(
+                        "the hub refused the subscription: {status}: {}",
+                        text.trim()
+                    );
                 }
                 failures += 1;
                 eprintln!("the hub answered {status}; retrying in {retry:?}");

@@ -165,24 +165,40 @@ impl Config {
         let d = Config::default();
         let heartbeat = match (args.heartbeat, &file.heartbeat) {
             (Some(h), _) => h,
-            (None, Some(s)) => parse_duration(s).map_err(|e| anyhow::anyhow!("config file: heartbeat: {e}"))?,
+            (None, Some(s)) => {
+                parse_duration(s).map_err(|e| anyhow::anyhow!("config file: heartbeat: {e}"))?
+            }
             (None, None) => d.heartbeat,
         };
         let key = |secret: &Option<String>, pem: &Option<PathBuf>| -> Option<KeySource> {
-            pem.clone().map(KeySource::PublicKeyFile).or_else(|| secret.clone().map(KeySource::Secret))
+            pem.clone()
+                .map(KeySource::PublicKeyFile)
+                .or_else(|| secret.clone().map(KeySource::Secret))
         };
-        let shared = key(&args.jwt_key, &args.jwt_public_key_file).or_else(|| key(&file.jwt_key, &file.jwt_public_key_file));
+        let shared = key(&args.jwt_key, &args.jwt_public_key_file)
+            .or_else(|| key(&file.jwt_key, &file.jwt_public_key_file));
         let publisher_key = key(&args.publisher_jwt_key, &args.publisher_jwt_public_key_file)
             .or_else(|| key(&file.publisher_jwt_key, &file.publisher_jwt_public_key_file))
             .or_else(|| shared.clone());
-        let subscriber_key = key(&args.subscriber_jwt_key, &args.subscriber_jwt_public_key_file)
-            .or_else(|| key(&file.subscriber_jwt_key, &file.subscriber_jwt_public_key_file))
-            .or(shared);
+        let subscriber_key = key(
+            &args.subscriber_jwt_key,
+            &args.subscriber_jwt_public_key_file,
+        )
+        .or_else(|| {
+            key(
+                &file.subscriber_jwt_key,
+                &file.subscriber_jwt_public_key_file,
+            )
+        })
+        .or(shared);
         let cfg = Config {
             listen: args.listen.clone().or(file.listen).unwrap_or(d.listen),
             publisher_key,
             subscriber_key,
-            allow_anonymous: args.allow_anonymous.or(file.allow_anonymous).unwrap_or(d.allow_anonymous),
+            allow_anonymous: args
+                .allow_anonymous
+                .or(file.allow_anonymous)
+                .unwrap_or(d.allow_anonymous),
             cors_origins: args
                 .cors_origins
                 .clone()
@@ -193,13 +209,32 @@ impl Config {
                 .filter(|o| !o.is_empty())
                 .collect(),
             heartbeat,
-            data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or(d.data_dir),
-            history_size: args.history_size.or(file.history_size).unwrap_or(d.history_size),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or(d.data_dir),
+            history_size: args
+                .history_size
+                .or(file.history_size)
+                .unwrap_or(d.history_size),
             max_body: args.max_body.or(file.max_body).unwrap_or(d.max_body),
-            queue_capacity: args.queue_capacity.or(file.queue_capacity).unwrap_or(d.queue_capacity),
-            subscriptions: args.subscriptions.or(file.subscriptions).unwrap_or(d.subscriptions),
-            max_selectors: args.max_selectors.or(file.max_selectors).unwrap_or(d.max_selectors),
-            max_selector_len: args.max_selector_len.or(file.max_selector_len).unwrap_or(d.max_selector_len),
+            queue_capacity: args
+                .queue_capacity
+                .or(file.queue_capacity)
+                .unwrap_or(d.queue_capacity),
+            subscriptions: args
+                .subscriptions
+                .or(file.subscriptions)
+                .unwrap_or(d.subscriptions),
+            max_selectors: args
+                .max_selectors
+                .or(file.max_selectors)
+                .unwrap_or(d.max_selectors),
+            max_selector_len: args
+                .max_selector_len
+                .or(file.max_selector_len)
+                .unwrap_or(d.max_selector_len),
             demo: args.demo.or(file.demo).unwrap_or(d.demo),
         };
         cfg.validate()?;
@@ -232,7 +267,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, "s"),
     };
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 15s, 500ms, 2m"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 15s, 500ms, 2m"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
@@ -240,7 +277,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("duration {s:?} out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -265,14 +302,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herald.toml");
         std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nheartbeat = \"3s\"\njwt_key = \"file\"\nhistory_size = 5\n").unwrap();
-        let args = ServeArgs { config: Some(path.clone()), history_size: Some(7), ..Default::default() };
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            history_size: Some(7),
+            ..Default::default()
+        };
         let c = Config::load(&args).unwrap();
         assert_eq!(c.listen, "127.0.0.1:9000");
         assert_eq!(c.heartbeat, Duration::from_secs(3));
         assert_eq!(c.history_size, 7);
         assert_eq!(c.publisher_key, Some(KeySource::Secret("file".into())));
         assert!(c.allow_anonymous);
-        let args = ServeArgs { config: Some(path), publisher_jwt_key: Some("pub".into()), ..Default::default() };
+        let args = ServeArgs {
+            config: Some(path),
+            publisher_jwt_key: Some("pub".into()),
+            ..Default::default()
+        };
         let c = Config::load(&args).unwrap();
         assert_eq!(c.publisher_key, Some(KeySource::Secret("pub".into())));
         assert_eq!(c.subscriber_key, Some(KeySource::Secret("file".into())));
@@ -283,10 +328,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "listn = 1\n").unwrap();
-        let err = Config::load(&ServeArgs { config: Some(path), ..Default::default() }).unwrap_err();
+        let err = Config::load(&ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(format!("{err:#}").contains("listn"), "{err:#}");
-        let err = Config::load(&ServeArgs { cors_origins: Some(vec!["example.com".into()]), ..Default::default() })
-            .unwrap_err();
+        let err = Config::load(&ServeArgs {
+            cors_origins: Some(vec!["example.com".into()]),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("http://"));
     }
 }

@@ -11,11 +11,11 @@
 //! - [`client`]: the small HTTP client behind `herald publish|subscribe`.
 
 pub mod auth;
-pub mod history;
-pub mod hub;
-pub mod sse;
-pub mod topic;
 pub mod client;
 pub mod config;
+pub mod history;
 pub mod http;
+pub mod hub;
 pub mod server;
+pub mod sse;
+pub mod topic;

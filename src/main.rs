@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use herald::config::{parse_duration, Config, ServeArgs};
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "A real-time push hub: Mercure over Server-Sent Events")]
+#[command(
+    name = "herald",
+    version,
+    about = "A real-time push hub: Mercure over Server-Sent Events"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,11 +100,15 @@ fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| "herald=info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+                .unwrap_or_else(|_| "herald=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -116,13 +124,35 @@ fn main() {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => herald::server::run(Config::load(&args)?).await,
-        Command::Token { jwt_key, publish, subscribe, payload, ttl } => {
-            let payload = payload.map(|p| serde_json::from_str(&p)).transpose().context("--payload is not valid JSON")?;
+        Command::Token {
+            jwt_key,
+            publish,
+            subscribe,
+            payload,
+            ttl,
+        } => {
+            let payload = payload
+                .map(|p| serde_json::from_str(&p))
+                .transpose()
+                .context("--payload is not valid JSON")?;
             let ttl = (!ttl.is_zero()).then_some(ttl.as_secs());
-            println!("{}", herald::auth::mint_hs256(&jwt_key, &publish, &subscribe, payload, ttl)?);
+            println!(
+                "{}",
+                herald::auth::mint_hs256(&jwt_key, &publish, &subscribe, payload, ttl)?
+            );
             Ok(())
         }
-        Command::Publish { hub, token, jwt_key, topic, data, id, event_type, retry, private } => {
+        Command::Publish {
+            hub,
+            token,
+            jwt_key,
+            topic,
+            data,
+            id,
+            event_type,
+            retry,
+            private,
+        } => {
             let token = match (token, jwt_key) {
                 (Some(t), _) => t,
                 (None, Some(k)) => herald::auth::mint_hs256(&k, &topic, &[], None, Some(60))?,
@@ -130,13 +160,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             let data = if data == "-" {
                 let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s).context("reading data from standard input")?;
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("reading data from standard input")?;
                 s
             } else {
                 data
             };
             let retry = retry.map(|r| r.to_string());
-            let mut fields: Vec<(&str, &str)> = topic.iter().map(|t| ("topic", t.as_str())).collect();
+            let mut fields: Vec<(&str, &str)> =
+                topic.iter().map(|t| ("topic", t.as_str())).collect();
             fields.push(("data", &data));
             if let Some(id) = &id {
                 fields.push(("id", id));
@@ -153,9 +186,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", herald::client::publish(&hub, &token, &fields).await?);
             Ok(())
         }
-        Command::Subscribe { hub, token, matches, match_urlpattern, topic, last_event_id, max_events, json } => {
-            let mut selectors: Vec<(String, String)> = matches.into_iter().map(|m| ("match".into(), m)).collect();
-            selectors.extend(match_urlpattern.into_iter().map(|m| ("match_urlpattern".into(), m)));
+        Command::Subscribe {
+            hub,
+            token,
+            matches,
+            match_urlpattern,
+            topic,
+            last_event_id,
+            max_events,
+            json,
+        } => {
+            let mut selectors: Vec<(String, String)> =
+                matches.into_iter().map(|m| ("match".into(), m)).collect();
+            selectors.extend(
+                match_urlpattern
+                    .into_iter()
+                    .map(|m| ("match_urlpattern".into(), m)),
+            );
             selectors.extend(topic.into_iter().map(|m| ("topic".into(), m)));
             if selectors.is_empty() {
                 bail!("give at least one --match, --match-urlpattern or --topic");
@@ -170,9 +217,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             herald::client::subscribe(opts, |ev| {
                 if json {
-                    println!("{}", serde_json::json!({"id": ev.id, "type": ev.event_type, "data": ev.data}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"id": ev.id, "type": ev.event_type, "data": ev.data})
+                    );
                 } else {
-                    println!("id: {}\nevent: {}\ndata: {}\n", ev.id, ev.event_type, ev.data);
+                    println!(
+                        "id: {}\nevent: {}\ndata: {}\n",
+                        ev.id, ev.event_type, ev.data
+                    );
                 }
             })
             .await

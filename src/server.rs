@@ -44,13 +44,21 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 
     let history = Arc::new(MemoryHistory::new(config.history_size));
     let hub = Hub::new(
-        HubConfig { queue_capacity: config.queue_capacity, subscription_events: config.subscriptions },
+        HubConfig {
+            queue_capacity: config.queue_capacity,
+            subscription_events: config.subscriptions,
+        },
         history,
     );
 
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (is another server using it? try --listen 127.0.0.1:0)", config.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another server using it? try --listen 127.0.0.1:0)",
+                config.listen
+            )
+        })?;
     let addr = listener.local_addr()?;
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -60,10 +68,16 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     writeln!(out, "listening on http://{addr}")?;
     if let Some(key) = &dev_key {
         let token = mint_hs256(key, &["*".into()], &["*".into()], None, None)?;
-        writeln!(out, "no JWT key configured: generated a development key (tokens die with this process)")?;
+        writeln!(
+            out,
+            "no JWT key configured: generated a development key (tokens die with this process)"
+        )?;
         writeln!(out, "  key:   {key}")?;
         writeln!(out, "  token (publish+subscribe to every topic): {token}")?;
-        writeln!(out, "  try:   curl -N 'http://{addr}{HUB_PATH}?match=https://example.com/hello' &")?;
+        writeln!(
+            out,
+            "  try:   curl -N 'http://{addr}{HUB_PATH}?match=https://example.com/hello' &"
+        )?;
         writeln!(
             out,
             "         curl -H 'Authorization: Bearer {token}' -d topic=https://example.com/hello -d data=hi http://{addr}{HUB_PATH}"
@@ -90,7 +104,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         });
     }
 
-    let state = AppState { hub: hub.clone(), config: Arc::new(config), publisher, subscriber };
+    let state = AppState {
+        hub: hub.clone(),
+        config: Arc::new(config),
+        publisher,
+        subscriber,
+    };
     let app = router(state);
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let closing_hub = hub.clone();

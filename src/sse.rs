@@ -212,15 +212,9 @@ impl SseParser {
                 self.data.push('\n');
                 self.data_seen = true;
             }
-            "id" => {
-                if !value.contains('\0') {
-                    self.last_id = value.to_string();
-                }
-            }
-            "retry" => {
-                if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-                    self.retry = value.parse().ok();
-                }
+            "id" if !value.contains('\0') => self.last_id = value.to_string(),
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                self.retry = value.parse().ok();
             }
             _ => {}
         }
@@ -238,7 +232,11 @@ impl SseParser {
             data.pop();
         }
         events.push(SseEvent {
-            event_type: if event_type.is_empty() { "message".into() } else { event_type },
+            event_type: if event_type.is_empty() {
+                "message".into()
+            } else {
+                event_type
+            },
             data,
             id: self.last_id.clone(),
             retry: self.retry,
@@ -286,7 +284,17 @@ mod tests {
 
     #[test]
     fn round_trip_every_line_ending() {
-        for data in ["", "one", "a\nb", "a\r\nb", "a\rb", "\n\n", "x\r\n\r\ny", " lead", "colon: x"] {
+        for data in [
+            "",
+            "one",
+            "a\nb",
+            "a\r\nb",
+            "a\rb",
+            "\n\n",
+            "x\r\n\r\ny",
+            " lead",
+            "colon: x",
+        ] {
             let b = encode_event("id-1", Some("t"), None, data);
             let ev = parse_all(&b);
             assert_eq!(ev.len(), 1, "{data:?}");

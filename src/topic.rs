@@ -33,8 +33,14 @@ fn hub_base() -> &'static url::Url {
 pub enum TopicSelector {
     Any,
     Exact(String),
-    UriTemplate { source: String, regex: Regex },
-    UrlPattern { source: String, pattern: std::sync::Arc<UrlPattern> },
+    UriTemplate {
+        source: String,
+        regex: Regex,
+    },
+    UrlPattern {
+        source: String,
+        pattern: std::sync::Arc<UrlPattern>,
+    },
 }
 
 impl fmt::Debug for TopicSelector {
@@ -84,8 +90,12 @@ impl TopicSelector {
             return Ok(TopicSelector::Exact(s.to_string()));
         }
         let pattern = template_to_regex(s).map_err(|e| SelectorError::Template(s.into(), e))?;
-        let regex = Regex::new(&pattern).map_err(|e| SelectorError::Template(s.into(), e.to_string()))?;
-        Ok(TopicSelector::UriTemplate { source: s.to_string(), regex })
+        let regex =
+            Regex::new(&pattern).map_err(|e| SelectorError::Template(s.into(), e.to_string()))?;
+        Ok(TopicSelector::UriTemplate {
+            source: s.to_string(),
+            regex,
+        })
     }
 
     /// A `match_urlpattern=` value (current draft): a WHATWG URL Pattern
@@ -97,9 +107,14 @@ impl TopicSelector {
         }
         let base = base.or(Some(hub_base()));
         let err = |e: urlpattern::Error| SelectorError::UrlPattern(s.into(), e.to_string());
-        let init = UrlPatternInit::parse_constructor_string::<Regex>(s, base.cloned()).map_err(err)?;
-        let pattern = UrlPattern::<Regex>::parse(init, UrlPatternOptions::default()).map_err(err)?;
-        Ok(TopicSelector::UrlPattern { source: s.to_string(), pattern: std::sync::Arc::new(pattern) })
+        let init =
+            UrlPatternInit::parse_constructor_string::<Regex>(s, base.cloned()).map_err(err)?;
+        let pattern =
+            UrlPattern::<Regex>::parse(init, UrlPatternOptions::default()).map_err(err)?;
+        Ok(TopicSelector::UrlPattern {
+            source: s.to_string(),
+            pattern: std::sync::Arc::new(pattern),
+        })
     }
 
     pub fn kind(&self) -> &'static str {
@@ -116,7 +131,8 @@ impl TopicSelector {
         match self {
             TopicSelector::Any => "*",
             TopicSelector::Exact(s) => s,
-            TopicSelector::UriTemplate { source, .. } | TopicSelector::UrlPattern { source, .. } => source,
+            TopicSelector::UriTemplate { source, .. }
+            | TopicSelector::UrlPattern { source, .. } => source,
         }
     }
 
@@ -133,7 +149,9 @@ impl TopicSelector {
         match self {
             TopicSelector::Any => true,
             TopicSelector::Exact(s) => s == topic,
-            TopicSelector::UriTemplate { regex, source } => source == topic || regex.is_match(topic),
+            TopicSelector::UriTemplate { regex, source } => {
+                source == topic || regex.is_match(topic)
+            }
             TopicSelector::UrlPattern { pattern, source } => {
                 if source == topic {
                     return true;
@@ -149,7 +167,9 @@ impl TopicSelector {
 
 /// Does any selector in the list match any of the topics?
 pub fn any_matches(selectors: &[TopicSelector], topics: &[String]) -> bool {
-    topics.iter().any(|t| selectors.iter().any(|s| s.matches(t)))
+    topics
+        .iter()
+        .any(|t| selectors.iter().any(|s| s.matches(t)))
 }
 
 const UNRESERVED: &str = r"A-Za-z0-9\-._~";
@@ -188,7 +208,9 @@ fn expression_regex(expr: &str) -> Result<String, String> {
     }
     let (op, vars) = match expr.chars().next() {
         Some(c @ ('+' | '#' | '.' | '/' | ';' | '?' | '&')) => (Some(c), &expr[1..]),
-        Some('=' | ',' | '!' | '@' | '|') => return Err(format!("reserved operator in '{{{expr}}}'")),
+        Some('=' | ',' | '!' | '@' | '|') => {
+            return Err(format!("reserved operator in '{{{expr}}}'"))
+        }
         _ => (None, expr),
     };
     let mut names = Vec::new();
@@ -196,9 +218,11 @@ fn expression_regex(expr: &str) -> Result<String, String> {
         let name = spec.trim_end_matches('*');
         let name = name.split(':').next().unwrap_or_default();
         let valid = !name.is_empty()
-            && name
-                .split('.')
-                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '%'));
+            && name.split('.').all(|p| {
+                !p.is_empty()
+                    && p.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '%')
+            });
         if !valid {
             return Err(format!("invalid variable name in '{{{expr}}}'"));
         }
@@ -219,7 +243,9 @@ fn expression_regex(expr: &str) -> Result<String, String> {
         Some('.') => format!("(?:\\.(?:{simple}|,)*)*"),
         Some('/') => format!("(?:/(?:{simple}|,)*)*"),
         Some(';') => format!("(?:;[{UNRESERVED}%]+(?:=(?:{simple}|,)*)?)*"),
-        Some('?') => format!("(?:\\?[{UNRESERVED}%]+=(?:{simple}|,)*(?:&[{UNRESERVED}%]+=(?:{simple}|,)*)*)?"),
+        Some('?') => format!(
+            "(?:\\?[{UNRESERVED}%]+=(?:{simple}|,)*(?:&[{UNRESERVED}%]+=(?:{simple}|,)*)*)?"
+        ),
         Some('&') => format!("(?:&[{UNRESERVED}%]+=(?:{simple}|,)*)*"),
         Some(_) => unreachable!("operators filtered above"),
     })
@@ -237,7 +263,9 @@ mod tests {
     fn star_matches_everything() {
         assert!(TopicSelector::exact("*").matches("anything"));
         assert!(t("*").matches("https://ex.net/x"));
-        assert!(TopicSelector::url_pattern("*", None).unwrap().matches("urn:x"));
+        assert!(TopicSelector::url_pattern("*", None)
+            .unwrap()
+            .matches("urn:x"));
     }
 
     #[test]
@@ -295,14 +323,24 @@ mod tests {
 
     #[test]
     fn template_errors() {
-        for bad in ["https://ex.net/{", "https://ex.net/{a}}", "https://ex.net/{}", "x/{a b}", "x/{=a}", "x/{a:xx}"] {
+        for bad in [
+            "https://ex.net/{",
+            "https://ex.net/{a}}",
+            "https://ex.net/{}",
+            "x/{a b}",
+            "x/{=a}",
+            "x/{a:xx}",
+        ] {
             assert!(TopicSelector::uri_template(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn string_without_braces_is_exact() {
-        assert_eq!(t("urn:example:1"), TopicSelector::Exact("urn:example:1".into()));
+        assert_eq!(
+            t("urn:example:1"),
+            TopicSelector::Exact("urn:example:1".into())
+        );
     }
 
     #[test]
@@ -335,7 +373,10 @@ mod tests {
     #[test]
     fn any_matches_across_lists() {
         let sels = vec![TopicSelector::exact("a"), t("https://ex.net/{x}")];
-        assert!(any_matches(&sels, &["zzz".into(), "https://ex.net/1".into()]));
+        assert!(any_matches(
+            &sels,
+            &["zzz".into(), "https://ex.net/1".into()]
+        ));
         assert!(!any_matches(&sels, &["b".into()]));
         assert!(!any_matches(&[], &["a".into()]));
     }

@@ -17,7 +17,10 @@ fn chromium_eventsource_receives_updates() {
         "playwright-core is not installed: run scripts/test-all.sh (or `npm ci` in tests/browser)"
     );
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(Path::new(&chromium).exists(), "{chromium} not found: run scripts/test-all.sh (it installs Debian's chromium)");
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} not found: run scripts/test-all.sh (it installs Debian's chromium)"
+    );
 
     let server = Server::start(&[]);
     let out = Command::new("node")
@@ -25,13 +28,19 @@ fn chromium_eventsource_receives_updates() {
         .current_dir(&dir)
         .env("HERALD_BASE", &server.base)
         .env("HERALD_TOKEN", publisher())
-        .env("HERALD_SUBSCRIBER_TOKEN", token(&[], &["https://example.com/users/1"]))
+        .env(
+            "HERALD_SUBSCRIBER_TOKEN",
+            token(&[], &["https://example.com/users/1"]),
+        )
         .env("CHROMIUM", &chromium)
         .output()
         .expect("run node");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
-    assert!(out.status.success(), "browser checks failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "browser checks failed:\n{stdout}\n{stderr}"
+    );
     assert_eq!(stdout.matches("ok - ").count(), 3, "{stdout}");
 }

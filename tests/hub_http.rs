@@ -12,10 +12,22 @@ const T: &str = "https://example.com/books/1";
 async fn publish_reaches_subscriber_with_exact_wire_format() {
     let s = Server::start(&[]);
     let mut sub = Sub::ok(&s.hub(), &format!("match={}", enc(T))).await;
-    assert_eq!(sub.header("content-type").as_deref(), Some("text/event-stream"));
+    assert_eq!(
+        sub.header("content-type").as_deref(),
+        Some("text/event-stream")
+    );
     assert_eq!(sub.header("cache-control").as_deref(), Some("no-cache"));
     assert_eq!(sub.header("x-accel-buffering").as_deref(), Some("no"));
-    let id = publish(&s.hub(), &[("topic", T), ("data", "line1\r\nline2\rline3\nline4"), ("type", "book"), ("retry", "1500")]).await;
+    let id = publish(
+        &s.hub(),
+        &[
+            ("topic", T),
+            ("data", "line1\r\nline2\rline3\nline4"),
+            ("type", "book"),
+            ("retry", "1500"),
+        ],
+    )
+    .await;
     assert!(id.starts_with("urn:uuid:"), "{id}");
     let ev = sub.next().await;
     assert_eq!(ev.id, id);
@@ -40,7 +52,12 @@ async fn publish_answers_text_plain_with_the_given_id() {
     assert_eq!(resp.text().await.unwrap(), "my-id-1");
     // Reusing an id still held in history is refused instead of making
     // Last-Event-ID ambiguous.
-    let (status, text) = publish_raw(&s.hub(), Some(&publisher()), &format!("topic={}&id=my-id-1", enc(T))).await;
+    let (status, text) = publish_raw(
+        &s.hub(),
+        Some(&publisher()),
+        &format!("topic={}&id=my-id-1", enc(T)),
+    )
+    .await;
     assert_eq!(status, 409, "{text}");
 }
 
@@ -49,13 +66,33 @@ async fn all_matcher_kinds_select_topics() {
     let s = Server::start(&[]);
     let hub = s.hub();
     let mut exact = Sub::ok(&hub, &format!("match={}", enc(T))).await;
-    let mut pattern = Sub::ok(&hub, &format!("match_urlpattern={}", enc("https://example.com/books/:id"))).await;
-    let mut template = Sub::ok(&hub, &format!("topic={}", enc("https://example.com/books/{id}"))).await;
+    let mut pattern = Sub::ok(
+        &hub,
+        &format!("match_urlpattern={}", enc("https://example.com/books/:id")),
+    )
+    .await;
+    let mut template = Sub::ok(
+        &hub,
+        &format!("topic={}", enc("https://example.com/books/{id}")),
+    )
+    .await;
     let mut star = Sub::ok(&hub, "match=*").await;
-    let mut other = Sub::ok(&hub, &format!("match={}", enc("https://example.com/books/2"))).await;
+    let mut other = Sub::ok(
+        &hub,
+        &format!("match={}", enc("https://example.com/books/2")),
+    )
+    .await;
     publish(&hub, &[("topic", T), ("data", "b1")]).await;
-    publish(&hub, &[("topic", "https://example.com/authors/1"), ("data", "a1")]).await;
-    publish(&hub, &[("topic", "https://example.com/books/2"), ("data", "b2")]).await;
+    publish(
+        &hub,
+        &[("topic", "https://example.com/authors/1"), ("data", "a1")],
+    )
+    .await;
+    publish(
+        &hub,
+        &[("topic", "https://example.com/books/2"), ("data", "b2")],
+    )
+    .await;
     assert_eq!(exact.next().await.data, "b1");
     assert_eq!(pattern.next().await.data, "b1");
     assert_eq!(pattern.next().await.data, "b2");
@@ -63,7 +100,11 @@ async fn all_matcher_kinds_select_topics() {
     assert_eq!(template.next().await.data, "b2");
     assert_eq!(star.next().await.data, "b1");
     assert_eq!(star.next().await.data, "a1");
-    assert_eq!(other.next().await.data, "b2", "exact subscriber got only its topic");
+    assert_eq!(
+        other.next().await.data,
+        "b2",
+        "exact subscriber got only its topic"
+    );
     // Nothing else is pending for the exact subscriber.
     publish(&hub, &[("topic", T), ("data", "b1-again")]).await;
     assert_eq!(exact.next().await.data, "b1-again");
@@ -112,7 +153,12 @@ async fn subscribe_refuses_clients_that_do_not_accept_event_streams() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 406);
-    let resp = reqwest::Client::new().get(format!("{}?match=a", s.hub())).header("accept", "*/*").send().await.unwrap();
+    let resp = reqwest::Client::new()
+        .get(format!("{}?match=a", s.hub()))
+        .header("accept", "*/*")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
 }
 
@@ -124,24 +170,56 @@ async fn publish_validation_and_auth_statuses() {
     let cases: Vec<(Option<String>, String, u16)> = vec![
         (None, "topic=a&data=x".into(), 401),
         (Some("not-a-jwt".into()), "topic=a".into(), 401),
-        (Some(herald::auth::mint_hs256("wrong-key", &["*".into()], &[], None, None).unwrap()), "topic=a".into(), 401),
-        (Some(herald::auth::mint_hs256(KEY, &["*".into()], &[], None, Some(0)).unwrap()), "topic=a".into(), 200),
-        (Some(token(&["https://example.com/books/{id}"], &[])), "topic=https://example.com/users/1".into(), 403),
-        (Some(token(&["https://example.com/books/{id}"], &[])), format!("topic={}&topic=other", enc(T)), 403),
-        (Some(token(&["https://example.com/books/{id}"], &[])), format!("topic={}", enc(T)), 200),
+        (
+            Some(herald::auth::mint_hs256("wrong-key", &["*".into()], &[], None, None).unwrap()),
+            "topic=a".into(),
+            401,
+        ),
+        (
+            Some(herald::auth::mint_hs256(KEY, &["*".into()], &[], None, Some(0)).unwrap()),
+            "topic=a".into(),
+            200,
+        ),
+        (
+            Some(token(&["https://example.com/books/{id}"], &[])),
+            "topic=https://example.com/users/1".into(),
+            403,
+        ),
+        (
+            Some(token(&["https://example.com/books/{id}"], &[])),
+            format!("topic={}&topic=other", enc(T)),
+            403,
+        ),
+        (
+            Some(token(&["https://example.com/books/{id}"], &[])),
+            format!("topic={}", enc(T)),
+            200,
+        ),
         (Some(p.clone()), "data=no-topic".into(), 400),
         (Some(p.clone()), "topic=*".into(), 400),
-        (Some(p.clone()), "topic=/.well-known/mercure/subscriptions/x".into(), 400),
+        (
+            Some(p.clone()),
+            "topic=/.well-known/mercure/subscriptions/x".into(),
+            400,
+        ),
         (Some(p.clone()), "topic=a&id=%23x".into(), 400),
         (Some(p.clone()), "topic=a&id=earliest".into(), 400),
         (Some(p.clone()), "topic=a&id=a%0Ab".into(), 400),
         (Some(p.clone()), "topic=a&id=a%E2%80%8Eb".into(), 400),
-        (Some(p.clone()), "topic=a&type=x%0Adata:%20injected".into(), 400),
+        (
+            Some(p.clone()),
+            "topic=a&type=x%0Adata:%20injected".into(),
+            400,
+        ),
         (Some(p.clone()), "topic=a&type=x%0Db".into(), 400),
         (Some(p.clone()), "topic=a&type=mercure".into(), 400),
         (Some(p.clone()), "topic=a&retry=10s".into(), 400),
         (Some(p.clone()), "topic=%FF".into(), 400),
-        (Some(p.clone()), format!("topic=a&data={}", "x".repeat(5000)), 413),
+        (
+            Some(p.clone()),
+            format!("topic=a&data={}", "x".repeat(5000)),
+            413,
+        ),
     ];
     for (tok, body, expected) in cases {
         let (status, text) = publish_raw(&hub, tok.as_deref(), &body).await;
@@ -158,22 +236,54 @@ async fn publish_validation_and_auth_statuses() {
     let (status, _) = publish_raw(&hub, Some(&expired), "topic=a").await;
     assert_eq!(status, 401);
     // 401 carries the Bearer challenge.
-    let resp = reqwest::Client::new().post(&hub).header("content-type", "application/x-www-form-urlencoded").body("topic=a").send().await.unwrap();
+    let resp = reqwest::Client::new()
+        .post(&hub)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("topic=a")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
-    assert!(resp.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    assert!(resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
     // Wrong media type.
-    let resp = reqwest::Client::new().post(&hub).bearer_auth(&p).header("content-type", "application/json").body("{}").send().await.unwrap();
+    let resp = reqwest::Client::new()
+        .post(&hub)
+        .bearer_auth(&p)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 415);
 }
 
 #[tokio::test]
 async fn subscribe_with_bad_or_expired_token_is_401() {
     let s = Server::start(&[]);
-    for t in ["garbage".to_string(), herald::auth::mint_hs256("other", &[], &["*".into()], None, None).unwrap()] {
-        let sub = Sub::open(&s.hub(), "match=a", SubOpts { token: Some(&t), ..Default::default() }).await;
+    for t in [
+        "garbage".to_string(),
+        herald::auth::mint_hs256("other", &[], &["*".into()], None, None).unwrap(),
+    ] {
+        let sub = Sub::open(
+            &s.hub(),
+            "match=a",
+            SubOpts {
+                token: Some(&t),
+                ..Default::default()
+            },
+        )
+        .await;
         assert_eq!(sub.status, 401);
     }
-    let sub = Sub::open(&s.hub(), "match=a&authorization=garbage", SubOpts::default()).await;
+    let sub = Sub::open(
+        &s.hub(),
+        "match=a&authorization=garbage",
+        SubOpts::default(),
+    )
+    .await;
     assert_eq!(sub.status, 401, "a bad token in the query is refused too");
 }
 
@@ -183,7 +293,15 @@ async fn anonymous_subscribers_can_be_refused() {
     let sub = Sub::open(&s.hub(), "match=a", SubOpts::default()).await;
     assert_eq!(sub.status, 401);
     let t = token(&[], &["a"]);
-    let sub = Sub::open(&s.hub(), "match=a", SubOpts { token: Some(&t), ..Default::default() }).await;
+    let sub = Sub::open(
+        &s.hub(),
+        "match=a",
+        SubOpts {
+            token: Some(&t),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(sub.status, 200);
 }
 
@@ -198,19 +316,55 @@ async fn private_updates_reach_only_their_audience_in_every_tab() {
     let u1_token = token(&[], &[u1]);
     let u2_token = token(&[], &["https://example.com/users/2"]);
     let q = format!("match={}&match=announcements", enc(u1));
-    let mut tab1 = Sub::open(&hub, &q, SubOpts { token: Some(&u1_token), ..Default::default() }).await;
-    let mut tab2 = Sub::open(&hub, &q, SubOpts { token: Some(&u1_token), ..Default::default() }).await;
+    let mut tab1 = Sub::open(
+        &hub,
+        &q,
+        SubOpts {
+            token: Some(&u1_token),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut tab2 = Sub::open(
+        &hub,
+        &q,
+        SubOpts {
+            token: Some(&u1_token),
+            ..Default::default()
+        },
+    )
+    .await;
     let mut anon = Sub::ok(&hub, &q).await;
-    let mut user2 = Sub::open(&hub, &q, SubOpts { token: Some(&u2_token), ..Default::default() }).await;
+    let mut user2 = Sub::open(
+        &hub,
+        &q,
+        SubOpts {
+            token: Some(&u2_token),
+            ..Default::default()
+        },
+    )
+    .await;
     let mut star = Sub::ok(&hub, "match=*").await;
-    publish(&hub, &[("topic", u1), ("data", "secret for 1"), ("private", "on")]).await;
-    publish(&hub, &[("topic", "announcements"), ("data", "public marker")]).await;
+    publish(
+        &hub,
+        &[("topic", u1), ("data", "secret for 1"), ("private", "on")],
+    )
+    .await;
+    publish(
+        &hub,
+        &[("topic", "announcements"), ("data", "public marker")],
+    )
+    .await;
     for tab in [&mut tab1, &mut tab2] {
         assert_eq!(tab.next().await.data, "secret for 1");
         assert_eq!(tab.next().await.data, "public marker");
     }
     for outsider in [&mut anon, &mut user2, &mut star] {
-        assert_eq!(outsider.next().await.data, "public marker", "the private update was skipped");
+        assert_eq!(
+            outsider.next().await.data,
+            "public marker",
+            "the private update was skipped"
+        );
     }
 }
 
@@ -219,13 +373,34 @@ async fn tokens_from_cookie_and_query_parameter() {
     let s = Server::start(&[]);
     let hub = s.hub();
     let t = token(&[], &["p"]);
-    let mut by_cookie = Sub::open(&hub, "match=p", SubOpts { headers: vec![("cookie", format!("mercureAuthorization={t}"))], ..Default::default() }).await;
+    let mut by_cookie = Sub::open(
+        &hub,
+        "match=p",
+        SubOpts {
+            headers: vec![("cookie", format!("mercureAuthorization={t}"))],
+            ..Default::default()
+        },
+    )
+    .await;
     let mut by_query = Sub::ok(&hub, &format!("match=p&authorization={t}")).await;
-    publish(&hub, &[("topic", "p"), ("data", "private"), ("private", "")]).await;
+    publish(
+        &hub,
+        &[("topic", "p"), ("data", "private"), ("private", "")],
+    )
+    .await;
     assert_eq!(by_cookie.next().await.data, "private");
     assert_eq!(by_query.next().await.data, "private");
     // The Authorization header wins over a cookie.
-    let sub = Sub::open(&hub, "match=p", SubOpts { token: Some("bad"), headers: vec![("cookie", format!("mercureAuthorization={t}"))], ..Default::default() }).await;
+    let sub = Sub::open(
+        &hub,
+        "match=p",
+        SubOpts {
+            token: Some("bad"),
+            headers: vec![("cookie", format!("mercureAuthorization={t}"))],
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(sub.status, 401);
 }
 
@@ -241,16 +416,59 @@ async fn authorization_details_tokens_are_understood() {
             "topics": [{"match": "https://example.com/users/42/*", "match_type": "urlpattern"}]
         }]
     });
-    let t = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes())).unwrap();
-    let mut sub = Sub::open(&hub, &format!("match_urlpattern={}", enc("https://example.com/books/:id")), SubOpts { token: Some(&t), ..Default::default() }).await;
+    let t = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()),
+    )
+    .unwrap();
+    let mut sub = Sub::open(
+        &hub,
+        &format!("match_urlpattern={}", enc("https://example.com/books/:id")),
+        SubOpts {
+            token: Some(&t),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(sub.status, 200);
-    publish(&hub, &[("topic", "https://example.com/books/2"), ("data", "not yours"), ("private", "on")]).await;
-    publish(&hub, &[("topic", "https://example.com/books/1"), ("topic", "https://example.com/users/42/books/1"), ("data", "yours"), ("private", "on")]).await;
+    publish(
+        &hub,
+        &[
+            ("topic", "https://example.com/books/2"),
+            ("data", "not yours"),
+            ("private", "on"),
+        ],
+    )
+    .await;
+    publish(
+        &hub,
+        &[
+            ("topic", "https://example.com/books/1"),
+            ("topic", "https://example.com/users/42/books/1"),
+            ("data", "yours"),
+            ("private", "on"),
+        ],
+    )
+    .await;
     assert_eq!(sub.next().await.data, "yours");
     // A malformed detail invalidates the token.
     let bad = serde_json::json!({"authorization_details": [{"type": "https://mercure.rocks/authorization-detail", "actions": ["subscribe"], "topics": []}]});
-    let t = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &bad, &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes())).unwrap();
-    let sub = Sub::open(&hub, "match=a", SubOpts { token: Some(&t), ..Default::default() }).await;
+    let t = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &bad,
+        &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()),
+    )
+    .unwrap();
+    let sub = Sub::open(
+        &hub,
+        "match=a",
+        SubOpts {
+            token: Some(&t),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(sub.status, 401);
 }
 
@@ -265,8 +483,19 @@ async fn resume_from_history_every_way() {
     publish(&hub, &[("topic", "elsewhere"), ("data", "skip")]).await;
 
     // Header.
-    let mut sub = Sub::open(&hub, "match=r", SubOpts { last_event_id: Some(&ids[1]), ..Default::default() }).await;
-    assert_eq!(sub.header("mercure-last-event-id").as_deref(), Some(ids[1].as_str()));
+    let mut sub = Sub::open(
+        &hub,
+        "match=r",
+        SubOpts {
+            last_event_id: Some(&ids[1]),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        sub.header("mercure-last-event-id").as_deref(),
+        Some(ids[1].as_str())
+    );
     for i in 2..5 {
         assert_eq!(sub.next().await.data, format!("m{i}"));
     }
@@ -278,17 +507,39 @@ async fn resume_from_history_every_way() {
     assert_eq!(q.next().await.data, "m4");
     let mut legacy = Sub::ok(&hub, &format!("topic=r&lastEventID={}", enc(&ids[3]))).await;
     assert_eq!(legacy.next().await.data, "m4");
-    let mut both = Sub::open(&hub, &format!("match=r&last_event_id={}", enc(&ids[0])), SubOpts { last_event_id: Some(&ids[3]), ..Default::default() }).await;
+    let mut both = Sub::open(
+        &hub,
+        &format!("match=r&last_event_id={}", enc(&ids[0])),
+        SubOpts {
+            last_event_id: Some(&ids[3]),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(both.next().await.data, "m4");
 
     // earliest.
     let mut e = Sub::ok(&hub, "match=r&last_event_id=earliest").await;
-    assert_eq!(e.header("mercure-last-event-id").as_deref(), Some("earliest"));
+    assert_eq!(
+        e.header("mercure-last-event-id").as_deref(),
+        Some("earliest")
+    );
     assert_eq!(e.next().await.data, "m0");
 
     // Unknown id: nothing replayed, and the response says so.
-    let mut u = Sub::open(&hub, "match=r", SubOpts { last_event_id: Some("urn:uuid:unknown"), ..Default::default() }).await;
-    assert_eq!(u.header("mercure-last-event-id").as_deref(), Some("earliest"));
+    let mut u = Sub::open(
+        &hub,
+        "match=r",
+        SubOpts {
+            last_event_id: Some("urn:uuid:unknown"),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        u.header("mercure-last-event-id").as_deref(),
+        Some("earliest")
+    );
     assert!(u.next_within(Duration::from_millis(300)).await.is_none());
 }
 
@@ -297,12 +548,33 @@ async fn replay_rechecks_authorization() {
     let s = Server::start(&[]);
     let hub = s.hub();
     let first = publish(&hub, &[("topic", "u/1"), ("data", "start")]).await;
-    publish(&hub, &[("topic", "u/1"), ("data", "private"), ("private", "on")]).await;
+    publish(
+        &hub,
+        &[("topic", "u/1"), ("data", "private"), ("private", "on")],
+    )
+    .await;
     publish(&hub, &[("topic", "u/1"), ("data", "public")]).await;
-    let mut anon = Sub::open(&hub, "match=u/1", SubOpts { last_event_id: Some(&first), ..Default::default() }).await;
+    let mut anon = Sub::open(
+        &hub,
+        "match=u/1",
+        SubOpts {
+            last_event_id: Some(&first),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(anon.next().await.data, "public");
     let t = token(&[], &["u/1"]);
-    let mut owner = Sub::open(&hub, "match=u/1", SubOpts { last_event_id: Some(&first), token: Some(&t), ..Default::default() }).await;
+    let mut owner = Sub::open(
+        &hub,
+        "match=u/1",
+        SubOpts {
+            last_event_id: Some(&first),
+            token: Some(&t),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(owner.next().await.data, "private");
     assert_eq!(owner.next().await.data, "public");
 }
@@ -312,16 +584,31 @@ async fn heartbeat_comments_keep_idle_streams_alive() {
     let s = Server::start(&["--heartbeat", "100ms"]);
     let mut sub = Sub::ok(&s.hub(), "match=a").await;
     assert!(sub.next_within(Duration::from_millis(600)).await.is_none());
-    assert!(sub.comments() >= 2, "got {} keep-alive comments", sub.comments());
+    assert!(
+        sub.comments() >= 2,
+        "got {} keep-alive comments",
+        sub.comments()
+    );
 }
 
 #[tokio::test]
 async fn stream_ends_when_the_token_expires() {
     let s = Server::start(&[]);
     let t = herald::auth::mint_hs256(KEY, &[], &["a".into()], None, Some(2)).unwrap();
-    let mut sub = Sub::open(&s.hub(), "match=a", SubOpts { token: Some(&t), ..Default::default() }).await;
+    let mut sub = Sub::open(
+        &s.hub(),
+        "match=a",
+        SubOpts {
+            token: Some(&t),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(sub.status, 200);
-    assert!(sub.ended_within(Duration::from_secs(6)).await, "stream closed at exp");
+    assert!(
+        sub.ended_within(Duration::from_secs(6)).await,
+        "stream closed at exp"
+    );
 }
 
 #[tokio::test]
@@ -359,7 +646,11 @@ async fn slow_subscriber_is_cut_off_and_resumes_without_loss() {
     let addr = s.base.trim_start_matches("http://").to_string();
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
     use tokio::io::AsyncWriteExt;
-    slow.write_all(format!("GET /.well-known/mercure?match=flood HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    slow.write_all(
+        format!("GET /.well-known/mercure?match=flood HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(s.subscribers().await, 2);
     let data = "x".repeat(32 * 1024);
@@ -380,7 +671,10 @@ async fn slow_subscriber_is_cut_off_and_resumes_without_loss() {
         got.push(fast.next().await.id);
     }
     ids.extend(publishing.await.unwrap());
-    assert_eq!(got, ids, "the reading subscriber got every update, in order");
+    assert_eq!(
+        got, ids,
+        "the reading subscriber got every update, in order"
+    );
     assert!(metric(&s.base, "herald_slow_cut_off_total").await >= 1);
     assert_eq!(s.subscribers().await, 1);
     drop(slow);
@@ -389,8 +683,22 @@ async fn slow_subscriber_is_cut_off_and_resumes_without_loss() {
 #[tokio::test]
 async fn health_and_readiness() {
     let s = Server::start(&[]);
-    assert_eq!(reqwest::get(format!("{}/healthz", s.base)).await.unwrap().status().as_u16(), 200);
-    assert_eq!(reqwest::get(format!("{}/readyz", s.base)).await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        reqwest::get(format!("{}/healthz", s.base))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(format!("{}/readyz", s.base))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -406,13 +714,29 @@ async fn sigterm_ends_streams_and_exits_zero() {
 
 #[tokio::test]
 async fn cors_allowlist_never_reflects_other_origins() {
-    let s = Server::start(&["--cors-origins", "https://app.example.com,https://admin.example.com"]);
+    let s = Server::start(&[
+        "--cors-origins",
+        "https://app.example.com,https://admin.example.com",
+    ]);
     let client = reqwest::Client::new();
-    let resp = client.get(format!("{}?match=a", s.hub())).header("origin", "https://app.example.com").send().await.unwrap();
-    assert_eq!(resp.headers()["access-control-allow-origin"], "https://app.example.com");
+    let resp = client
+        .get(format!("{}?match=a", s.hub()))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
     assert_eq!(resp.headers()["access-control-allow-credentials"], "true");
     drop(resp);
-    let resp = client.get(format!("{}?match=a", s.hub())).header("origin", "https://evil.example").send().await.unwrap();
+    let resp = client
+        .get(format!("{}?match=a", s.hub()))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
     assert!(resp.headers().get("access-control-allow-origin").is_none());
     drop(resp);
     let pre = client
@@ -424,5 +748,8 @@ async fn cors_allowlist_never_reflects_other_origins() {
         .await
         .unwrap();
     assert!(pre.status().is_success());
-    assert_eq!(pre.headers()["access-control-allow-origin"], "https://admin.example.com");
+    assert_eq!(
+        pre.headers()["access-control-allow-origin"],
+        "https://admin.example.com"
+    );
 }

@@ -14,14 +14,35 @@ async fn subscription_events_and_api() {
     let admin = token(&[], &["/.well-known/mercure/subscriptions{/a}{/b}{/c}"]);
     let mut watcher = Sub::open(
         &hub,
-        &format!("match_urlpattern={}", enc("/.well-known/mercure/subscriptions/*")),
-        SubOpts { token: Some(&admin), ..Default::default() },
+        &format!(
+            "match_urlpattern={}",
+            enc("/.well-known/mercure/subscriptions/*")
+        ),
+        SubOpts {
+            token: Some(&admin),
+            ..Default::default()
+        },
     )
     .await;
     assert_eq!(watcher.status, 200);
     let topic = "https://example.com/books/1";
-    let payload_token = herald::auth::mint_hs256(KEY, &[], &[], Some(serde_json::json!({"tenant": "t1"})), Some(600)).unwrap();
-    let sub = Sub::open(&hub, &format!("match={}", enc(topic)), SubOpts { token: Some(&payload_token), ..Default::default() }).await;
+    let payload_token = herald::auth::mint_hs256(
+        KEY,
+        &[],
+        &[],
+        Some(serde_json::json!({"tenant": "t1"})),
+        Some(600),
+    )
+    .unwrap();
+    let sub = Sub::open(
+        &hub,
+        &format!("match={}", enc(topic)),
+        SubOpts {
+            token: Some(&payload_token),
+            ..Default::default()
+        },
+    )
+    .await;
 
     // The watcher sees its own subscription first, then the new one.
     let mut ev = watcher.next().await;
@@ -38,7 +59,14 @@ async fn subscription_events_and_api() {
     let subscriber = doc["subscriber"].as_str().unwrap().to_string();
     assert!(subscriber.starts_with("urn:uuid:"));
     let id = doc["id"].as_str().unwrap().to_string();
-    assert_eq!(id, format!("/.well-known/mercure/subscriptions/exact/{}/{}", enc_all(topic), enc_all(&subscriber)));
+    assert_eq!(
+        id,
+        format!(
+            "/.well-known/mercure/subscriptions/exact/{}/{}",
+            enc_all(topic),
+            enc_all(&subscriber)
+        )
+    );
 
     // The API lists it, and serves it alone.
     let client = reqwest::Client::new();
@@ -52,22 +80,46 @@ async fn subscription_events_and_api() {
         .await
         .unwrap();
     assert_eq!(list["type"], "subscriptions");
-    assert!(list["subscriptions"].as_array().unwrap().iter().any(|d| d["id"] == id.as_str()));
-    let one = client.get(format!("{}{}", s.base, id)).bearer_auth(&admin).send().await.unwrap();
+    assert!(list["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["id"] == id.as_str()));
+    let one = client
+        .get(format!("{}{}", s.base, id))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(one.status().as_u16(), 200);
     assert_eq!(one.headers()["content-type"], "application/json");
-    assert!(one.headers()["link"].to_str().unwrap().contains("rel=\"mercure\""));
+    assert!(one.headers()["link"]
+        .to_str()
+        .unwrap()
+        .contains("rel=\"mercure\""));
     let one: serde_json::Value = one.json().await.unwrap();
     assert_eq!(one["subscriber"], subscriber.as_str());
 
     // Without a token: 401; with a token for something else: 403;
     // unknown subscription: 404.
-    let r = client.get(format!("{}/.well-known/mercure/subscriptions", s.base)).send().await.unwrap();
+    let r = client
+        .get(format!("{}/.well-known/mercure/subscriptions", s.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    let r = client.get(format!("{}/.well-known/mercure/subscriptions", s.base)).bearer_auth(token(&[], &["x"])).send().await.unwrap();
+    let r = client
+        .get(format!("{}/.well-known/mercure/subscriptions", s.base))
+        .bearer_auth(token(&[], &["x"]))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 403);
     let r = client
-        .get(format!("{}/.well-known/mercure/subscriptions/exact/nope/urn%3Auuid%3Ax", s.base))
+        .get(format!(
+            "{}/.well-known/mercure/subscriptions/exact/nope/urn%3Auuid%3Ax",
+            s.base
+        ))
         .bearer_auth(&admin)
         .send()
         .await
@@ -82,7 +134,14 @@ async fn subscription_events_and_api() {
     assert_eq!(doc["subscriber"], subscriber.as_str());
 
     // Anonymous subscribers never see subscription events (they are private).
-    let mut anon = Sub::ok(&hub, &format!("match_urlpattern={}", enc("/.well-known/mercure/subscriptions/*"))).await;
+    let mut anon = Sub::ok(
+        &hub,
+        &format!(
+            "match_urlpattern={}",
+            enc("/.well-known/mercure/subscriptions/*")
+        ),
+    )
+    .await;
     let _other = Sub::ok(&hub, "match=zzz").await;
     assert!(anon.next_within(Duration::from_millis(300)).await.is_none());
 }
@@ -103,8 +162,11 @@ fn enc_all(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, &ENC).to_string()
 }
 
-const ENC: percent_encoding::AsciiSet =
-    percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const ENC: percent_encoding::AsciiSet = percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 fn herald_cmd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_herald"))
@@ -114,14 +176,28 @@ fn herald_cmd() -> Command {
 async fn cli_token_publish_and_subscribe() {
     let s = Server::start(&[]);
     let hub = s.hub();
-    let out = herald_cmd().args(["token", "--jwt-key", KEY, "--publish", "*"]).output().unwrap();
+    let out = herald_cmd()
+        .args(["token", "--jwt-key", KEY, "--publish", "*"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let tok = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert_eq!(tok.split('.').count(), 3);
 
     let before = publish(&hub, &[("topic", "cli"), ("data", "before")]).await;
     let sub = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["subscribe", "--hub", &hub, "--match", "cli", "--last-event-id", &before, "--max-events", "2", "--json"])
+        .args([
+            "subscribe",
+            "--hub",
+            &hub,
+            "--match",
+            "cli",
+            "--last-event-id",
+            &before,
+            "--max-events",
+            "2",
+            "--json",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -134,21 +210,34 @@ async fn cli_token_publish_and_subscribe() {
     }
     let missed = publish(&hub, &[("topic", "cli"), ("data", "missed?")]).await;
     let out = herald_cmd()
-        .args(["publish", "--hub", &hub, "--token", &tok, "--topic", "cli", "--data", "from cli", "--id", "cli-1"])
+        .args([
+            "publish", "--hub", &hub, "--token", &tok, "--topic", "cli", "--data", "from cli",
+            "--id", "cli-1",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), "cli-1");
     let out = sub.wait_with_output().unwrap();
     assert!(out.status.success());
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["id"], missed.as_str());
     assert_eq!(lines[1]["data"], "from cli");
 
     // A refused publish exits non-zero with the hub's message.
-    let out = herald_cmd().args(["publish", "--hub", &hub, "--token", "bad", "--topic", "x"]).output().unwrap();
+    let out = herald_cmd()
+        .args(["publish", "--hub", &hub, "--token", "bad", "--topic", "x"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 }
@@ -170,12 +259,20 @@ async fn serve_without_key_prints_a_working_dev_token() {
         if let Some(a) = line.strip_prefix("listening on ") {
             base = a.to_string();
         }
-        if let Some(t) = line.split("token (publish+subscribe to every topic): ").nth(1) {
+        if let Some(t) = line
+            .split("token (publish+subscribe to every topic): ")
+            .nth(1)
+        {
             tok = t.trim().to_string();
             break;
         }
     }
-    let (status, id) = publish_raw(&format!("{base}/.well-known/mercure"), Some(&tok), "topic=x&data=y").await;
+    let (status, id) = publish_raw(
+        &format!("{base}/.well-known/mercure"),
+        Some(&tok),
+        "topic=x&data=y",
+    )
+    .await;
     assert_eq!(status, 200, "{id}");
     let _ = child.kill();
     let _ = child.wait();
@@ -183,13 +280,28 @@ async fn serve_without_key_prints_a_working_dev_token() {
 
 #[test]
 fn bad_configuration_is_a_clear_error() {
-    let out = herald_cmd().args(["serve", "--heartbeat", "soon"]).output().unwrap();
+    let out = herald_cmd()
+        .args(["serve", "--heartbeat", "soon"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid duration"));
-    let out = herald_cmd().args(["serve", "--config", "/nonexistent/herald.toml"]).output().unwrap();
+    let out = herald_cmd()
+        .args(["serve", "--config", "/nonexistent/herald.toml"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/herald.toml"));
-    let out = herald_cmd().args(["serve", "--jwt-public-key-file", "/nonexistent.pem", "--listen", "127.0.0.1:0"]).output().unwrap();
+    let out = herald_cmd()
+        .args([
+            "serve",
+            "--jwt-public-key-file",
+            "/nonexistent.pem",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.pem"));
 }
@@ -201,17 +313,37 @@ fn env_overrides_file_and_flag_overrides_env() {
     std::fs::write(&cfg, "listen = \"127.0.0.1:1\"\nallow_anonymous = true\n").unwrap();
     // The file says port 1 (unbindable for non-root is not guaranteed, so
     // check the effect via HERALD_LISTEN overriding it to port 0).
-    let s = Server::start_raw(&["serve", "--config", cfg.to_str().unwrap(), "--jwt-key", KEY], &[("HERALD_LISTEN", "127.0.0.1:0"), ("HERALD_ALLOW_ANONYMOUS", "false")]);
+    let s = Server::start_raw(
+        &["serve", "--config", cfg.to_str().unwrap(), "--jwt-key", KEY],
+        &[
+            ("HERALD_LISTEN", "127.0.0.1:0"),
+            ("HERALD_ALLOW_ANONYMOUS", "false"),
+        ],
+    );
     assert!(!s.base.ends_with(":1"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let sub = Sub::open(&s.hub(), "match=a", SubOpts::default()).await;
-        assert_eq!(sub.status, 401, "HERALD_ALLOW_ANONYMOUS=false beat the file");
+        assert_eq!(
+            sub.status, 401,
+            "HERALD_ALLOW_ANONYMOUS=false beat the file"
+        );
     });
     drop(s);
     let s = Server::start_raw(
-        &["serve", "--config", cfg.to_str().unwrap(), "--jwt-key", KEY, "--allow-anonymous", "true"],
-        &[("HERALD_LISTEN", "127.0.0.1:0"), ("HERALD_ALLOW_ANONYMOUS", "false")],
+        &[
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--jwt-key",
+            KEY,
+            "--allow-anonymous",
+            "true",
+        ],
+        &[
+            ("HERALD_LISTEN", "127.0.0.1:0"),
+            ("HERALD_ALLOW_ANONYMOUS", "false"),
+        ],
     );
     rt.block_on(async {
         let sub = Sub::open(&s.hub(), "match=a", SubOpts::default()).await;

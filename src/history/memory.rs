@@ -27,7 +27,10 @@ struct Ring {
 impl MemoryHistory {
     /// A ring keeping the last `capacity` updates (0 keeps none: no resume).
     pub fn new(capacity: usize) -> MemoryHistory {
-        MemoryHistory { capacity, inner: RwLock::new(Ring::default()) }
+        MemoryHistory {
+            capacity,
+            inner: RwLock::new(Ring::default()),
+        }
     }
 }
 
@@ -54,20 +57,33 @@ impl HistoryStore for MemoryHistory {
 
     fn head(&self) -> (u64, Option<String>) {
         let ring = self.inner.read();
-        (ring.last_seq, ring.entries.back().map(|(_, u)| u.id.clone()))
+        (
+            ring.last_seq,
+            ring.entries.back().map(|(_, u)| u.id.clone()),
+        )
     }
 
     fn replay(&self, from: &ResumeFrom, upto: u64) -> Result<Replay, HistoryError> {
         let ring = self.inner.read();
         let first_seq = match ring.entries.front() {
             Some((s, _)) => *s,
-            None => return Ok(Replay { updates: Vec::new(), found: matches!(from, ResumeFrom::Earliest) }),
+            None => {
+                return Ok(Replay {
+                    updates: Vec::new(),
+                    found: matches!(from, ResumeFrom::Earliest),
+                })
+            }
         };
         let start_seq = match from {
             ResumeFrom::Earliest => first_seq,
             ResumeFrom::After(id) => match ring.by_id.get(id) {
                 Some(seq) => seq + 1,
-                None => return Ok(Replay { updates: Vec::new(), found: false }),
+                None => {
+                    return Ok(Replay {
+                        updates: Vec::new(),
+                        found: false,
+                    })
+                }
             },
         };
         let start = (start_seq.saturating_sub(first_seq)) as usize;
@@ -77,7 +93,10 @@ impl HistoryStore for MemoryHistory {
             .take_while(|(s, _)| *s <= upto)
             .map(|(_, u)| u.clone())
             .collect();
-        Ok(Replay { updates, found: true })
+        Ok(Replay {
+            updates,
+            found: true,
+        })
     }
 
     fn len(&self) -> usize {
@@ -90,7 +109,14 @@ mod tests {
     use super::*;
 
     fn up(id: &str) -> Arc<Update> {
-        Arc::new(Update::new(id.into(), vec!["t".into()], false, None, None, id.into()))
+        Arc::new(Update::new(
+            id.into(),
+            vec!["t".into()],
+            false,
+            None,
+            None,
+            id.into(),
+        ))
     }
 
     fn ids(r: &Replay) -> Vec<&str> {
@@ -122,15 +148,24 @@ mod tests {
         assert_eq!(h.len(), 2);
         assert!(!h.replay(&ResumeFrom::After("a".into()), 3).unwrap().found);
         assert!(!h.replay(&ResumeFrom::After("zz".into()), 3).unwrap().found);
-        assert_eq!(ids(&h.replay(&ResumeFrom::Earliest, 3).unwrap()), ["b", "c"]);
-        assert_eq!(ids(&h.replay(&ResumeFrom::After("c".into()), 3).unwrap()), Vec::<&str>::new());
+        assert_eq!(
+            ids(&h.replay(&ResumeFrom::Earliest, 3).unwrap()),
+            ["b", "c"]
+        );
+        assert_eq!(
+            ids(&h.replay(&ResumeFrom::After("c".into()), 3).unwrap()),
+            Vec::<&str>::new()
+        );
     }
 
     #[test]
     fn duplicate_ids_rejected_while_held() {
         let h = MemoryHistory::new(1);
         h.append(up("a")).unwrap();
-        assert!(matches!(h.append(up("a")), Err(HistoryError::DuplicateId(_))));
+        assert!(matches!(
+            h.append(up("a")),
+            Err(HistoryError::DuplicateId(_))
+        ));
         h.append(up("b")).unwrap();
         // "a" was evicted: it can be reused.
         h.append(up("a")).unwrap();

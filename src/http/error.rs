@@ -18,7 +18,11 @@ pub struct HttpError {
 
 impl HttpError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> HttpError {
-        HttpError { status, message: message.into(), challenge: None }
+        HttpError {
+            status,
+            message: message.into(),
+            challenge: None,
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> HttpError {
@@ -38,7 +42,11 @@ impl From<AuthError> for HttpError {
             AuthError::Invalid(_) => (StatusCode::UNAUTHORIZED, Some("invalid_token")),
             AuthError::Forbidden(_) => (StatusCode::FORBIDDEN, Some("insufficient_scope")),
         };
-        HttpError { status, message: e.to_string(), challenge: Some(code) }
+        HttpError {
+            status,
+            message: e.to_string(),
+            challenge: Some(code),
+        }
     }
 }
 
@@ -58,7 +66,10 @@ impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, format!("{}\n", self.message)).into_response();
         let headers = resp.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         if let Some(code) = self.challenge {
             let value = match code {
                 Some(c) => format!("Bearer realm=\"mercure\", error=\"{c}\""),

@@ -20,7 +20,8 @@ pub fn parse(input: &[u8]) -> Result<Vec<(String, String)>, FormError> {
             Some(i) => (&piece[..i], &piece[i + 1..]),
             None => (piece, &b""[..]),
         };
-        let name = decode(name).map_err(|_| FormError(String::from_utf8_lossy(name).into_owned()))?;
+        let name =
+            decode(name).map_err(|_| FormError(String::from_utf8_lossy(name).into_owned()))?;
         let value = decode(value).map_err(|_| FormError(name.clone()))?;
         out.push((name, value));
     }
@@ -28,7 +29,10 @@ pub fn parse(input: &[u8]) -> Result<Vec<(String, String)>, FormError> {
 }
 
 fn decode(raw: &[u8]) -> Result<String, std::string::FromUtf8Error> {
-    let plus_as_space: Vec<u8> = raw.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect();
+    let plus_as_space: Vec<u8> = raw
+        .iter()
+        .map(|b| if *b == b'+' { b' ' } else { *b })
+        .collect();
     String::from_utf8(percent_decode(&plus_as_space).collect())
 }
 

@@ -43,13 +43,22 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body;
     let mut app = Router::new()
         .route(HUB_PATH, get(subscribe::subscribe).post(publish::publish))
-        .route(&format!("{HUB_PATH}/subscriptions"), get(subscriptions::list))
-        .route(&format!("{HUB_PATH}/subscriptions/{{*rest}}"), get(subscriptions::lookup))
+        .route(
+            &format!("{HUB_PATH}/subscriptions"),
+            get(subscriptions::list),
+        )
+        .route(
+            &format!("{HUB_PATH}/subscriptions/{{*rest}}"),
+            get(subscriptions::lookup),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
     if state.config.demo {
-        app = app.route("/", get(|| async { Html(include_str!("../../web/index.html")) }));
+        app = app.route(
+            "/",
+            get(|| async { Html(include_str!("../../web/index.html")) }),
+        );
     }
     let cors = cors_layer(&state.config.cors_origins);
     let app = app.layer(DefaultBodyLimit::max(max_body)).with_state(state);
@@ -83,8 +92,14 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     if origins.iter().any(|o| o == "*") {
         return Some(base.allow_origin(AllowOrigin::any()));
     }
-    let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
-    Some(base.allow_origin(AllowOrigin::list(list)).allow_credentials(true))
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    Some(
+        base.allow_origin(AllowOrigin::list(list))
+            .allow_credentials(true),
+    )
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
@@ -117,17 +132,26 @@ async fn metrics(State(s): State<AppState>) -> Response {
 /// cookie alongside it is ignored, browsers attach cookies unasked), then the
 /// cookie, then the `authorization` query parameter (deployed dialect, for
 /// `EventSource` without cookies).
-pub fn find_token(headers: &HeaderMap, query_token: Option<&str>) -> Result<Option<String>, AuthError> {
+pub fn find_token(
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Option<String>, AuthError> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
-        let v = v.to_str().map_err(|_| AuthError::Malformed("the Authorization header is not ASCII".into()))?;
+        let v = v
+            .to_str()
+            .map_err(|_| AuthError::Malformed("the Authorization header is not ASCII".into()))?;
         let (scheme, token) = v.trim().split_once(' ').unwrap_or((v, ""));
         if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-            return Err(AuthError::Malformed("the Authorization header must be 'Bearer <token>'".into()));
+            return Err(AuthError::Malformed(
+                "the Authorization header must be 'Bearer <token>'".into(),
+            ));
         }
         return Ok(Some(token.trim().to_string()));
     }
     for cookie_header in headers.get_all(header::COOKIE) {
-        let Ok(cookies) = cookie_header.to_str() else { continue };
+        let Ok(cookies) = cookie_header.to_str() else {
+            continue;
+        };
         for c in cookies.split(';') {
             if let Some((name, value)) = c.trim().split_once('=') {
                 if COOKIE_NAMES.contains(&name) && !value.is_empty() {
@@ -144,6 +168,8 @@ pub fn find_token(headers: &HeaderMap, query_token: Option<&str>) -> Result<Opti
 pub fn verify(verifier: &Option<Verifier>, token: &str) -> Result<Grants, AuthError> {
     match verifier {
         Some(v) => v.verify(token),
-        None => Err(AuthError::Invalid("this hub has no key configured to verify tokens".into())),
+        None => Err(AuthError::Invalid(
+            "this hub has no key configured to verify tokens".into(),
+        )),
     }
 }

@@ -24,15 +24,28 @@ pub struct PublishRequest {
 
 /// Validate the form fields. Limits (number and length of topics) answer
 /// 413; malformed values answer 400.
-pub fn parse_form(body: &[u8], max_topics: usize, max_topic_len: usize) -> Result<PublishRequest, HttpError> {
+pub fn parse_form(
+    body: &[u8],
+    max_topics: usize,
+    max_topic_len: usize,
+) -> Result<PublishRequest, HttpError> {
     let pairs = form::parse(body).map_err(|e| HttpError::bad_request(e.to_string()))?;
-    let mut req = PublishRequest { topics: Vec::new(), data: String::new(), private: false, id: None, event_type: None, retry: None };
+    let mut req = PublishRequest {
+        topics: Vec::new(),
+        data: String::new(),
+        private: false,
+        id: None,
+        event_type: None,
+        retry: None,
+    };
     for (name, value) in pairs {
         match name.as_str() {
             "topic" => {
                 validate_topic(&value, max_topic_len)?;
                 if req.topics.len() >= max_topics {
-                    return Err(HttpError::too_large(format!("too many topics; the limit is {max_topics} per update")));
+                    return Err(HttpError::too_large(format!(
+                        "too many topics; the limit is {max_topics} per update"
+                    )));
                 }
                 if !req.topics.contains(&value) {
                     req.topics.push(value);
@@ -49,31 +62,45 @@ pub fn parse_form(body: &[u8], max_topics: usize, max_topic_len: usize) -> Resul
                 if value == "earliest" {
                     return Err(HttpError::bad_request("id must not be 'earliest': that value is reserved for resuming from the start of history"));
                 }
-                validate_field_value(&value).map_err(|e| HttpError::bad_request(format!("id {e}")))?;
+                validate_field_value(&value)
+                    .map_err(|e| HttpError::bad_request(format!("id {e}")))?;
                 if value.len() > max_topic_len {
-                    return Err(HttpError::too_large(format!("id is longer than {max_topic_len} bytes")));
+                    return Err(HttpError::too_large(format!(
+                        "id is longer than {max_topic_len} bytes"
+                    )));
                 }
                 req.id = Some(value);
             }
             "type" if value.is_empty() => {}
             "type" => {
-                validate_field_value(&value).map_err(|e| HttpError::bad_request(format!("type {e}")))?;
+                validate_field_value(&value)
+                    .map_err(|e| HttpError::bad_request(format!("type {e}")))?;
                 if value == "mercure" {
-                    return Err(HttpError::bad_request("type 'mercure' is reserved for events the hub generates"));
+                    return Err(HttpError::bad_request(
+                        "type 'mercure' is reserved for events the hub generates",
+                    ));
                 }
                 req.event_type = Some(value);
             }
             "retry" => {
                 if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(HttpError::bad_request("retry must be a number of milliseconds (ASCII digits only)"));
+                    return Err(HttpError::bad_request(
+                        "retry must be a number of milliseconds (ASCII digits only)",
+                    ));
                 }
-                req.retry = Some(value.parse().map_err(|_| HttpError::bad_request("retry is too large"))?);
+                req.retry = Some(
+                    value
+                        .parse()
+                        .map_err(|_| HttpError::bad_request("retry is too large"))?,
+                );
             }
             _ => {} // Unknown fields are ignored, for future extensions.
         }
     }
     if req.topics.is_empty() {
-        return Err(HttpError::bad_request("missing 'topic' field: an update needs at least one topic"));
+        return Err(HttpError::bad_request(
+            "missing 'topic' field: an update needs at least one topic",
+        ));
     }
     Ok(req)
 }
@@ -85,13 +112,20 @@ fn validate_topic(topic: &str, max_len: usize) -> Result<(), HttpError> {
         return Err(HttpError::bad_request("topic must not be empty"));
     }
     if topic.len() > max_len {
-        return Err(HttpError::too_large(format!("topic is {} bytes long; the limit is {max_len}", topic.len())));
+        return Err(HttpError::too_large(format!(
+            "topic is {} bytes long; the limit is {max_len}",
+            topic.len()
+        )));
     }
     if topic.chars().any(is_control_or_format) {
-        return Err(HttpError::bad_request("topic must not contain control or format characters"));
+        return Err(HttpError::bad_request(
+            "topic must not contain control or format characters",
+        ));
     }
     if topic == "*" {
-        return Err(HttpError::bad_request("'*' is the wildcard selector, not a publishable topic"));
+        return Err(HttpError::bad_request(
+            "'*' is the wildcard selector, not a publishable topic",
+        ));
     }
     if in_reserved_namespace(topic) {
         return Err(HttpError::bad_request(format!(
@@ -120,7 +154,9 @@ fn decode_unreserved(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             if let Some(c) = hex.filter(|c| c.is_ascii_alphanumeric() || b"-._~".contains(c)) {
                 out.push(c as char);
                 i += 3;
@@ -134,17 +170,28 @@ fn decode_unreserved(s: &str) -> String {
     out
 }
 
-pub async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn publish(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     match handle(&state, &headers, body) {
         Ok(id) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], id).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-fn handle(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<String, HttpError> {
+fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<String, HttpError> {
     let token = find_token(headers, None)?.ok_or(AuthError::Missing)?;
     let grants = verify(&state.publisher, &token)?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let media = content_type.split(';').next().unwrap_or("").trim();
     if !media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
         return Err(HttpError::new(
@@ -153,18 +200,29 @@ fn handle(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReject
         ));
     }
     let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            HttpError::too_large(format!("request body is larger than the limit of {} bytes", state.config.max_body))
-        }
+        StatusCode::PAYLOAD_TOO_LARGE => HttpError::too_large(format!(
+            "request body is larger than the limit of {} bytes",
+            state.config.max_body
+        )),
         status => HttpError::new(status, e.body_text()),
     })?;
     let cfg = &state.config;
     let req = parse_form(&body, cfg.max_selectors, cfg.max_selector_len)?;
     if let Some(t) = req.topics.iter().find(|t| !grants.can_publish(t)) {
-        return Err(AuthError::Forbidden(format!("your token does not allow publishing to topic {t:?}")).into());
+        return Err(AuthError::Forbidden(format!(
+            "your token does not allow publishing to topic {t:?}"
+        ))
+        .into());
     }
     let id = req.id.unwrap_or_else(Update::generate_id);
-    let update = Update::new(id, req.topics, req.private, req.event_type, req.retry, req.data);
+    let update = Update::new(
+        id,
+        req.topics,
+        req.private,
+        req.event_type,
+        req.retry,
+        req.data,
+    );
     let update = state.hub.publish(update)?;
     Ok(update.id.clone())
 }
@@ -179,7 +237,8 @@ mod tests {
 
     #[test]
     fn parses_fields() {
-        let r = p("topic=a&topic=b&topic=a&data=x%0Ay&private=&id=i1&type=t&retry=10&future=1").unwrap();
+        let r = p("topic=a&topic=b&topic=a&data=x%0Ay&private=&id=i1&type=t&retry=10&future=1")
+            .unwrap();
         assert_eq!(r.topics, ["a", "b"]);
         assert_eq!(r.data, "x\ny");
         assert!(r.private);
@@ -214,13 +273,20 @@ mod tests {
             "topic=a&retry=99999999999999999999999",
             "topic=%FF",
         ] {
-            assert_eq!(p(bad).expect_err(bad).status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(
+                p(bad).expect_err(bad).status,
+                StatusCode::BAD_REQUEST,
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn limits_answer_413() {
-        assert_eq!(p("topic=a&topic=b&topic=c&topic=d").unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            p("topic=a&topic=b&topic=c&topic=d").unwrap_err().status,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
         let long = format!("topic={}", "x".repeat(101));
         assert_eq!(p(&long).unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
     }
@@ -229,7 +295,9 @@ mod tests {
     fn reserved_namespace() {
         assert!(in_reserved_namespace("/.well-known/mercure"));
         assert!(in_reserved_namespace("/.well-known/mercure/x"));
-        assert!(in_reserved_namespace("https://a.b/.well-known/mercure/subscriptions"));
+        assert!(in_reserved_namespace(
+            "https://a.b/.well-known/mercure/subscriptions"
+        ));
         assert!(!in_reserved_namespace("/.well-known/mercurex"));
         assert!(!in_reserved_namespace("https://a.b/books/1"));
         assert!(!in_reserved_namespace("urn:uuid:1"));

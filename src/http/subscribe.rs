@@ -25,7 +25,11 @@ pub struct SubscribeRequest {
 /// `match_urlpattern` (current draft), `topic` (deployed dialect: URI
 /// templates), `last_event_id` / `lastEventID`, `authorization`. Any other
 /// name in the reserved `match` namespace is an error, never ignored.
-pub fn parse_query(raw: &[u8], max_selectors: usize, max_len: usize) -> Result<SubscribeRequest, HttpError> {
+pub fn parse_query(
+    raw: &[u8],
+    max_selectors: usize,
+    max_len: usize,
+) -> Result<SubscribeRequest, HttpError> {
     let pairs = form::parse(raw).map_err(|e| HttpError::bad_request(e.to_string()))?;
     let mut req = SubscribeRequest::default();
     let mut draft_id = None;
@@ -90,7 +94,11 @@ pub fn parse_query(raw: &[u8], max_selectors: usize, max_len: usize) -> Result<S
 
 /// Does this `Accept` header admit `text/event-stream`? No header means yes.
 pub fn accepts_event_stream(headers: &HeaderMap) -> bool {
-    let values: Vec<&str> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+    let values: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     if values.is_empty() {
         return true;
     }
@@ -99,13 +107,19 @@ pub fn accepts_event_stream(headers: &HeaderMap) -> bool {
         let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
         let q_zero = parts.any(|p| {
             let p = p.trim();
-            p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")).is_some_and(|q| q.trim().parse::<f32>().map(|q| q <= 0.0).unwrap_or(false))
+            p.strip_prefix("q=")
+                .or_else(|| p.strip_prefix("Q="))
+                .is_some_and(|q| q.trim().parse::<f32>().map(|q| q <= 0.0).unwrap_or(false))
         });
         !q_zero && matches!(media.as_str(), "text/event-stream" | "text/*" | "*/*")
     })
 }
 
-pub async fn subscribe(State(state): State<AppState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+pub async fn subscribe(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     match open(&state, &headers, query.as_deref().unwrap_or("")) {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
@@ -127,14 +141,20 @@ fn open(state: &AppState, headers: &HeaderMap, query: &str) -> Result<Response, 
         None => return Err(AuthError::Missing.into()),
     };
 
-    let header_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let requested = header_id.or(req.last_event_id);
     let resume = requested.as_ref().map(|id| match id.as_str() {
         "earliest" => ResumeFrom::Earliest,
         other => ResumeFrom::After(other.to_string()),
     });
 
-    let payload = req.selectors.iter().find_map(|s| grants.payload_for(s.as_str()));
+    let payload = req
+        .selectors
+        .iter()
+        .find_map(|s| grants.payload_for(s.as_str()));
     let subscription = Subscription {
         subscriber_id: Update::generate_id(),
         selectors: req.selectors,
@@ -158,8 +178,13 @@ fn open(state: &AppState, headers: &HeaderMap, query: &str) -> Result<Response, 
         };
         // Deployed dialect: where the hub's history stood at connection.
         let legacy = head_id.as_deref().unwrap_or("earliest");
-        if let (Ok(a), Ok(b)) = (HeaderValue::from_str(preceding), HeaderValue::from_str(legacy)) {
-            resp = resp.header("mercure-last-event-id", a).header("last-event-id", b);
+        if let (Ok(a), Ok(b)) = (
+            HeaderValue::from_str(preceding),
+            HeaderValue::from_str(legacy),
+        ) {
+            resp = resp
+                .header("mercure-last-event-id", a)
+                .header("last-event-id", b);
         }
     }
     // A subscriber's connection ends when its token expires; it reconnects
@@ -175,7 +200,8 @@ fn open(state: &AppState, headers: &HeaderMap, query: &str) -> Result<Response, 
         }
         None => Body::from_stream(stream),
     };
-    resp.body(body).map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    resp.body(body)
+        .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 #[cfg(test)]
@@ -194,9 +220,19 @@ mod tests {
         assert_eq!(r.selectors[1].kind(), "url_pattern");
         assert_eq!(r.selectors[2].kind(), "uri_template");
         assert_eq!(r.last_event_id.as_deref(), Some("e1"));
-        assert_eq!(q("topic=a&lastEventID=e2").unwrap().last_event_id.as_deref(), Some("e2"));
+        assert_eq!(
+            q("topic=a&lastEventID=e2")
+                .unwrap()
+                .last_event_id
+                .as_deref(),
+            Some("e2")
+        );
         assert_eq!(q("match=*").unwrap().selectors, vec![TopicSelector::Any]);
-        assert_eq!(q("match=a&match=a").unwrap().selectors.len(), 1, "duplicates merged");
+        assert_eq!(
+            q("match=a&match=a").unwrap().selectors.len(),
+            1,
+            "duplicates merged"
+        );
     }
 
     #[test]

@@ -42,8 +42,15 @@ fn respond(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Response {
 #[derive(Debug, PartialEq, Eq)]
 enum Query {
     All,
-    Matcher { match_type: Option<String>, selector: String },
-    One { match_type: Option<String>, selector: String, subscriber: String },
+    Matcher {
+        match_type: Option<String>,
+        selector: String,
+    },
+    One {
+        match_type: Option<String>,
+        selector: String,
+        subscriber: String,
+    },
 }
 
 fn parse_path(rest: &str) -> Result<Query, HttpError> {
@@ -51,16 +58,39 @@ fn parse_path(rest: &str) -> Result<Query, HttpError> {
         percent_decode_str(s)
             .decode_utf8()
             .map(|c| c.into_owned())
-            .map_err(|_| HttpError::bad_request("subscription path segments must be UTF-8 after percent-decoding"))
+            .map_err(|_| {
+                HttpError::bad_request(
+                    "subscription path segments must be UTF-8 after percent-decoding",
+                )
+            })
     };
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     Ok(match segments.as_slice() {
         [] => Query::All,
-        [topic] => Query::Matcher { match_type: None, selector: decode(topic)? },
-        [a, b] if MATCH_TYPES.contains(a) => Query::Matcher { match_type: Some(a.to_string()), selector: decode(b)? },
-        [topic, sub] => Query::One { match_type: None, selector: decode(topic)?, subscriber: decode(sub)? },
-        [t, m, s] => Query::One { match_type: Some(t.to_string()), selector: decode(m)?, subscriber: decode(s)? },
-        _ => return Err(HttpError::new(StatusCode::NOT_FOUND, "no such subscriptions resource")),
+        [topic] => Query::Matcher {
+            match_type: None,
+            selector: decode(topic)?,
+        },
+        [a, b] if MATCH_TYPES.contains(a) => Query::Matcher {
+            match_type: Some(a.to_string()),
+            selector: decode(b)?,
+        },
+        [topic, sub] => Query::One {
+            match_type: None,
+            selector: decode(topic)?,
+            subscriber: decode(sub)?,
+        },
+        [t, m, s] => Query::One {
+            match_type: Some(t.to_string()),
+            selector: decode(m)?,
+            subscriber: decode(s)?,
+        },
+        _ => {
+            return Err(HttpError::new(
+                StatusCode::NOT_FOUND,
+                "no such subscriptions resource",
+            ))
+        }
     })
 }
 
@@ -75,25 +105,53 @@ fn answer(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Response, 
     let token = find_token(headers, None)?.ok_or(AuthError::Missing)?;
     let grants = verify(&state.subscriber, &token)?;
     if !grants.can_subscribe(path) {
-        return Err(AuthError::Forbidden(format!("your token does not grant subscribe on {path:?}")).into());
+        return Err(AuthError::Forbidden(format!(
+            "your token does not grant subscribe on {path:?}"
+        ))
+        .into());
     }
-    let rest = path.strip_prefix(&format!("{HUB_PATH}/subscriptions")).unwrap_or("");
+    let rest = path
+        .strip_prefix(&format!("{HUB_PATH}/subscriptions"))
+        .unwrap_or("");
     let query = parse_path(rest)?;
-    let last_event_id = state.hub.history().head().1.unwrap_or_else(|| "earliest".into());
+    let last_event_id = state
+        .hub
+        .history()
+        .head()
+        .1
+        .unwrap_or_else(|| "earliest".into());
     let all = state.hub.subscriptions();
     let selects = |info: &SubscriptionInfo, match_type: &Option<String>, selector: &str| {
         info.selector == selector && match_type.as_deref().is_none_or(|t| t == info.match_type)
     };
     let body: Value = match &query {
         Query::All => collection(path, &all, &last_event_id),
-        Query::Matcher { match_type, selector } => {
-            let subset: Vec<_> = all.into_iter().filter(|i| selects(i, match_type, selector)).collect();
+        Query::Matcher {
+            match_type,
+            selector,
+        } => {
+            let subset: Vec<_> = all
+                .into_iter()
+                .filter(|i| selects(i, match_type, selector))
+                .collect();
             collection(path, &subset, &last_event_id)
         }
-        Query::One { match_type, selector, subscriber } => {
-            match all.iter().find(|i| selects(i, match_type, selector) && &i.subscriber == subscriber) {
+        Query::One {
+            match_type,
+            selector,
+            subscriber,
+        } => {
+            match all
+                .iter()
+                .find(|i| selects(i, match_type, selector) && &i.subscriber == subscriber)
+            {
                 Some(info) => info.to_json_ld(Some(&last_event_id)),
-                None => return Err(HttpError::new(StatusCode::NOT_FOUND, "no such active subscription")),
+                None => {
+                    return Err(HttpError::new(
+                        StatusCode::NOT_FOUND,
+                        "no such active subscription",
+                    ))
+                }
             }
         }
     };
@@ -102,7 +160,10 @@ fn answer(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Response, 
         last_event_id.replace(['"', '\\'], "")
     );
     let mut resp = (
-        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "must-revalidate")],
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "must-revalidate"),
+        ],
         body.to_string(),
     )
         .into_response();
@@ -132,19 +193,33 @@ mod tests {
         assert_eq!(parse_path("/").unwrap(), Query::All);
         assert_eq!(
             parse_path("/https%3A%2F%2Fx%2F1").unwrap(),
-            Query::Matcher { match_type: None, selector: "https://x/1".into() }
+            Query::Matcher {
+                match_type: None,
+                selector: "https://x/1".into()
+            }
         );
         assert_eq!(
             parse_path("/exact/https%3A%2F%2Fx%2F1").unwrap(),
-            Query::Matcher { match_type: Some("exact".into()), selector: "https://x/1".into() }
+            Query::Matcher {
+                match_type: Some("exact".into()),
+                selector: "https://x/1".into()
+            }
         );
         assert_eq!(
             parse_path("/a/urn%3Auuid%3A1").unwrap(),
-            Query::One { match_type: None, selector: "a".into(), subscriber: "urn:uuid:1".into() }
+            Query::One {
+                match_type: None,
+                selector: "a".into(),
+                subscriber: "urn:uuid:1".into()
+            }
         );
         assert_eq!(
             parse_path("/urlpattern/a/b").unwrap(),
-            Query::One { match_type: Some("urlpattern".into()), selector: "a".into(), subscriber: "b".into() }
+            Query::One {
+                match_type: Some("urlpattern".into()),
+                selector: "a".into(),
+                subscriber: "b".into()
+            }
         );
         assert!(parse_path("/a/b/c/d").is_err());
         assert!(parse_path("/%FF").is_err());

@@ -65,7 +65,10 @@ pub struct HubConfig {
 
 impl Default for HubConfig {
     fn default() -> Self {
-        HubConfig { queue_capacity: 1024, subscription_events: false }
+        HubConfig {
+            queue_capacity: 1024,
+            subscription_events: false,
+        }
     }
 }
 
@@ -189,7 +192,12 @@ impl Hub {
             Some(from) => match self.history.replay(&from, cursor) {
                 Ok(replay) => {
                     found = replay.found;
-                    replay.updates.into_iter().filter(|u| subscription.wants(u)).map(|u| u.frame.clone()).collect()
+                    replay
+                        .updates
+                        .into_iter()
+                        .filter(|u| subscription.wants(u))
+                        .map(|u| u.frame.clone())
+                        .collect()
                 }
                 Err(e) => {
                     self.remove_many(&[key]);
@@ -201,7 +209,11 @@ impl Hub {
         if self.config.subscription_events {
             self.publish_subscription_events(&subscription, true);
         }
-        Ok((SubscriberStream::new(self.clone(), key, backlog, rx), head_id, found))
+        Ok((
+            SubscriberStream::new(self.clone(), key, backlog, rx),
+            head_id,
+            found,
+        ))
     }
 
     /// Called when a subscriber's stream is dropped (client gone).
@@ -287,20 +299,39 @@ mod tests {
     use futures_util::StreamExt;
 
     fn hub(capacity: usize) -> Arc<Hub> {
-        Hub::new(HubConfig { queue_capacity: capacity, subscription_events: false }, Arc::new(MemoryHistory::new(100)))
+        Hub::new(
+            HubConfig {
+                queue_capacity: capacity,
+                subscription_events: false,
+            },
+            Arc::new(MemoryHistory::new(100)),
+        )
     }
 
     fn sub(selectors: &[&str], private: &[&str]) -> Subscription {
         Subscription {
             subscriber_id: Update::generate_id(),
-            selectors: selectors.iter().map(|s| TopicSelector::uri_template(s).unwrap()).collect(),
-            private_access: private.iter().map(|s| TopicSelector::uri_template(s).unwrap()).collect(),
+            selectors: selectors
+                .iter()
+                .map(|s| TopicSelector::uri_template(s).unwrap())
+                .collect(),
+            private_access: private
+                .iter()
+                .map(|s| TopicSelector::uri_template(s).unwrap())
+                .collect(),
             payload: None,
         }
     }
 
     fn update(id: &str, topics: &[&str], private: bool) -> Update {
-        Update::new(id.into(), topics.iter().map(|s| s.to_string()).collect(), private, None, None, id.into())
+        Update::new(
+            id.into(),
+            topics.iter().map(|s| s.to_string()).collect(),
+            private,
+            None,
+            None,
+            id.into(),
+        )
     }
 
     async fn next_chunk(s: &mut SubscriberStream) -> String {
@@ -311,8 +342,11 @@ mod tests {
     #[tokio::test]
     async fn delivers_once_even_when_several_topics_match() {
         let hub = hub(8);
-        let (mut s, _, _) = hub.subscribe(sub(&["a", "b", "https://x/{id}"], &[]), None).unwrap();
-        hub.publish(update("1", &["a", "b", "https://x/1"], false)).unwrap();
+        let (mut s, _, _) = hub
+            .subscribe(sub(&["a", "b", "https://x/{id}"], &[]), None)
+            .unwrap();
+        hub.publish(update("1", &["a", "b", "https://x/1"], false))
+            .unwrap();
         hub.publish(update("2", &["c"], false)).unwrap();
         hub.publish(update("3", &["b"], false)).unwrap();
         let got = next_chunk(&mut s).await;
@@ -327,7 +361,10 @@ mod tests {
         let (mut owner, _, _) = hub.subscribe(sub(&["u/{id}"], &["u/1"]), None).unwrap();
         hub.publish(update("p", &["u/1"], true)).unwrap();
         hub.publish(update("q", &["u/1"], false)).unwrap();
-        assert_eq!(next_chunk(&mut owner).await, "id: p\ndata: p\n\nid: q\ndata: q\n\n");
+        assert_eq!(
+            next_chunk(&mut owner).await,
+            "id: p\ndata: p\n\nid: q\ndata: q\n\n"
+        );
         assert_eq!(next_chunk(&mut anon).await, "id: q\ndata: q\n\n");
         assert_eq!(next_chunk(&mut other).await, "id: q\ndata: q\n\n");
     }
@@ -339,11 +376,17 @@ mod tests {
         let (mut fast, _, _) = hub.subscribe(sub(&["t"], &[]), None).unwrap();
         hub.publish(update("1", &["t"], false)).unwrap();
         hub.publish(update("2", &["t"], false)).unwrap();
-        assert_eq!(next_chunk(&mut fast).await, "id: 1\ndata: 1\n\nid: 2\ndata: 2\n\n");
+        assert_eq!(
+            next_chunk(&mut fast).await,
+            "id: 1\ndata: 1\n\nid: 2\ndata: 2\n\n"
+        );
         hub.publish(update("3", &["t"], false)).unwrap();
         assert_eq!(hub.subscriber_count(), 1);
         assert_eq!(hub.stats.cut_off_slow.load(Ordering::Relaxed), 1);
-        assert_eq!(next_chunk(&mut slow).await, "id: 1\ndata: 1\n\nid: 2\ndata: 2\n\n");
+        assert_eq!(
+            next_chunk(&mut slow).await,
+            "id: 1\ndata: 1\n\nid: 2\ndata: 2\n\n"
+        );
         assert!(slow.next().await.is_none(), "cut-off stream ends");
         assert_eq!(next_chunk(&mut fast).await, "id: 3\ndata: 3\n\n");
     }
@@ -354,11 +397,16 @@ mod tests {
         for id in ["1", "2", "3"] {
             hub.publish(update(id, &["t"], false)).unwrap();
         }
-        let (mut s, head, found) = hub.subscribe(sub(&["t"], &[]), Some(ResumeFrom::After("1".into()))).unwrap();
+        let (mut s, head, found) = hub
+            .subscribe(sub(&["t"], &[]), Some(ResumeFrom::After("1".into())))
+            .unwrap();
         assert_eq!(head.as_deref(), Some("3"));
         assert!(found);
         hub.publish(update("4", &["t"], false)).unwrap();
-        assert_eq!(next_chunk(&mut s).await, "id: 2\ndata: 2\n\nid: 3\ndata: 3\n\n");
+        assert_eq!(
+            next_chunk(&mut s).await,
+            "id: 2\ndata: 2\n\nid: 3\ndata: 3\n\n"
+        );
         assert_eq!(next_chunk(&mut s).await, "id: 4\ndata: 4\n\n");
     }
 
@@ -378,21 +426,43 @@ mod tests {
         let (mut s, _, _) = hub.subscribe(sub(&["t"], &[]), None).unwrap();
         hub.close();
         assert!(s.next().await.is_none());
-        assert!(matches!(hub.subscribe(sub(&["t"], &[]), None), Err(HubError::ShuttingDown)));
-        assert!(matches!(hub.publish(update("x", &["t"], false)), Err(HubError::ShuttingDown)));
+        assert!(matches!(
+            hub.subscribe(sub(&["t"], &[]), None),
+            Err(HubError::ShuttingDown)
+        ));
+        assert!(matches!(
+            hub.publish(update("x", &["t"], false)),
+            Err(HubError::ShuttingDown)
+        ));
     }
 
     #[tokio::test]
     async fn subscription_events_are_private_updates() {
         let hub = Hub::new(
-            HubConfig { queue_capacity: 8, subscription_events: true },
+            HubConfig {
+                queue_capacity: 8,
+                subscription_events: true,
+            },
             Arc::new(MemoryHistory::new(100)),
         );
-        let (mut watcher, _, _) = hub.subscribe(sub(&["/.well-known/mercure/subscriptions{/topic}{/subscriber}"], &["*"]), None).unwrap();
-        let (_first, _, _) = hub.subscribe(sub(&["https://ex.net/a"], &[]), None).unwrap();
+        let (mut watcher, _, _) = hub
+            .subscribe(
+                sub(
+                    &["/.well-known/mercure/subscriptions{/topic}{/subscriber}"],
+                    &["*"],
+                ),
+                None,
+            )
+            .unwrap();
+        let (_first, _, _) = hub
+            .subscribe(sub(&["https://ex.net/a"], &[]), None)
+            .unwrap();
         let chunk = next_chunk(&mut watcher).await;
         // The watcher sees its own connection event and the other one's.
         assert!(chunk.contains("https%3A%2F%2Fex.net%2Fa"), "{chunk}");
-        assert!(chunk.contains("\\\"active\\\":true") || chunk.contains("\"active\":true"), "{chunk}");
+        assert!(
+            chunk.contains("\\\"active\\\":true") || chunk.contains("\"active\":true"),
+            "{chunk}"
+        );
     }
 }

@@ -32,7 +32,11 @@ pub(super) struct Registry {
 
 impl Registry {
     pub fn insert(&mut self, key: u64, subscription: Arc<Subscription>, tx: mpsc::Sender<Bytes>) {
-        let exact: Option<Vec<&str>> = subscription.selectors.iter().map(|s| s.as_exact()).collect();
+        let exact: Option<Vec<&str>> = subscription
+            .selectors
+            .iter()
+            .map(|s| s.as_exact())
+            .collect();
         match exact {
             Some(mut topics) => {
                 topics.sort_unstable();
@@ -115,7 +119,12 @@ impl Registry {
         let mut out: Vec<SubscriptionInfo> = self
             .entries
             .values()
-            .flat_map(|e| e.subscription.selectors.iter().map(|s| SubscriptionInfo::new(&e.subscription, s, true)))
+            .flat_map(|e| {
+                e.subscription
+                    .selectors
+                    .iter()
+                    .map(|s| SubscriptionInfo::new(&e.subscription, s, true))
+            })
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
@@ -124,7 +133,11 @@ impl Registry {
 
 /// RFC 6570 simple expansion: everything but unreserved characters is
 /// percent-encoded, exactly once.
-const EXPANSION: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const EXPANSION: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 pub fn expand_component(s: &str) -> String {
     utf8_percent_encode(s, EXPANSION).to_string()
@@ -221,9 +234,20 @@ mod tests {
     fn index_and_patterns() {
         let mut r = Registry::default();
         let (tx, _rx) = mpsc::channel(1);
-        r.insert(1, sub("a", &[TopicSelector::exact("t1"), TopicSelector::exact("t1")]), tx.clone());
+        r.insert(
+            1,
+            sub(
+                "a",
+                &[TopicSelector::exact("t1"), TopicSelector::exact("t1")],
+            ),
+            tx.clone(),
+        );
         r.insert(2, sub("b", &[TopicSelector::exact("t2")]), tx.clone());
-        r.insert(3, sub("c", &[TopicSelector::exact("t1"), TopicSelector::Any]), tx.clone());
+        r.insert(
+            3,
+            sub("c", &[TopicSelector::exact("t1"), TopicSelector::Any]),
+            tx.clone(),
+        );
         assert_eq!(candidates(&r, &["t1"]), [1, 3]);
         assert_eq!(candidates(&r, &["t2"]), [2, 3]);
         assert_eq!(candidates(&r, &["t1", "t2"]), [1, 2, 3]);
@@ -231,7 +255,10 @@ mod tests {
         r.remove(1);
         r.remove(3);
         assert_eq!(candidates(&r, &["t1"]), Vec::<u64>::new());
-        assert!(r.by_topic.get("t1").is_none(), "empty index entries are dropped");
+        assert!(
+            !r.by_topic.contains_key("t1"),
+            "empty index entries are dropped"
+        );
         assert_eq!(r.len(), 1);
         assert!(r.remove(1).is_none());
     }
@@ -246,8 +273,14 @@ mod tests {
             "/.well-known/mercure/subscriptions/urlpattern/https%3A%2F%2Fexample.com%2F%3Aselector/urn%3Auuid%3A1"
         );
         let info = SubscriptionInfo::new(&s, &TopicSelector::exact("a%20b"), false);
-        assert_eq!(info.id, "/.well-known/mercure/subscriptions/exact/a%2520b/urn%3Auuid%3A1");
-        assert_eq!(info.legacy_id, "/.well-known/mercure/subscriptions/a%2520b/urn%3Auuid%3A1");
+        assert_eq!(
+            info.id,
+            "/.well-known/mercure/subscriptions/exact/a%2520b/urn%3Auuid%3A1"
+        );
+        assert_eq!(
+            info.legacy_id,
+            "/.well-known/mercure/subscriptions/a%2520b/urn%3Auuid%3A1"
+        );
         let doc = info.to_json_ld(None);
         assert_eq!(doc["active"], false);
         assert_eq!(doc["match"], "a%20b");

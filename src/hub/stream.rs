@@ -33,8 +33,18 @@ pub struct SubscriberStream {
 }
 
 impl SubscriberStream {
-    pub(super) fn new(hub: Arc<Hub>, key: u64, backlog: Vec<Bytes>, rx: mpsc::Receiver<Bytes>) -> SubscriberStream {
-        SubscriberStream { hub, key, backlog: backlog.into(), rx }
+    pub(super) fn new(
+        hub: Arc<Hub>,
+        key: u64,
+        backlog: Vec<Bytes>,
+        rx: mpsc::Receiver<Bytes>,
+    ) -> SubscriberStream {
+        SubscriberStream {
+            hub,
+            key,
+            backlog: backlog.into(),
+            rx,
+        }
     }
 
     /// Events replayed from history still waiting to be written.
@@ -47,7 +57,8 @@ impl SubscriberStream {
         if self.backlog.is_empty() {
             return Some(first);
         }
-        let mut buf = BytesMut::with_capacity(MAX_CHUNK.min(first.len() * (self.backlog.len() + 1)));
+        let mut buf =
+            BytesMut::with_capacity(MAX_CHUNK.min(first.len() * (self.backlog.len() + 1)));
         buf.extend_from_slice(&first);
         while let Some(next) = self.backlog.front() {
             if buf.len() + next.len() > MAX_CHUNK {

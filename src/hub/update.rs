@@ -29,7 +29,15 @@ impl Update {
         data: String,
     ) -> Update {
         let frame = sse::encode_event(&id, event_type.as_deref(), retry, &data);
-        Update { id, topics, private, event_type, retry, data, frame }
+        Update {
+            id,
+            topics,
+            private,
+            event_type,
+            retry,
+            data,
+            frame,
+        }
     }
 
     /// A fresh `urn:uuid:` id, as the hub assigns when the publisher gave none.

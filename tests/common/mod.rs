@@ -26,7 +26,10 @@ impl Server {
 
     pub fn start_raw(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null()).env("HERALD_LOG", "warn");
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .env("HERALD_LOG", "warn");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -34,7 +37,10 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let base = loop {
-            let line = lines.next().expect("herald exited before listening").expect("read stdout");
+            let line = lines
+                .next()
+                .expect("herald exited before listening")
+                .expect("read stdout");
             if let Some(addr) = line.strip_prefix("listening on ") {
                 break addr.trim().to_string();
             }
@@ -67,7 +73,12 @@ impl Server {
 }
 
 pub async fn metric(base: &str, name: &str) -> u64 {
-    let text = reqwest::get(format!("{base}/metrics")).await.expect("metrics").text().await.expect("body");
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse().ok())
@@ -75,7 +86,10 @@ pub async fn metric(base: &str, name: &str) -> u64 {
 }
 
 fn unsafe_kill(pid: u32, signal: &str) {
-    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 impl Drop for Server {
@@ -111,7 +125,9 @@ pub async fn publish_raw(hub: &str, token: Option<&str>, body: &str) -> (u16, St
 
 /// Publish, asserting success; returns the id.
 pub async fn publish(hub: &str, fields: &[(&str, &str)]) -> String {
-    let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
     let (status, text) = publish_raw(hub, Some(&publisher()), &body).await;
     assert_eq!(status, 200, "publish failed: {text}");
     text
@@ -126,22 +142,19 @@ pub struct Sub {
     pending: std::collections::VecDeque<SseEvent>,
 }
 
+#[derive(Default)]
 pub struct SubOpts<'a> {
     pub token: Option<&'a str>,
     pub last_event_id: Option<&'a str>,
     pub headers: Vec<(&'a str, String)>,
 }
 
-impl Default for SubOpts<'_> {
-    fn default() -> Self {
-        SubOpts { token: None, last_event_id: None, headers: Vec::new() }
-    }
-}
-
 impl Sub {
     /// `query` is the raw query string.
     pub async fn open(hub: &str, query: &str, opts: SubOpts<'_>) -> Sub {
-        let mut req = reqwest::Client::new().get(format!("{hub}?{query}")).header("accept", "text/event-stream");
+        let mut req = reqwest::Client::new()
+            .get(format!("{hub}?{query}"))
+            .header("accept", "text/event-stream");
         if let Some(t) = opts.token {
             req = req.bearer_auth(t);
         }
@@ -154,7 +167,13 @@ impl Sub {
         let resp = req.send().await.expect("subscribe request");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        Sub { status, headers, body: Some(resp.bytes_stream().boxed()), parser: SseParser::new(), pending: Default::default() }
+        Sub {
+            status,
+            headers,
+            body: Some(resp.bytes_stream().boxed()),
+            parser: SseParser::new(),
+            pending: Default::default(),
+        }
     }
 
     pub async fn ok(hub: &str, query: &str) -> Sub {
@@ -184,7 +203,9 @@ impl Sub {
 
     /// Next event; panics after 10 s.
     pub async fn next(&mut self) -> SseEvent {
-        self.next_within(Duration::from_secs(10)).await.expect("expected an event within 10 s")
+        self.next_within(Duration::from_secs(10))
+            .await
+            .expect("expected an event within 10 s")
     }
 
     /// Has the server ended the stream (within `wait`)?
@@ -194,7 +215,9 @@ impl Sub {
             if self.body.is_none() {
                 return true;
             }
-            let _ = self.next_within(deadline - tokio::time::Instant::now()).await;
+            let _ = self
+                .next_within(deadline - tokio::time::Instant::now())
+                .await;
         }
         self.body.is_none()
     }
@@ -204,7 +227,10 @@ impl Sub {
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     }
 }
 
