@@ -55,9 +55,23 @@ pub struct ServeArgs {
     /// Directory for durable data. [default: ./herald-data]
     #[arg(long, env = "HERALD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Updates kept for resume (Last-Event-ID). [default: 10000]
+    /// Updates kept for resume (Last-Event-ID). [default: 100000]
     #[arg(long, env = "HERALD_HISTORY_SIZE")]
     pub history_size: Option<usize>,
+    /// Where history lives: `disk` (durable, a file under --data-dir) or
+    /// `memory` (lost on restart). [default: disk]
+    #[arg(long, env = "HERALD_HISTORY")]
+    pub history: Option<HistoryBackend>,
+    /// Drop updates older than this from history (e.g. 24h, 7d; 0 keeps
+    /// them until --history-size pushes them out). [default: 0]
+    #[arg(long, env = "HERALD_HISTORY_MAX_AGE", value_parser = parse_duration)]
+    pub history_max_age: Option<Duration>,
+    /// `sync`: a 200 answer to a publish means the update is on disk
+    /// (one fsync per batch of concurrent publishes). `relaxed`: fsync at
+    /// most once a second; a machine crash may lose that last second.
+    /// [default: sync]
+    #[arg(long, env = "HERALD_DURABILITY")]
+    pub durability: Option<DurabilityMode>,
     /// Largest accepted publish body in bytes. [default: 1048576]
     #[arg(long, env = "HERALD_MAX_BODY")]
     pub max_body: Option<usize>,
@@ -95,12 +109,35 @@ struct FileConfig {
     heartbeat: Option<String>,
     data_dir: Option<PathBuf>,
     history_size: Option<usize>,
+    history: Option<HistoryBackend>,
+    history_max_age: Option<String>,
+    durability: Option<DurabilityMode>,
     max_body: Option<usize>,
     queue_capacity: Option<usize>,
     subscriptions: Option<bool>,
     max_selectors: Option<usize>,
     max_selector_len: Option<usize>,
     demo: Option<bool>,
+}
+
+/// Where history lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryBackend {
+    /// Embedded durable store under --data-dir.
+    Disk,
+    /// In memory only: lost on restart.
+    Memory,
+}
+
+/// When a publish is acknowledged relative to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    /// 200 means on disk.
+    Sync,
+    /// fsync at most once a second.
+    Relaxed,
 }
 
 /// Where a JWT verification key comes from.
@@ -121,6 +158,9 @@ pub struct Config {
     pub heartbeat: Duration,
     pub data_dir: PathBuf,
     pub history_size: usize,
+    pub history: HistoryBackend,
+    pub history_max_age: Option<Duration>,
+    pub durability: DurabilityMode,
     pub max_body: usize,
     pub queue_capacity: usize,
     pub subscriptions: bool,
@@ -139,7 +179,10 @@ impl Default for Config {
             cors_origins: Vec::new(),
             heartbeat: Duration::from_secs(15),
             data_dir: PathBuf::from("./herald-data"),
-            history_size: 10_000,
+            history_size: 100_000,
+            history: HistoryBackend::Disk,
+            history_max_age: None,
+            durability: DurabilityMode::Sync,
             max_body: 1024 * 1024,
             queue_capacity: 1024,
             subscriptions: false,
@@ -169,6 +212,12 @@ impl Config {
                 parse_duration(s).map_err(|e| anyhow::anyhow!("config file: heartbeat: {e}"))?
             }
             (None, None) => d.heartbeat,
+        };
+        let history_max_age = match (args.history_max_age, &file.history_max_age) {
+            (Some(a), _) => a,
+            (None, Some(s)) => parse_duration(s)
+                .map_err(|e| anyhow::anyhow!("config file: history_max_age: {e}"))?,
+            (None, None) => Duration::ZERO,
         };
         let key = |secret: &Option<String>, pem: &Option<PathBuf>| -> Option<KeySource> {
             pem.clone()
@@ -218,6 +267,9 @@ impl Config {
                 .history_size
                 .or(file.history_size)
                 .unwrap_or(d.history_size),
+            history: args.history.or(file.history).unwrap_or(d.history),
+            history_max_age: Some(history_max_age).filter(|a| !a.is_zero()),
+            durability: args.durability.or(file.durability).unwrap_or(d.durability),
             max_body: args.max_body.or(file.max_body).unwrap_or(d.max_body),
             queue_capacity: args
                 .queue_capacity
@@ -260,7 +312,7 @@ impl Config {
     }
 }
 
-/// Parse `15s`, `500ms`, `2m`, `1h` or plain seconds (`15`).
+/// Parse `15s`, `500ms`, `2m`, `1h`, `7d` or plain seconds (`15`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
@@ -275,7 +327,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+        "d" => n * 86400.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?}: use ms, s, m, h or d"
+            ))
+        }
     };
     if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("duration {s:?} out of range"));

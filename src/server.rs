@@ -10,8 +10,8 @@ use axum::serve::ListenerExt;
 use rand::RngCore;
 
 use crate::auth::{mint_hs256, Verifier};
-use crate::config::{Config, KeySource};
-use crate::history::MemoryHistory;
+use crate::config::{Config, DurabilityMode, HistoryBackend, KeySource};
+use crate::history::{DiskHistory, Durability, HistoryStore, MemoryHistory, Retention};
 use crate::http::{router, AppState, HUB_PATH};
 use crate::hub::{Hub, HubConfig};
 
@@ -42,7 +42,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let publisher = verifier(&config.publisher_key).context("publisher key")?;
     let subscriber = verifier(&config.subscriber_key).context("subscriber key")?;
 
-    let history = Arc::new(MemoryHistory::new(config.history_size));
+    let history = open_history(&config)?;
     let hub = Hub::new(
         HubConfig {
             queue_capacity: config.queue_capacity,
@@ -87,6 +87,23 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
 
+    // Age retention and relaxed fsyncs run on the committer, between
+    // batches, once a second.
+    {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if hub.is_closed() {
+                    break;
+                }
+                hub.maintain();
+            }
+        });
+    }
+
     let heartbeat = config.heartbeat;
     if !heartbeat.is_zero() {
         let hub = hub.clone();
@@ -116,7 +133,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: ending streams");
-        closing_hub.close();
+        // close() waits for the committer to finish its batch.
+        let _ = tokio::task::spawn_blocking(move || closing_hub.close()).await;
         let _ = stopped_tx.send(());
     });
     tokio::select! {
@@ -128,6 +146,32 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     }
     println!("herald stopped");
     Ok(())
+}
+
+/// The history store the configuration asks for.
+fn open_history(config: &Config) -> anyhow::Result<Arc<dyn HistoryStore>> {
+    let retention = Retention {
+        max_len: config.history_size,
+        max_age: config.history_max_age,
+    };
+    Ok(match config.history {
+        HistoryBackend::Memory => Arc::new(MemoryHistory::with_retention(retention)),
+        HistoryBackend::Disk => {
+            let durability = match config.durability {
+                DurabilityMode::Sync => Durability::Sync,
+                DurabilityMode::Relaxed => Durability::Relaxed {
+                    interval: Duration::from_secs(1),
+                },
+            };
+            let history = DiskHistory::open(&config.data_dir, retention, durability)?;
+            tracing::info!(
+                path = %history.path().display(),
+                updates = history.len(),
+                "history opened"
+            );
+            Arc::new(history)
+        }
+    })
 }
 
 async fn shutdown_signal() {

@@ -1,106 +1,162 @@
 //! The in-memory history: a bounded ring of the last N updates with an index
-//! from id to sequence number. Lost on restart; the durable store is the
-//! default for `herald serve` once it exists, this one backs tests and
-//! `--history memory`.
+//! from id to sequence number. Lost on restart (`--history memory`); the
+//! same [`Ring`] is the hot cache in front of the durable store, so recent
+//! resumes never touch the disk.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::{HistoryError, HistoryStore, Replay, ResumeFrom};
+use super::{now_ms, AppendResult, HistoryError, HistoryStore, Replay, ResumeFrom, Retention};
 use crate::hub::Update;
 
 pub struct MemoryHistory {
-    capacity: usize,
+    retention: Retention,
     inner: RwLock<Ring>,
 }
 
+/// The last updates, oldest first, with contiguous sequence numbers.
 #[derive(Default)]
-struct Ring {
-    /// (sequence, update), oldest first; sequences are contiguous.
-    entries: VecDeque<(u64, Arc<Update>)>,
+pub(super) struct Ring {
+    /// (sequence, published at in ms, update).
+    entries: VecDeque<(u64, u64, Arc<Update>)>,
     by_id: HashMap<String, u64>,
     last_seq: u64,
+}
+
+impl Ring {
+    pub(super) fn contains_id(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(super) fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    pub(super) fn head(&self) -> (u64, Option<String>) {
+        (
+            self.last_seq,
+            self.entries.back().map(|(_, _, u)| u.id.clone()),
+        )
+    }
+
+    /// Add an update with the given sequence number (the next one), keeping
+    /// at most `capacity` entries.
+    pub(super) fn push(&mut self, seq: u64, at_ms: u64, update: Arc<Update>, capacity: usize) {
+        self.last_seq = seq;
+        if capacity == 0 {
+            return;
+        }
+        while self.entries.len() >= capacity {
+            self.pop_oldest();
+        }
+        self.by_id.insert(update.id.clone(), seq);
+        self.entries.push_back((seq, at_ms, update));
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((_, _, old)) = self.entries.pop_front() {
+            self.by_id.remove(&old.id);
+        }
+    }
+
+    /// Drop entries published before `cutoff_ms`.
+    pub(super) fn drop_older_than(&mut self, cutoff_ms: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(_, at, _)| *at < cutoff_ms)
+        {
+            self.pop_oldest();
+        }
+    }
+
+    /// Drop entries with a sequence number below `first_seq`.
+    pub(super) fn drop_before(&mut self, first_seq: u64) {
+        while self.entries.front().is_some_and(|(s, _, _)| *s < first_seq) {
+            self.pop_oldest();
+        }
+    }
+
+    /// Replay from the ring alone; `None` when the ring cannot answer (the
+    /// id is not in it), so a store behind it must be asked.
+    pub(super) fn replay(&self, from: &ResumeFrom, upto: u64) -> Option<Replay> {
+        let start_seq = match from {
+            ResumeFrom::Earliest => self.entries.front().map_or(u64::MAX, |(s, _, _)| *s),
+            ResumeFrom::After(id) => self.by_id.get(id)? + 1,
+        };
+        let first_seq = self.entries.front().map_or(0, |(s, _, _)| *s);
+        let start = start_seq.saturating_sub(first_seq) as usize;
+        let updates = self
+            .entries
+            .range(start.min(self.entries.len())..)
+            .take_while(|(s, _, _)| *s <= upto)
+            .map(|(_, _, u)| u.clone())
+            .collect();
+        Some(Replay {
+            updates,
+            found: true,
+        })
+    }
 }
 
 impl MemoryHistory {
     /// A ring keeping the last `capacity` updates (0 keeps none: no resume).
     pub fn new(capacity: usize) -> MemoryHistory {
+        MemoryHistory::with_retention(Retention {
+            max_len: capacity,
+            max_age: None,
+        })
+    }
+
+    pub fn with_retention(retention: Retention) -> MemoryHistory {
         MemoryHistory {
-            capacity,
+            retention,
             inner: RwLock::new(Ring::default()),
         }
     }
 }
 
 impl HistoryStore for MemoryHistory {
-    fn append(&self, update: Arc<Update>) -> Result<u64, HistoryError> {
+    fn append_batch(&self, updates: &[Arc<Update>]) -> Result<Vec<AppendResult>, HistoryError> {
         let mut ring = self.inner.write();
-        if ring.by_id.contains_key(&update.id) {
-            return Err(HistoryError::DuplicateId(update.id.clone()));
-        }
-        ring.last_seq += 1;
-        let seq = ring.last_seq;
-        if self.capacity == 0 {
-            return Ok(seq);
-        }
-        while ring.entries.len() >= self.capacity {
-            if let Some((_, old)) = ring.entries.pop_front() {
-                ring.by_id.remove(&old.id);
-            }
-        }
-        ring.by_id.insert(update.id.clone(), seq);
-        ring.entries.push_back((seq, update));
-        Ok(seq)
+        let now = now_ms();
+        Ok(updates
+            .iter()
+            .map(|update| {
+                if ring.contains_id(&update.id) {
+                    return Err(HistoryError::DuplicateId(update.id.clone()));
+                }
+                let seq = ring.last_seq() + 1;
+                ring.push(seq, now, update.clone(), self.retention.max_len);
+                Ok(seq)
+            })
+            .collect())
     }
 
     fn head(&self) -> (u64, Option<String>) {
-        let ring = self.inner.read();
-        (
-            ring.last_seq,
-            ring.entries.back().map(|(_, u)| u.id.clone()),
-        )
+        self.inner.read().head()
     }
 
     fn replay(&self, from: &ResumeFrom, upto: u64) -> Result<Replay, HistoryError> {
-        let ring = self.inner.read();
-        let first_seq = match ring.entries.front() {
-            Some((s, _)) => *s,
-            None => {
-                return Ok(Replay {
-                    updates: Vec::new(),
-                    found: matches!(from, ResumeFrom::Earliest),
-                })
-            }
-        };
-        let start_seq = match from {
-            ResumeFrom::Earliest => first_seq,
-            ResumeFrom::After(id) => match ring.by_id.get(id) {
-                Some(seq) => seq + 1,
-                None => {
-                    return Ok(Replay {
-                        updates: Vec::new(),
-                        found: false,
-                    })
-                }
-            },
-        };
-        let start = (start_seq.saturating_sub(first_seq)) as usize;
-        let updates = ring
-            .entries
-            .range(start.min(ring.entries.len())..)
-            .take_while(|(s, _)| *s <= upto)
-            .map(|(_, u)| u.clone())
-            .collect();
-        Ok(Replay {
-            updates,
-            found: true,
-        })
+        Ok(self.inner.read().replay(from, upto).unwrap_or_default())
     }
 
     fn len(&self) -> usize {
-        self.inner.read().entries.len()
+        self.inner.read().len()
+    }
+
+    fn trim(&self) -> Result<bool, HistoryError> {
+        if let Some(age) = self.retention.max_age {
+            let cutoff = now_ms().saturating_sub(age.as_millis() as u64);
+            self.inner.write().drop_older_than(cutoff);
+        }
+        Ok(false)
     }
 }
 
@@ -119,6 +175,10 @@ mod tests {
         ))
     }
 
+    fn append(h: &MemoryHistory, u: Arc<Update>) -> AppendResult {
+        h.append_batch(&[u]).unwrap().remove(0)
+    }
+
     fn ids(r: &Replay) -> Vec<&str> {
         r.updates.iter().map(|u| u.id.as_str()).collect()
     }
@@ -127,7 +187,7 @@ mod tests {
     fn replays_after_id_up_to_cursor() {
         let h = MemoryHistory::new(10);
         for id in ["a", "b", "c", "d"] {
-            h.append(up(id)).unwrap();
+            append(&h, up(id)).unwrap();
         }
         let r = h.replay(&ResumeFrom::After("b".into()), 4).unwrap();
         assert!(r.found);
@@ -143,7 +203,7 @@ mod tests {
     fn unknown_and_evicted_ids_are_not_found() {
         let h = MemoryHistory::new(2);
         for id in ["a", "b", "c"] {
-            h.append(up(id)).unwrap();
+            append(&h, up(id)).unwrap();
         }
         assert_eq!(h.len(), 2);
         assert!(!h.replay(&ResumeFrom::After("a".into()), 3).unwrap().found);
@@ -161,20 +221,20 @@ mod tests {
     #[test]
     fn duplicate_ids_rejected_while_held() {
         let h = MemoryHistory::new(1);
-        h.append(up("a")).unwrap();
+        append(&h, up("a")).unwrap();
         assert!(matches!(
-            h.append(up("a")),
+            append(&h, up("a")),
             Err(HistoryError::DuplicateId(_))
         ));
-        h.append(up("b")).unwrap();
+        append(&h, up("b")).unwrap();
         // "a" was evicted: it can be reused.
-        h.append(up("a")).unwrap();
+        append(&h, up("a")).unwrap();
     }
 
     #[test]
     fn zero_capacity_keeps_nothing() {
         let h = MemoryHistory::new(0);
-        h.append(up("a")).unwrap();
+        append(&h, up("a")).unwrap();
         assert_eq!(h.len(), 0);
         assert_eq!(h.head().0, 1);
         assert!(!h.replay(&ResumeFrom::After("a".into()), 1).unwrap().found);

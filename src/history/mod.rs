@@ -2,16 +2,25 @@
 //! where it left off (`Last-Event-ID`).
 //!
 //! The hub talks to history only through [`HistoryStore`], so the in-memory
-//! ring of this module and the durable stores of later work are
-//! interchangeable. Every appended update gets a sequence number, strictly
-//! increasing; the hub uses it to hand a resuming subscriber over from replay
-//! to live delivery without a gap or a duplicate (see `hub::Hub::subscribe`).
+//! ring ([`MemoryHistory`]) and the embedded durable store ([`DiskHistory`],
+//! the default of `herald serve`) are interchangeable. Every appended update
+//! gets a sequence number, strictly increasing and contiguous; the hub uses
+//! it to hand a resuming subscriber over from replay to live delivery
+//! without a gap or a duplicate (see `hub::Hub::subscribe`).
+//!
+//! Appends come in batches from the hub's single committer thread: one
+//! batch is one durable write (one `fsync` on disk), shared by every
+//! publisher whose update is in it (group commit).
 
+mod disk;
 mod memory;
+mod record;
 
+pub use disk::{DiskHistory, Durability};
 pub use memory::MemoryHistory;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::hub::Update;
 
@@ -35,19 +44,37 @@ pub struct Replay {
     pub found: bool,
 }
 
+/// How much history to keep. Both limits apply; `0` / `None` disables one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep at most this many updates (`0` keeps none: no resume).
+    pub max_len: usize,
+    /// Drop updates older than this.
+    pub max_age: Option<Duration>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error("an update with id {0:?} already exists in history; ids must be unique")]
     DuplicateId(String),
     #[error("history storage failed: {0}")]
     Storage(String),
+    #[error("history record {seq} is damaged: {reason}")]
+    Corrupt { seq: u64, reason: String },
 }
+
+/// The outcome of appending one update of a batch: its sequence number, or
+/// why it was refused (the others of the batch are unaffected).
+pub type AppendResult = Result<u64, HistoryError>;
 
 /// A store of recent updates, in publish order.
 pub trait HistoryStore: Send + Sync + 'static {
-    /// Store an update; returns its sequence number. Called by the hub with
-    /// its publish order lock held, so appends are never concurrent.
-    fn append(&self, update: Arc<Update>) -> Result<u64, HistoryError>;
+    /// Store a batch of updates, in order; on return each stored update is
+    /// as durable as the store promises (on disk, for the durable store in
+    /// its default mode). Called only by the hub's committer thread, so
+    /// appends are never concurrent. The outer error means nothing of the
+    /// batch was stored.
+    fn append_batch(&self, updates: &[Arc<Update>]) -> Result<Vec<AppendResult>, HistoryError>;
 
     /// Sequence number and id of the newest update (`0` and `None` when
     /// empty).
@@ -62,4 +89,25 @@ pub trait HistoryStore: Send + Sync + 'static {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Enforce the age limit, a bounded amount of work at a time so that
+    /// publishing is never stalled; returns true when more remains to do.
+    fn trim(&self) -> Result<bool, HistoryError> {
+        Ok(false)
+    }
+
+    /// Make everything appended so far durable (for relaxed durability:
+    /// called periodically and at shutdown).
+    fn flush(&self) -> Result<(), HistoryError> {
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch, the timestamp kept with each update
+/// for age-based retention.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

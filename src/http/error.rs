@@ -55,7 +55,9 @@ impl From<HubError> for HttpError {
         use crate::history::HistoryError;
         let status = match &e {
             HubError::History(HistoryError::DuplicateId(_)) => StatusCode::CONFLICT,
-            HubError::History(HistoryError::Storage(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            HubError::History(HistoryError::Storage(_) | HistoryError::Corrupt { .. }) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             HubError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         };
         HttpError::new(status, e.to_string())

@@ -175,13 +175,13 @@ pub async fn publish(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match handle(&state, &headers, body) {
+    match handle(&state, &headers, body).await {
         Ok(id) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], id).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-fn handle(
+async fn handle(
     state: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -223,7 +223,7 @@ fn handle(
         req.retry,
         req.data,
     );
-    let update = state.hub.publish(update)?;
+    let update = state.hub.publish(update).await?;
     Ok(update.id.clone())
 }
 

@@ -3,13 +3,18 @@
 //! Nothing here knows HTTP. The HTTP layer turns a request into a
 //! [`Subscription`] and a [`SubscriberStream`] back into a response body.
 //!
-//! Data flow: `publish` takes the order lock, appends to history (which
-//! assigns the sequence number), then offers the update's shared frame to
-//! every matching subscriber's bounded queue with `try_send`. A queue that is
-//! full means that subscriber cannot keep up: it is cut off (its stream ends
-//! after what is already queued) and it resumes from history by
-//! `Last-Event-ID`. A slow client therefore never slows the others and never
-//! grows memory without bound.
+//! Data flow: `publish` hands the update to the committer, one thread that
+//! takes every update waiting at that moment as one batch, appends the batch
+//! to history (one durable write for all of them: group commit), then, under
+//! the order lock, offers each update's shared frame to every matching
+//! subscriber's bounded queue with `try_send`, and only then answers each
+//! publisher. One thread doing both keeps delivery in sequence order, and a
+//! publisher is never told "done" before its update is in history.
+//!
+//! A queue that is full means that subscriber cannot keep up: it is cut off
+//! (its stream ends after what is already queued) and it resumes from
+//! history by `Last-Event-ID`. A slow client therefore never slows the
+//! others and never grows memory without bound.
 
 mod registry;
 mod stream;
@@ -20,11 +25,12 @@ pub use stream::SubscriberStream;
 pub use update::Update;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::mpsc;
+use std::sync::mpsc as std_mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::history::{HistoryError, HistoryStore, ResumeFrom};
 use crate::topic::TopicSelector;
@@ -91,30 +97,69 @@ pub struct HubStats {
 pub struct Hub {
     config: HubConfig,
     registry: RwLock<Registry>,
-    /// Serialises history append + fan-out, so every subscriber sees updates
-    /// in sequence order and a resuming subscriber can be handed from replay
-    /// to live delivery at an exact sequence number.
-    order: Mutex<()>,
+    /// The newest update offered to subscribers. Held while fanning out
+    /// and while registering a subscriber, so a resuming subscriber is
+    /// handed from replay to live delivery at an exact sequence number.
+    order: Mutex<Head>,
     history: Arc<dyn HistoryStore>,
+    /// Where publishes queue for the committer thread.
+    commits: Mutex<Option<std_mpsc::Sender<CommitRequest>>>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     next_key: AtomicU64,
     closed: AtomicBool,
     pub stats: HubStats,
 }
+
+/// Sequence number and id of the newest update delivered live.
+#[derive(Debug, Default)]
+struct Head {
+    seq: u64,
+    id: Option<String>,
+}
+
+enum CommitRequest {
+    /// Store and deliver; answer on `reply` (none for the hub's own
+    /// subscription events).
+    Publish {
+        update: Arc<Update>,
+        reply: Option<oneshot::Sender<Result<(), HubError>>>,
+    },
+    /// Enforce the age limit of history, then flush relaxed writes.
+    Maintain,
+    /// Commit what came before, flush, and end the thread.
+    Stop,
+}
+
+/// Most updates committed in one batch.
+const MAX_BATCH: usize = 1024;
 
 /// The prefix of the reserved topic namespace.
 pub const RESERVED_PREFIX: &str = "/.well-known/mercure";
 
 impl Hub {
     pub fn new(config: HubConfig, history: Arc<dyn HistoryStore>) -> Arc<Hub> {
-        Arc::new(Hub {
+        let (seq, id) = history.head();
+        let (tx, rx) = std_mpsc::channel();
+        let hub = Arc::new(Hub {
             config,
             registry: RwLock::new(Registry::default()),
-            order: Mutex::new(()),
+            order: Mutex::new(Head { seq, id }),
             history,
+            commits: Mutex::new(Some(tx)),
+            committer: Mutex::new(None),
             next_key: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             stats: HubStats::default(),
-        })
+        });
+        // The thread holds only a weak reference: dropping the last `Arc`
+        // drops the sender, which ends the thread.
+        let weak = Arc::downgrade(&hub);
+        let handle = std::thread::Builder::new()
+            .name("herald-commit".into())
+            .spawn(move || run_committer(weak, rx))
+            .expect("spawn the committer thread");
+        *hub.committer.lock() = Some(handle);
+        hub
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -125,28 +170,80 @@ impl Hub {
         &self.history
     }
 
-    /// Store and deliver an update. Returns once it is in history and offered
-    /// to every matching subscriber's queue.
-    pub fn publish(&self, update: Update) -> Result<Arc<Update>, HubError> {
+    fn enqueue(&self, request: CommitRequest) -> Result<(), HubError> {
+        match &*self.commits.lock() {
+            Some(tx) => tx.send(request).map_err(|_| HubError::ShuttingDown),
+            None => Err(HubError::ShuttingDown),
+        }
+    }
+
+    /// Store and deliver an update. Returns once it is in history (durably,
+    /// as the store promises) and offered to every matching subscriber's
+    /// queue.
+    pub async fn publish(&self, update: Update) -> Result<Arc<Update>, HubError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(HubError::ShuttingDown);
         }
         let update = Arc::new(update);
-        let cut_off = {
-            let _order = self.order.lock();
-            self.history.append(update.clone())?;
-            self.fan_out(&update)
-        };
-        self.stats.published.fetch_add(1, Ordering::Relaxed);
-        self.remove_many(&cut_off);
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(CommitRequest::Publish {
+            update: update.clone(),
+            reply: Some(reply),
+        })?;
+        // A dropped reply means the committer stopped before this update.
+        answer.await.map_err(|_| HubError::ShuttingDown)??;
         Ok(update)
     }
 
-    /// Offer the update to every matching subscriber; returns the keys of
-    /// those whose queue was full or whose connection is gone.
-    fn fan_out(&self, update: &Update) -> Vec<u64> {
-        let registry = self.registry.read();
+    /// Ask the committer to enforce history's age limit (called
+    /// periodically by the server).
+    pub fn maintain(&self) {
+        let _ = self.enqueue(CommitRequest::Maintain);
+    }
+
+    /// Commit one batch, deliver it in order, answer its publishers.
+    fn commit(&self, batch: Vec<(Arc<Update>, Option<oneshot::Sender<Result<(), HubError>>>)>) {
+        let updates: Vec<Arc<Update>> = batch.iter().map(|(u, _)| u.clone()).collect();
+        let results = match self.history.append_batch(&updates) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "history append failed; {} publishes refused", batch.len());
+                let msg = e.to_string();
+                for (_, reply) in batch {
+                    if let Some(reply) = reply {
+                        let _ =
+                            reply.send(Err(HubError::History(HistoryError::Storage(msg.clone()))));
+                    }
+                }
+                return;
+            }
+        };
         let mut cut_off = Vec::new();
+        let mut published = 0;
+        {
+            let mut head = self.order.lock();
+            for (update, result) in updates.iter().zip(&results) {
+                if let Ok(seq) = result {
+                    self.fan_out(update, &mut cut_off);
+                    head.seq = *seq;
+                    head.id = Some(update.id.clone());
+                    published += 1;
+                }
+            }
+        }
+        self.stats.published.fetch_add(published, Ordering::Relaxed);
+        for ((_, reply), result) in batch.into_iter().zip(results) {
+            if let Some(reply) = reply {
+                let _ = reply.send(result.map(|_| ()).map_err(HubError::from));
+            }
+        }
+        self.remove_many(&cut_off);
+    }
+
+    /// Offer the update to every matching subscriber; collects the keys of
+    /// those whose queue was full or whose connection is gone.
+    fn fan_out(&self, update: &Update, cut_off: &mut Vec<u64>) {
+        let registry = self.registry.read();
         let mut delivered = 0u64;
         registry.for_each_candidate(&update.topics, |key, entry| {
             if !entry.subscription.wants(update) {
@@ -162,7 +259,6 @@ impl Hub {
             }
         });
         self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
-        cut_off
     }
 
     /// Register a subscriber. With `resume`, the returned stream first
@@ -183,10 +279,13 @@ impl Hub {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let subscription = Arc::new(subscription);
         let (cursor, head_id) = {
-            let _order = self.order.lock();
+            let head = self.order.lock();
             self.registry.write().insert(key, subscription.clone(), tx);
-            self.history.head()
+            (head.seq, head.id.clone())
         };
+        // The id of the newest update still in history, for the legacy
+        // response header.
+        let head_id = head_id.filter(|_| !self.history.is_empty());
         let mut found = false;
         let backlog = match resume {
             Some(from) => match self.history.replay(&from, cursor) {
@@ -247,7 +346,10 @@ impl Hub {
                 None,
                 info.to_json_ld(None).to_string(),
             );
-            if let Err(e) = self.publish(update) {
+            if let Err(e) = self.enqueue(CommitRequest::Publish {
+                update: Arc::new(update),
+                reply: None,
+            }) {
                 tracing::warn!(error = %e, "could not publish subscription event");
             }
         }
@@ -281,14 +383,65 @@ impl Hub {
 
     /// Stop: refuse new subscribers and publishes, and end every stream
     /// (each ends after flushing what is already queued).
+    /// Blocks until the committer has stored and delivered every update
+    /// accepted before (so each publisher already told "done" is durable).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        let _ = self.enqueue(CommitRequest::Stop);
+        self.commits.lock().take();
+        if let Some(handle) = self.committer.lock().take() {
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
         let _order = self.order.lock();
         self.registry.write().clear();
     }
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// The committer thread: batch whatever is waiting, commit, deliver, repeat.
+fn run_committer(hub: Weak<Hub>, rx: std_mpsc::Receiver<CommitRequest>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = Vec::new();
+        let mut maintain = false;
+        let mut stop = false;
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request {
+                CommitRequest::Publish { update, reply } => batch.push((update, reply)),
+                CommitRequest::Maintain => maintain = true,
+                CommitRequest::Stop => {
+                    stop = true;
+                    break;
+                }
+            }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        let Some(hub) = hub.upgrade() else { return };
+        if !batch.is_empty() {
+            hub.commit(batch);
+        }
+        if maintain || stop {
+            // Age retention in bounded steps; publishes that arrive
+            // meanwhile wait at most one step.
+            match hub.history.trim() {
+                Ok(true) => hub.maintain(),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "history trim failed"),
+            }
+            if let Err(e) = hub.history.flush() {
+                tracing::error!(error = %e, "history flush failed");
+            }
+        }
+        if stop {
+            return;
+        }
     }
 }
 
@@ -346,9 +499,10 @@ mod tests {
             .subscribe(sub(&["a", "b", "https://x/{id}"], &[]), None)
             .unwrap();
         hub.publish(update("1", &["a", "b", "https://x/1"], false))
+            .await
             .unwrap();
-        hub.publish(update("2", &["c"], false)).unwrap();
-        hub.publish(update("3", &["b"], false)).unwrap();
+        hub.publish(update("2", &["c"], false)).await.unwrap();
+        hub.publish(update("3", &["b"], false)).await.unwrap();
         let got = next_chunk(&mut s).await;
         assert_eq!(got, "id: 1\ndata: 1\n\nid: 3\ndata: 3\n\n");
     }
@@ -359,8 +513,8 @@ mod tests {
         let (mut anon, _, _) = hub.subscribe(sub(&["u/{id}"], &[]), None).unwrap();
         let (mut other, _, _) = hub.subscribe(sub(&["u/{id}"], &["u/2"]), None).unwrap();
         let (mut owner, _, _) = hub.subscribe(sub(&["u/{id}"], &["u/1"]), None).unwrap();
-        hub.publish(update("p", &["u/1"], true)).unwrap();
-        hub.publish(update("q", &["u/1"], false)).unwrap();
+        hub.publish(update("p", &["u/1"], true)).await.unwrap();
+        hub.publish(update("q", &["u/1"], false)).await.unwrap();
         assert_eq!(
             next_chunk(&mut owner).await,
             "id: p\ndata: p\n\nid: q\ndata: q\n\n"
@@ -374,13 +528,13 @@ mod tests {
         let hub = hub(2);
         let (mut slow, _, _) = hub.subscribe(sub(&["t"], &[]), None).unwrap();
         let (mut fast, _, _) = hub.subscribe(sub(&["t"], &[]), None).unwrap();
-        hub.publish(update("1", &["t"], false)).unwrap();
-        hub.publish(update("2", &["t"], false)).unwrap();
+        hub.publish(update("1", &["t"], false)).await.unwrap();
+        hub.publish(update("2", &["t"], false)).await.unwrap();
         assert_eq!(
             next_chunk(&mut fast).await,
             "id: 1\ndata: 1\n\nid: 2\ndata: 2\n\n"
         );
-        hub.publish(update("3", &["t"], false)).unwrap();
+        hub.publish(update("3", &["t"], false)).await.unwrap();
         assert_eq!(hub.subscriber_count(), 1);
         assert_eq!(hub.stats.cut_off_slow.load(Ordering::Relaxed), 1);
         assert_eq!(
@@ -395,14 +549,14 @@ mod tests {
     async fn resume_replays_then_goes_live() {
         let hub = hub(8);
         for id in ["1", "2", "3"] {
-            hub.publish(update(id, &["t"], false)).unwrap();
+            hub.publish(update(id, &["t"], false)).await.unwrap();
         }
         let (mut s, head, found) = hub
             .subscribe(sub(&["t"], &[]), Some(ResumeFrom::After("1".into())))
             .unwrap();
         assert_eq!(head.as_deref(), Some("3"));
         assert!(found);
-        hub.publish(update("4", &["t"], false)).unwrap();
+        hub.publish(update("4", &["t"], false)).await.unwrap();
         assert_eq!(
             next_chunk(&mut s).await,
             "id: 2\ndata: 2\n\nid: 3\ndata: 3\n\n"
@@ -431,7 +585,7 @@ mod tests {
             Err(HubError::ShuttingDown)
         ));
         assert!(matches!(
-            hub.publish(update("x", &["t"], false)),
+            hub.publish(update("x", &["t"], false)).await,
             Err(HubError::ShuttingDown)
         ));
     }

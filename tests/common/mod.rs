@@ -14,6 +14,9 @@ pub const KEY: &str = "integration-test-secret";
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// The server's own data dir (removed when the test ends), unless the
+    /// test chose one.
+    pub data_dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -26,6 +29,17 @@ impl Server {
 
     pub fn start_raw(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        // Every server gets a data dir of its own, so parallel tests never
+        // share (or lock each other out of) a history file.
+        let chose_dir =
+            args.contains(&"--data-dir") || env.iter().any(|(k, _)| *k == "HERALD_DATA_DIR");
+        let data_dir = if chose_dir {
+            None
+        } else {
+            let dir = tempfile::tempdir().expect("temp data dir");
+            cmd.env("HERALD_DATA_DIR", dir.path());
+            Some(dir)
+        };
         cmd.args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -47,7 +61,11 @@ impl Server {
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Server { child, base }
+        Server {
+            child,
+            base,
+            data_dir,
+        }
     }
 
     pub fn hub(&self) -> String {

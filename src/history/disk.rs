@@ -1,0 +1,578 @@
+//! The embedded durable history: a redb database file under the data dir,
+//! fronted by an in-memory ring of the most recent updates.
+//!
+//! Why redb (see docs/history.md for the longer story): it is a pure-Rust,
+//! copy-on-write B-tree with ACID transactions; a commit with
+//! [`redb::Durability::Immediate`] is on disk when `commit` returns (data
+//! pages, then one `fsync`, with checksummed commit slots so a torn commit is
+//! detected and rolled back on the next open). A crash therefore loses at
+//! most the batch being written, which no publisher was told succeeded.
+//!
+//! Tables: `updates` (sequence -> record, see [`super::record`]), `ids`
+//! (update id -> sequence, for duplicates and `Last-Event-ID` look-ups),
+//! `meta` (`last_seq`, so sequences never go back even when retention has
+//! emptied the table).
+//!
+//! Group commit: the hub's committer thread hands over every update that
+//! arrived while the previous batch was being written, so one `fsync` is
+//! shared by all concurrent publishers.
+//!
+//! Retention never stalls publishing: each commit removes at most a bounded
+//! number of old entries (count limit), and the age limit is enforced by
+//! [`HistoryStore::trim`] in bounded steps between batches.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+
+use super::memory::Ring;
+use super::record;
+use super::{now_ms, AppendResult, HistoryError, HistoryStore, Replay, ResumeFrom, Retention};
+use crate::hub::Update;
+
+const UPDATES: TableDefinition<u64, &[u8]> = TableDefinition::new("updates");
+const IDS: TableDefinition<&str, u64> = TableDefinition::new("ids");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const LAST_SEQ: &str = "last_seq";
+
+/// The history file's name inside the data dir.
+pub const FILE_NAME: &str = "history.redb";
+
+/// Most recent updates kept in memory in front of the file.
+const CACHE_CAPACITY: usize = 10_000;
+
+/// Old entries removed per commit or per trim step: bounds the work one
+/// publish batch can be charged with.
+const TRIM_STEP: usize = 1_000;
+
+/// When a publish is acknowledged relative to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// A 200 answer means the update is on disk (fsync per batch, shared by
+    /// concurrent publishers). The default.
+    #[default]
+    Sync,
+    /// Answer once written to the file; `fsync` at most `interval` later. A
+    /// machine crash (not a process crash) may lose that last interval.
+    Relaxed { interval: Duration },
+}
+
+pub struct DiskHistory {
+    db: Database,
+    path: PathBuf,
+    retention: Retention,
+    durability: Durability,
+    /// The newest updates (up to [`CACHE_CAPACITY`]), so recent resumes
+    /// never read the file.
+    cache: RwLock<Ring>,
+    /// Entries in the file.
+    len: AtomicU64,
+    /// Sequence number of the oldest entry in the file.
+    first_seq: AtomicU64,
+    last_sync: Mutex<Instant>,
+    unsynced: AtomicBool,
+}
+
+fn storage(e: impl std::fmt::Display) -> HistoryError {
+    HistoryError::Storage(e.to_string())
+}
+
+impl DiskHistory {
+    /// Open (or create) the history under `data_dir`. A file that cannot be
+    /// opened is an error naming it, never a silent fresh start.
+    pub fn open(
+        data_dir: &Path,
+        retention: Retention,
+        durability: Durability,
+    ) -> Result<DiskHistory, OpenError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| OpenError::DataDir {
+            path: data_dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let path = data_dir.join(FILE_NAME);
+        let fail = |reason: String| OpenError::File {
+            path: path.clone(),
+            reason,
+        };
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => fail(
+                "it is already open in another process: is another herald using this --data-dir?"
+                    .into(),
+            ),
+            other => fail(other.to_string()),
+        })?;
+        let history = DiskHistory {
+            db,
+            path: path.clone(),
+            retention,
+            durability,
+            cache: RwLock::new(Ring::default()),
+            len: AtomicU64::new(0),
+            first_seq: AtomicU64::new(0),
+            last_sync: Mutex::new(Instant::now()),
+            unsynced: AtomicBool::new(false),
+        };
+        history.load().map_err(|e| fail(e.to_string()))?;
+        Ok(history)
+    }
+
+    /// Create the tables if new, then fill the cache and counters from the
+    /// file. Every cached record is decoded, so damage in the recent part
+    /// of the file is found at startup.
+    fn load(&self) -> Result<(), HistoryError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            txn.open_table(UPDATES).map_err(storage)?;
+            txn.open_table(IDS).map_err(storage)?;
+            txn.open_table(META).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+
+        let txn = self.db.begin_read().map_err(storage)?;
+        let updates = txn.open_table(UPDATES).map_err(storage)?;
+        let meta = txn.open_table(META).map_err(storage)?;
+        let last_seq = meta
+            .get(LAST_SEQ)
+            .map_err(storage)?
+            .map_or(0, |v| v.value());
+        let first_seq = updates
+            .first()
+            .map_err(storage)?
+            .map_or(last_seq + 1, |(k, _)| k.value());
+        let len = updates.len().map_err(storage)?;
+        if len > 0 && last_seq.checked_sub(first_seq).map(|d| d + 1) != Some(len) {
+            return Err(HistoryError::Storage(format!(
+                "sequence numbers are not contiguous ({len} entries from {first_seq} to {last_seq})"
+            )));
+        }
+        let cached_from = last_seq.saturating_sub(self.cache_capacity() as u64) + 1;
+        let mut cache = self.cache.write();
+        for entry in updates
+            .range(cached_from.max(first_seq)..=last_seq)
+            .map_err(storage)?
+        {
+            let (seq, bytes) = entry.map_err(storage)?;
+            let seq = seq.value();
+            let (update, at) = record::decode(bytes.value())
+                .map_err(|reason| HistoryError::Corrupt { seq, reason })?;
+            cache.push(seq, at, Arc::new(update), self.cache_capacity());
+        }
+        // An empty file still remembers where sequences stand.
+        if cache.last_seq() < last_seq {
+            cache.push(last_seq, 0, Arc::new(placeholder()), 0);
+        }
+        self.len.store(len, Ordering::Relaxed);
+        self.first_seq.store(first_seq, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn cache_capacity(&self) -> usize {
+        CACHE_CAPACITY.min(self.retention.max_len)
+    }
+
+    /// The file backing this store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn begin(&self, force_sync: bool) -> Result<(WriteTransaction, bool), HistoryError> {
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        let sync = force_sync
+            || match self.durability {
+                Durability::Sync => true,
+                Durability::Relaxed { interval } => self.last_sync.lock().elapsed() >= interval,
+            };
+        let level = if sync {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        };
+        txn.set_durability(level).map_err(storage)?;
+        Ok((txn, sync))
+    }
+
+    fn committed(&self, synced: bool) {
+        if synced {
+            *self.last_sync.lock() = Instant::now();
+            self.unsynced.store(false, Ordering::Relaxed);
+        } else {
+            self.unsynced.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Remove up to `max` of the oldest entries that are over the count
+    /// limit or older than `cutoff_ms`; returns how many went, and whether
+    /// more remain.
+    fn remove_oldest(
+        &self,
+        txn: &WriteTransaction,
+        first_seq: &mut u64,
+        last_seq: u64,
+        cutoff_ms: Option<u64>,
+        max: usize,
+    ) -> Result<(u64, bool), HistoryError> {
+        let mut updates = txn.open_table(UPDATES).map_err(storage)?;
+        let mut ids = txn.open_table(IDS).map_err(storage)?;
+        let mut removed = 0u64;
+        while *first_seq <= last_seq {
+            let len = last_seq - *first_seq + 1;
+            let over_count = len > self.retention.max_len as u64;
+            let seq = *first_seq;
+            let Some(bytes) = updates
+                .get(seq)
+                .map_err(storage)?
+                .map(|v| v.value().to_vec())
+            else {
+                return Err(HistoryError::Corrupt {
+                    seq,
+                    reason: "missing from the updates table".into(),
+                });
+            };
+            let (id, at) = record::decode_id_and_time(&bytes)
+                .map_err(|reason| HistoryError::Corrupt { seq, reason })?;
+            let too_old = cutoff_ms.is_some_and(|c| at < c);
+            if !over_count && !too_old {
+                return Ok((removed, false));
+            }
+            if removed as usize >= max {
+                return Ok((removed, true));
+            }
+            updates.remove(seq).map_err(storage)?;
+            ids.remove(id.as_str()).map_err(storage)?;
+            *first_seq += 1;
+            removed += 1;
+        }
+        Ok((removed, false))
+    }
+
+    fn age_cutoff(&self) -> Option<u64> {
+        self.retention
+            .max_age
+            .map(|age| now_ms().saturating_sub(age.as_millis() as u64))
+    }
+
+    fn replay_from_file(&self, from: &ResumeFrom, upto: u64) -> Result<Replay, HistoryError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let updates = txn.open_table(UPDATES).map_err(storage)?;
+        let start = match from {
+            ResumeFrom::Earliest => match updates.first().map_err(storage)? {
+                Some((k, _)) => k.value(),
+                None => {
+                    return Ok(Replay {
+                        updates: Vec::new(),
+                        found: true,
+                    })
+                }
+            },
+            ResumeFrom::After(id) => {
+                let ids = txn.open_table(IDS).map_err(storage)?;
+                match ids.get(id.as_str()).map_err(storage)? {
+                    Some(seq) => seq.value() + 1,
+                    None => {
+                        return Ok(Replay {
+                            updates: Vec::new(),
+                            found: false,
+                        })
+                    }
+                }
+            }
+        };
+        let mut out = Vec::new();
+        if start <= upto {
+            for entry in updates.range(start..=upto).map_err(storage)? {
+                let (seq, bytes) = entry.map_err(storage)?;
+                let seq = seq.value();
+                let (update, _) = record::decode(bytes.value())
+                    .map_err(|reason| HistoryError::Corrupt { seq, reason })?;
+                out.push(Arc::new(update));
+            }
+        }
+        Ok(Replay {
+            updates: out,
+            found: true,
+        })
+    }
+}
+
+/// A stand-in update that only carries a sequence number into an empty
+/// cache (capacity 0 keeps nothing of it).
+fn placeholder() -> Update {
+    Update::new(String::new(), Vec::new(), false, None, None, String::new())
+}
+
+impl HistoryStore for DiskHistory {
+    fn append_batch(&self, batch: &[Arc<Update>]) -> Result<Vec<AppendResult>, HistoryError> {
+        let now = now_ms();
+        let (txn, synced) = self.begin(false)?;
+        let mut last_seq = self.cache.read().last_seq();
+        let mut first_seq = self.first_seq.load(Ordering::Relaxed);
+        let mut results = Vec::with_capacity(batch.len());
+        {
+            let mut updates = txn.open_table(UPDATES).map_err(storage)?;
+            let mut ids = txn.open_table(IDS).map_err(storage)?;
+            for update in batch {
+                if ids.get(update.id.as_str()).map_err(storage)?.is_some() {
+                    results.push(Err(HistoryError::DuplicateId(update.id.clone())));
+                    continue;
+                }
+                last_seq += 1;
+                updates
+                    .insert(last_seq, record::encode(update, now).as_slice())
+                    .map_err(storage)?;
+                ids.insert(update.id.as_str(), last_seq).map_err(storage)?;
+                results.push(Ok(last_seq));
+            }
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert(LAST_SEQ, last_seq).map_err(storage)?;
+        }
+        if first_seq == 0 {
+            first_seq = 1;
+        }
+        // Count retention, bounded: a batch pays for at most its own size
+        // plus a constant, so lowering --history-size trims gradually.
+        let (_, _) = self.remove_oldest(
+            &txn,
+            &mut first_seq,
+            last_seq,
+            None,
+            batch.len() + TRIM_STEP,
+        )?;
+        txn.commit().map_err(storage)?;
+        self.committed(synced);
+
+        let len = (last_seq + 1).saturating_sub(first_seq);
+        self.first_seq.store(first_seq, Ordering::Relaxed);
+        self.len.store(len, Ordering::Relaxed);
+        let mut cache = self.cache.write();
+        for (update, result) in batch.iter().zip(&results) {
+            if let Ok(seq) = result {
+                cache.push(*seq, now, update.clone(), self.cache_capacity());
+            }
+        }
+        cache.drop_before(first_seq);
+        Ok(results)
+    }
+
+    fn head(&self) -> (u64, Option<String>) {
+        let (seq, id) = self.cache.read().head();
+        (seq, id.filter(|_| self.len.load(Ordering::Relaxed) > 0))
+    }
+
+    fn replay(&self, from: &ResumeFrom, upto: u64) -> Result<Replay, HistoryError> {
+        {
+            let cache = self.cache.read();
+            let whole = cache.len() as u64 >= self.len.load(Ordering::Relaxed);
+            let cached = match from {
+                ResumeFrom::After(id) => cache.contains_id(id),
+                ResumeFrom::Earliest => whole,
+            };
+            if cached {
+                if let Some(replay) = cache.replay(from, upto) {
+                    return Ok(replay);
+                }
+            }
+        }
+        self.replay_from_file(from, upto)
+    }
+
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed) as usize
+    }
+
+    fn trim(&self) -> Result<bool, HistoryError> {
+        let Some(cutoff) = self.age_cutoff() else {
+            return Ok(false);
+        };
+        let mut first_seq = self.first_seq.load(Ordering::Relaxed);
+        let last_seq = self.cache.read().last_seq();
+        if first_seq == 0 || first_seq > last_seq {
+            return Ok(false);
+        }
+        let (txn, synced) = self.begin(false)?;
+        let (removed, more) =
+            self.remove_oldest(&txn, &mut first_seq, last_seq, Some(cutoff), TRIM_STEP)?;
+        if removed == 0 {
+            txn.abort().map_err(storage)?;
+            return Ok(false);
+        }
+        txn.commit().map_err(storage)?;
+        self.committed(synced);
+        self.first_seq.store(first_seq, Ordering::Relaxed);
+        self.len
+            .store((last_seq + 1).saturating_sub(first_seq), Ordering::Relaxed);
+        self.cache.write().drop_before(first_seq);
+        Ok(more)
+    }
+
+    fn flush(&self) -> Result<(), HistoryError> {
+        if !self.unsynced.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let (txn, synced) = self.begin(true)?;
+        txn.commit().map_err(storage)?;
+        self.committed(synced);
+        Ok(())
+    }
+}
+
+/// Why the history could not be opened at startup.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot use data directory {path}: {reason} (check that it exists and is writable, or choose another with --data-dir)")]
+    DataDir { path: PathBuf, reason: String },
+    #[error("cannot open history file {path}: {reason}\n  Herald does not start over on its own, so no history is silently lost.\n  If the file is damaged, restore it from a backup, or move it aside to start with an empty history.")]
+    File { path: PathBuf, reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(id: &str) -> Arc<Update> {
+        Arc::new(Update::new(
+            id.into(),
+            vec!["t".into()],
+            false,
+            None,
+            None,
+            format!("data {id}"),
+        ))
+    }
+
+    fn ids(r: &Replay) -> Vec<String> {
+        r.updates.iter().map(|u| u.id.clone()).collect()
+    }
+
+    fn keep(max_len: usize) -> Retention {
+        Retention {
+            max_len,
+            max_age: None,
+        }
+    }
+
+    #[test]
+    fn survives_reopen_with_sequences_and_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let h = DiskHistory::open(dir.path(), keep(100), Durability::Sync).unwrap();
+            let r = h.append_batch(&[up("a"), up("b"), up("a")]).unwrap();
+            assert_eq!(r[0].as_ref().unwrap(), &1);
+            assert_eq!(r[1].as_ref().unwrap(), &2);
+            assert!(matches!(r[2], Err(HistoryError::DuplicateId(_))));
+            h.append_batch(&[up("c")]).unwrap();
+        }
+        let h = DiskHistory::open(dir.path(), keep(100), Durability::Sync).unwrap();
+        assert_eq!(h.head(), (3, Some("c".into())));
+        assert_eq!(h.len(), 3);
+        let r = h.replay(&ResumeFrom::After("a".into()), 3).unwrap();
+        assert_eq!(ids(&r), ["b", "c"]);
+        assert_eq!(r.updates[0].frame, up("b").frame);
+        assert!(matches!(
+            h.append_batch(&[up("b")]).unwrap()[0],
+            Err(HistoryError::DuplicateId(_))
+        ));
+        assert_eq!(h.append_batch(&[up("d")]).unwrap()[0].as_ref().unwrap(), &4);
+    }
+
+    #[test]
+    fn count_retention_and_deep_replay_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = DiskHistory::open(dir.path(), keep(20_000), Durability::Sync).unwrap();
+        let batch: Vec<_> = (0..25_000).map(|i| up(&format!("u{i}"))).collect();
+        for chunk in batch.chunks(5_000) {
+            h.append_batch(chunk).unwrap();
+        }
+        assert_eq!(h.len(), 20_000);
+        // u4999 was discarded; u5000 is the oldest kept, beyond the cache.
+        assert!(
+            !h.replay(&ResumeFrom::After("u4999".into()), 25_000)
+                .unwrap()
+                .found
+        );
+        let r = h
+            .replay(&ResumeFrom::After("u5000".into()), 25_000)
+            .unwrap();
+        assert!(r.found);
+        assert_eq!(r.updates.len(), 19_999);
+        assert_eq!(r.updates[0].id, "u5001");
+        let r = h.replay(&ResumeFrom::Earliest, 24_000).unwrap();
+        assert_eq!(r.updates.len(), 19_000);
+        assert_eq!(r.updates[0].id, "u5000");
+        // Ids that left history can be used again.
+        assert!(h.append_batch(&[up("u0")]).unwrap()[0].is_ok());
+    }
+
+    #[test]
+    fn age_retention_trims_in_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = DiskHistory::open(
+            dir.path(),
+            Retention {
+                max_len: 100_000,
+                max_age: Some(Duration::from_millis(50)),
+            },
+            Durability::Sync,
+        )
+        .unwrap();
+        let batch: Vec<_> = (0..2_500).map(|i| up(&format!("u{i}"))).collect();
+        h.append_batch(&batch).unwrap();
+        assert!(!h.trim().unwrap(), "nothing is old yet");
+        std::thread::sleep(Duration::from_millis(80));
+        h.append_batch(&[up("fresh")]).unwrap();
+        let mut steps = 0;
+        while h.trim().unwrap() {
+            steps += 1;
+        }
+        assert_eq!(steps, 2, "2,500 old entries in steps of {TRIM_STEP}");
+        assert_eq!(h.len(), 1);
+        let r = h.replay(&ResumeFrom::Earliest, u64::MAX).unwrap();
+        assert_eq!(ids(&r), ["fresh"]);
+        drop(h);
+        let h = DiskHistory::open(dir.path(), keep(10), Durability::Sync).unwrap();
+        assert_eq!(h.head(), (2_501, Some("fresh".into())));
+    }
+
+    #[test]
+    fn garbage_file_is_a_clear_error_and_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        std::fs::write(&file, b"this is not a database, but someone's data").unwrap();
+        let err = DiskHistory::open(dir.path(), keep(10), Durability::Sync)
+            .err()
+            .expect("must refuse");
+        let msg = err.to_string();
+        assert!(msg.contains(FILE_NAME), "{msg}");
+        assert!(msg.contains("move it aside"), "{msg}");
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            b"this is not a database, but someone's data"
+        );
+    }
+
+    #[test]
+    fn relaxed_durability_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let h = DiskHistory::open(
+                dir.path(),
+                keep(10),
+                Durability::Relaxed {
+                    interval: Duration::from_secs(3600),
+                },
+            )
+            .unwrap();
+            h.append_batch(&[up("a")]).unwrap();
+            h.append_batch(&[up("b")]).unwrap();
+            h.flush().unwrap();
+        }
+        let h = DiskHistory::open(dir.path(), keep(10), Durability::Sync).unwrap();
+        assert_eq!(h.head(), (2, Some("b".into())));
+    }
+}
