@@ -68,7 +68,7 @@ pub struct ServeArgs {
     pub history_max_age: Option<Duration>,
     /// `sync`: a 200 answer to a publish means the update is on disk
     /// (one fsync per batch of concurrent publishes). `relaxed`: fsync at
-    /// most once a second; a machine crash may lose that last second.
+    /// most once a second; a crash may lose that last second.
     /// [default: sync]
     #[arg(long, env = "HERALD_DURABILITY")]
     pub durability: Option<DurabilityMode>,

@@ -59,8 +59,8 @@ pub enum Durability {
     /// concurrent publishers). The default.
     #[default]
     Sync,
-    /// Answer once written to the file; `fsync` at most `interval` later. A
-    /// machine crash (not a process crash) may lose that last interval.
+    /// Answer without `fsync`; a durable commit follows at most `interval`
+    /// later. A crash may lose that last interval.
     Relaxed { interval: Duration },
 }
 
