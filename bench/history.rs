@@ -113,7 +113,11 @@ async fn replay_time(base: &str, after: &str, expect: usize) -> f64 {
     let mut parser = SseParser::new();
     let mut got = 0;
     while got < expect {
-        let chunk = body.next().await.expect("stream ended early").expect("read");
+        let chunk = body
+            .next()
+            .await
+            .expect("stream ended early")
+            .expect("read");
         got += parser.feed(&chunk).len();
     }
     started.elapsed().as_secs_f64()
@@ -122,7 +126,11 @@ async fn replay_time(base: &str, after: &str, expect: usize) -> f64 {
 #[tokio::main]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let (total, replay_n) = if quick { (5_000, 20_000) } else { (50_000, 100_000) };
+    let (total, replay_n) = if quick {
+        (5_000, 20_000)
+    } else {
+        (50_000, 100_000)
+    };
     println!("# herald history benchmark ({total} publishes at 64 concurrent publishers)");
     println!("| history | publishes/s |");
     println!("|---|---|");
@@ -130,7 +138,10 @@ async fn main() {
     for (name, extra) in [
         ("memory", &["--history", "memory"][..]),
         ("disk, --durability sync (default)", &[][..]),
-        ("disk, --durability relaxed", &["--durability", "relaxed"][..]),
+        (
+            "disk, --durability relaxed",
+            &["--durability", "relaxed"][..],
+        ),
     ] {
         let dir = tempfile::tempdir().expect("temp dir");
         let hub = start(dir.path(), extra);

@@ -117,12 +117,15 @@ struct Head {
     id: Option<String>,
 }
 
+/// Where the committer answers a publisher.
+type Reply = oneshot::Sender<Result<(), HubError>>;
+
 enum CommitRequest {
     /// Store and deliver; answer on `reply` (none for the hub's own
     /// subscription events).
     Publish {
         update: Arc<Update>,
-        reply: Option<oneshot::Sender<Result<(), HubError>>>,
+        reply: Option<Reply>,
     },
     /// Enforce the age limit of history, then flush relaxed writes.
     Maintain,
@@ -202,7 +205,7 @@ impl Hub {
     }
 
     /// Commit one batch, deliver it in order, answer its publishers.
-    fn commit(&self, batch: Vec<(Arc<Update>, Option<oneshot::Sender<Result<(), HubError>>>)>) {
+    fn commit(&self, batch: Vec<(Arc<Update>, Option<Reply>)>) {
         let updates: Vec<Arc<Update>> = batch.iter().map(|(u, _)| u.clone()).collect();
         let results = match self.history.append_batch(&updates) {
             Ok(r) => r,
