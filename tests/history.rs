@@ -280,3 +280,24 @@ async fn second_hub_on_the_same_data_dir_is_refused() {
     let err = start_expecting_failure(&["serve", "--listen", "127.0.0.1:0", "--data-dir", d]);
     assert!(err.contains("another herald"), "{err}");
 }
+
+#[tokio::test]
+async fn resuming_from_a_discarded_id_says_earliest() {
+    let s = Server::start(&["--history-size", "2"]);
+    let hub = s.hub();
+    let first = publish(&hub, &[("topic", "d"), ("data", "0")]).await;
+    for i in 1..4 {
+        publish(&hub, &[("topic", "d"), ("data", &i.to_string())]).await;
+    }
+    let mut sub = Sub::open(&hub, "match=d", resume_opts(&first)).await;
+    assert_eq!(
+        sub.header("mercure-last-event-id").as_deref(),
+        Some("earliest"),
+        "the id left history: the client must learn it may have missed updates"
+    );
+    assert!(sub.next_within(Duration::from_millis(300)).await.is_none());
+    // What is left is still there from `earliest`.
+    let mut all = Sub::ok(&hub, "match=d&last_event_id=earliest").await;
+    assert_eq!(all.next().await.data, "2");
+    assert_eq!(all.next().await.data, "3");
+}
