@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use rand::RngCore;
 
 use crate::auth::{mint_hs256, Verifier};
 use crate::config::{Config, DurabilityMode, HistoryBackend, KeySource};
 use crate::history::{DiskHistory, Durability, HistoryStore, MemoryHistory, Retention};
+use crate::http::conn::serve_connection;
 use crate::http::{router, AppState, HUB_PATH};
 use crate::hub::{Hub, HubConfig};
 
@@ -60,9 +60,6 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             )
         })?;
     let addr = listener.local_addr()?;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
 
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening on http://{addr}")?;
@@ -128,21 +125,38 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         subscriber,
     };
     let app = router(state);
-    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_connections, connections_stopped) = tokio::sync::watch::channel(false);
+    let mut signal = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => {
+                    let _ = tcp.set_nodelay(true);
+                    tokio::spawn(serve_connection(tcp, app.clone(), connections_stopped.clone()));
+                }
+                // Out of file descriptors and the like: the listener is
+                // fine, wait a moment for connections to close.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; retrying shortly");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = &mut signal => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: ending streams");
+    // close() waits for the committer to store and deliver what it accepted.
     let closing_hub = hub.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: ending streams");
-        // close() waits for the committer to finish its batch.
-        let _ = tokio::task::spawn_blocking(move || closing_hub.close()).await;
-        let _ = stopped_tx.send(());
-    });
+    let _ = tokio::task::spawn_blocking(move || closing_hub.close()).await;
+    let _ = stop_connections.send(true);
+    drop(connections_stopped);
+    // Every connection task holds a receiver: all dropped means all done.
     tokio::select! {
-        r = server => r.context("server error")?,
-        _ = async {
-            let _ = stopped_rx.await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway"),
+        _ = stop_connections.closed() => {}
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway")
+        }
     }
     println!("herald stopped");
     Ok(())

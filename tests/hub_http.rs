@@ -753,3 +753,73 @@ async fn cors_allowlist_never_reflects_other_origins() {
         "https://admin.example.com"
     );
 }
+
+/// Raw HTTP/1.x over TCP: the lean event-stream path and hyper's path must
+/// both answer correctly, whatever the client sends first.
+#[tokio::test]
+async fn raw_http_clients_get_correct_answers_on_both_paths() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start(&[]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    async fn exchange(addr: &str, request: &[u8], until: &str) -> String {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(request).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !String::from_utf8_lossy(&got).contains(until) {
+            match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+    // Lean path: chunked event stream.
+    let lean = exchange(
+        &addr,
+        b"GET /.well-known/mercure?match=raw HTTP/1.1\r\nHost: x\r\n\r\n",
+        "\r\n\r\n",
+    )
+    .await;
+    assert!(lean.starts_with("HTTP/1.1 200 OK\r\n"), "{lean}");
+    assert!(lean.contains("transfer-encoding: chunked\r\n"), "{lean}");
+    assert!(
+        lean.contains("content-type: text/event-stream\r\n"),
+        "{lean}"
+    );
+    // Lean path, error answer: whole, then closed.
+    let bad = exchange(
+        &addr,
+        b"GET /.well-known/mercure?nomatch=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "match",
+    )
+    .await;
+    assert!(bad.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{bad}");
+    // HTTP/1.0 goes to hyper and still streams.
+    let old = exchange(
+        &addr,
+        b"GET /.well-known/mercure?match=raw HTTP/1.0\r\n\r\n",
+        "\r\n\r\n",
+    )
+    .await;
+    assert!(old.contains(" 200 OK\r\n"), "{old}");
+    // Keep-alive: a health check then a subscription on one connection.
+    let two = exchange(
+        &addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /.well-known/mercure?match=raw HTTP/1.1\r\nHost: x\r\n\r\n",
+        "text/event-stream",
+    )
+    .await;
+    assert!(two.contains("ok\n"), "{two}");
+    assert!(two.contains("text/event-stream"), "{two}");
+    // Garbage and oversized heads get hyper's answers, not a hang.
+    let garbage = exchange(&addr, b"NOT HTTP AT ALL\r\n\r\n", "\r\n\r\n").await;
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+    let mut huge = b"GET /.well-known/mercure?match=raw HTTP/1.1\r\nX-Big: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 500_000));
+    huge.extend_from_slice(b"\r\n\r\n");
+    let big = exchange(&addr, &huge, "\r\n\r\n").await;
+    assert!(big.starts_with("HTTP/1.1 431"), "{big}");
+    assert_eq!(s.subscribers().await, 0, "every raw subscriber is gone");
+}

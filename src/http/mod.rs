@@ -2,6 +2,7 @@
 //! request into calls on [`Hub`], [`Verifier`] and the validators, and the
 //! result into a response.
 
+pub mod conn;
 mod error;
 pub mod form;
 mod publish;

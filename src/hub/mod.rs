@@ -235,12 +235,12 @@ impl Hub {
             }
         }
         self.stats.published.fetch_add(published, Ordering::Relaxed);
+        self.remove_many(&cut_off);
         for ((_, reply), result) in batch.into_iter().zip(results) {
             if let Some(reply) = reply {
                 let _ = reply.send(result.map(|_| ()).map_err(HubError::from));
             }
         }
-        self.remove_many(&cut_off);
     }
 
     /// Offer the update to every matching subscriber; collects the keys of
