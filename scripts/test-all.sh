@@ -27,3 +27,8 @@ cargo clippy --release --locked --all-targets -- -D warnings
 
 echo "==> cargo test (unit + integration + browser)"
 cargo test --release --locked --all-targets
+
+echo "==> load generator (bench/loadgen): fmt, clippy, unit tests"
+(cd bench/loadgen && export CARGO_TARGET_DIR="$PWD/target" \
+  && cargo fmt --check && cargo clippy --release --locked --all-targets -- -D warnings \
+  && cargo test --release --locked)

@@ -1,0 +1,142 @@
+//! The three servers under test: how to subscribe and how to publish.
+
+use crate::http::{json_escape, pct_encode, HttpUrl};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    Herald,
+    Nchan,
+    Pushpin,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Herald => "herald",
+            Kind::Nchan => "nchan",
+            Kind::Pushpin => "pushpin",
+        }
+    }
+}
+
+pub struct Target {
+    pub kind: Kind,
+    pub sub: HttpUrl,
+    pub publ: HttpUrl,
+    pub token: Option<String>,
+    pub sub_token: Option<String>,
+    pub run_id: String,
+}
+
+impl Target {
+    pub fn topic(&self, n: u64) -> String {
+        format!("bench-{}-{}", self.run_id, n)
+    }
+
+    /// The raw GET request that opens an SSE stream on topic `n`.
+    pub fn subscribe_request(&self, n: u64) -> Vec<u8> {
+        let topic = self.topic(n);
+        let base = &self.sub.base_path;
+        let path = match self.kind {
+            Kind::Herald => format!("{base}/.well-known/mercure?topic={}", pct_encode(&topic)),
+            Kind::Nchan => format!("{base}/sub/{}", pct_encode(&topic)),
+            Kind::Pushpin => format!("{base}/stream/{}", pct_encode(&topic)),
+        };
+        let auth = match &self.sub_token {
+            Some(t) => format!("Authorization: Bearer {t}\r\n"),
+            None => String::new(),
+        };
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n{auth}User-Agent: herald-loadgen\r\n\r\n",
+            self.sub.host
+        )
+        .into_bytes()
+    }
+
+    /// The raw POST request that publishes `data` to topic `n`.
+    pub fn publish_request(&self, n: u64, data: &str) -> Vec<u8> {
+        let topic = self.topic(n);
+        let base = &self.publ.base_path;
+        let (path, ctype, body, auth) = match self.kind {
+            Kind::Herald => (
+                format!("{base}/.well-known/mercure"),
+                "application/x-www-form-urlencoded",
+                format!("topic={}&data={}", pct_encode(&topic), pct_encode(data)),
+                self.token
+                    .as_ref()
+                    .map(|t| format!("Authorization: Bearer {t}\r\n")),
+            ),
+            Kind::Nchan => (
+                format!("{base}/pub/{}", pct_encode(&topic)),
+                "text/plain",
+                data.to_string(),
+                None,
+            ),
+            Kind::Pushpin => {
+                let content = format!("event: message\ndata: {data}\n\n");
+                (
+                    format!("{base}/publish/"),
+                    "application/json",
+                    format!(
+                        "{{\"items\":[{{\"channel\":\"{}\",\"formats\":{{\"http-stream\":{{\"content\":\"{}\"}}}}}}]}}",
+                        json_escape(&topic),
+                        json_escape(&content)
+                    ),
+                    None,
+                )
+            }
+        };
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{}User-Agent: herald-loadgen\r\n\r\n",
+            self.publ.host,
+            body.len(),
+            auth.unwrap_or_default()
+        )
+        .into_bytes();
+        req.extend_from_slice(body.as_bytes());
+        req
+    }
+
+    /// Whether a publish response status means "accepted".
+    pub fn publish_ok(&self, status: u16) -> bool {
+        match self.kind {
+            Kind::Herald => status == 200,
+            _ => (200..300).contains(&status),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(kind: Kind) -> Target {
+        Target {
+            kind,
+            sub: HttpUrl::parse("http://127.0.0.1:7999").unwrap(),
+            publ: HttpUrl::parse("http://127.0.0.1:5561").unwrap(),
+            token: Some("JWT".into()),
+            sub_token: None,
+            run_id: "r1".into(),
+        }
+    }
+
+    #[test]
+    fn requests() {
+        let s = String::from_utf8(t(Kind::Herald).subscribe_request(3)).unwrap();
+        assert!(s.starts_with("GET /.well-known/mercure?topic=bench-r1-3 HTTP/1.1\r\n"));
+        let p = String::from_utf8(t(Kind::Herald).publish_request(3, "1 2 3")).unwrap();
+        assert!(p.contains("Authorization: Bearer JWT\r\n"));
+        assert!(p.ends_with("\r\n\r\ntopic=bench-r1-3&data=1%202%203"));
+        let p = String::from_utf8(t(Kind::Pushpin).publish_request(0, "9 0 5")).unwrap();
+        assert!(p.starts_with("POST /publish/ HTTP/1.1\r\n"));
+        assert!(p.ends_with(
+            "{\"items\":[{\"channel\":\"bench-r1-0\",\"formats\":{\"http-stream\":{\"content\":\"event: message\\ndata: 9 0 5\\n\\n\"}}}]}"
+        ));
+        let s = String::from_utf8(t(Kind::Nchan).subscribe_request(1)).unwrap();
+        assert!(s.starts_with("GET /sub/bench-r1-1 HTTP/1.1\r\n"));
+        let p = String::from_utf8(t(Kind::Nchan).publish_request(1, "x")).unwrap();
+        assert!(p.starts_with("POST /pub/bench-r1-1 HTTP/1.1\r\n"));
+        assert!(p.ends_with("\r\n\r\nx"));
+    }
+}
