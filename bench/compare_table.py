@@ -90,29 +90,31 @@ def main(d):
 
     res = {s: load(d, s, "many-topics") for s in SERVERS}
     print("### many-topics: one topic per subscriber, one update each\n")
-    print("| server | subscribers | delivered once | missing | duplicates | wrong topic | p50 ms | p99 ms | time to deliver all (s) |")
+    print("| server | subscribers | delivered once | not delivered | duplicates | wrong topic | p50 ms | p99 ms | time to deliver all (s) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for s in SERVERS:
         r = res[s]
         if r is None:
             print(f"| {s} | no result | | | | | | | |")
             continue
-        print(f"| {s} | {num(r.get('connected'))} | {num(r.get('unique', r.get('received')))} | {num(r.get('missing_topics', r.get('lost')))} | "
+        failed = (r.get("publish_errors") or 0) + (r.get("connect_failed") or 0)
+        print(f"| {s} | {num(r.get('connected'))} | {num(r.get('unique', r.get('received')))} | "
+              f"{num((r.get('subscribers') or 0) - (r.get('unique') or 0))} ({num(failed)} publish/connect failures) | "
               f"{num(r.get('duplicates'))} | {num(r.get('wrong_topic'))} | {num(lat(r,'p50'),'{:.1f}')} | {num(lat(r,'p99'),'{:.1f}')} | "
               f"{num(r.get('delivery_time_s'),'{:.2f}')} |")
     print()
 
     res = {s: load(d, s, "churn") for s in SERVERS}
     print("### churn: connect/disconnect as fast as possible while publishing\n")
-    print("| server | connects | disconnects | errors | deliveries seen | duration s |")
+    print("| server | connects | connects/s | disconnects | errors | duration s |")
     print("|---|---|---|---|---|---|")
     for s in SERVERS:
         r = res[s]
         if r is None:
             print(f"| {s} | no result | | | | |")
             continue
-        print(f"| {s} | {num(r.get('connects'))} | {num(r.get('disconnects'))} | {num(r.get('errors'))} | "
-              f"{num(r.get('received'))} | {num(r.get('duration_s'),'{:.1f}')} |")
+        print(f"| {s} | {num(r.get('connects'))} | {num(r.get('connects_per_sec'))} | {num(r.get('disconnects'))} | "
+              f"{num(r.get('errors'))} | {num(r.get('duration_s'),'{:.1f}')} |")
     notes = os.path.join(d, "notes.txt")
     if os.path.exists(notes):
         print("\nNotes from the run:\n")
