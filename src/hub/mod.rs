@@ -16,6 +16,7 @@
 //! history by `Last-Event-ID`. A slow client therefore never slows the
 //! others and never grows memory without bound.
 
+mod queue;
 mod registry;
 mod stream;
 mod update;
@@ -30,10 +31,11 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use std::sync::mpsc as std_mpsc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::history::{HistoryError, HistoryStore, ResumeFrom};
 use crate::topic::TopicSelector;
+use queue::PushError;
 use registry::Registry;
 
 /// What a subscriber asked for and what it may see.
@@ -252,13 +254,13 @@ impl Hub {
             if !entry.subscription.wants(update) {
                 return;
             }
-            match entry.tx.try_send(update.frame.clone()) {
+            match entry.tx.try_push(update.frame.clone()) {
                 Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(PushError::Full) => {
                     self.stats.cut_off_slow.fetch_add(1, Ordering::Relaxed);
                     cut_off.push(key);
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => cut_off.push(key),
+                Err(PushError::Closed) => cut_off.push(key),
             }
         });
         self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
@@ -278,7 +280,7 @@ impl Hub {
         if self.closed.load(Ordering::Acquire) {
             return Err(HubError::ShuttingDown);
         }
-        let (tx, rx) = mpsc::channel(self.config.queue_capacity.max(1));
+        let (tx, rx) = queue::queue(self.config.queue_capacity);
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let subscription = Arc::new(subscription);
         let (cursor, head_id) = {
@@ -375,8 +377,8 @@ impl Hub {
             let registry = self.registry.read();
             registry
                 .iter()
-                .filter_map(|(key, entry)| match entry.tx.try_send(KEEP_ALIVE.clone()) {
-                    Err(mpsc::error::TrySendError::Closed(_)) => Some(key),
+                .filter_map(|(key, entry)| match entry.tx.try_push(KEEP_ALIVE.clone()) {
+                    Err(PushError::Closed) => Some(key),
                     _ => None,
                 })
                 .collect()

@@ -10,17 +10,16 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
+use super::queue::QueueSender;
 use super::{Subscription, RESERVED_PREFIX};
 use crate::topic::TopicSelector;
 
 pub(super) struct Entry {
     pub subscription: Arc<Subscription>,
-    pub tx: mpsc::Sender<Bytes>,
+    pub tx: QueueSender,
 }
 
 #[derive(Default)]
@@ -31,7 +30,7 @@ pub(super) struct Registry {
 }
 
 impl Registry {
-    pub fn insert(&mut self, key: u64, subscription: Arc<Subscription>, tx: mpsc::Sender<Bytes>) {
+    pub fn insert(&mut self, key: u64, subscription: Arc<Subscription>, tx: QueueSender) {
         let exact: Option<Vec<&str>> = subscription
             .selectors
             .iter()
@@ -233,20 +232,20 @@ mod tests {
     #[test]
     fn index_and_patterns() {
         let mut r = Registry::default();
-        let (tx, _rx) = mpsc::channel(1);
+        let tx = || super::super::queue::queue(1).0;
         r.insert(
             1,
             sub(
                 "a",
                 &[TopicSelector::exact("t1"), TopicSelector::exact("t1")],
             ),
-            tx.clone(),
+            tx(),
         );
-        r.insert(2, sub("b", &[TopicSelector::exact("t2")]), tx.clone());
+        r.insert(2, sub("b", &[TopicSelector::exact("t2")]), tx());
         r.insert(
             3,
             sub("c", &[TopicSelector::exact("t1"), TopicSelector::Any]),
-            tx.clone(),
+            tx(),
         );
         assert_eq!(candidates(&r, &["t1"]), [1, 3]);
         assert_eq!(candidates(&r, &["t2"]), [2, 3]);

@@ -18,8 +18,8 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use tokio::sync::mpsc;
 
+use super::queue::QueueReceiver;
 use super::Hub;
 
 /// Upper bound of one coalesced write.
@@ -29,7 +29,7 @@ pub struct SubscriberStream {
     hub: Arc<Hub>,
     key: u64,
     backlog: VecDeque<Bytes>,
-    rx: mpsc::Receiver<Bytes>,
+    rx: QueueReceiver,
 }
 
 impl SubscriberStream {
@@ -37,7 +37,7 @@ impl SubscriberStream {
         hub: Arc<Hub>,
         key: u64,
         backlog: Vec<Bytes>,
-        rx: mpsc::Receiver<Bytes>,
+        rx: QueueReceiver,
     ) -> SubscriberStream {
         SubscriberStream {
             hub,
@@ -79,25 +79,7 @@ impl Stream for SubscriberStream {
         if let Some(chunk) = this.take_backlog() {
             return Poll::Ready(Some(Ok(chunk)));
         }
-        let first = match this.rx.poll_recv(cx) {
-            Poll::Ready(Some(b)) => b,
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
-        };
-        let second = match this.rx.try_recv() {
-            Ok(b) => b,
-            Err(_) => return Poll::Ready(Some(Ok(first))),
-        };
-        let mut buf = BytesMut::with_capacity((first.len() + second.len()) * 4);
-        buf.extend_from_slice(&first);
-        buf.extend_from_slice(&second);
-        while buf.len() < MAX_CHUNK {
-            match this.rx.try_recv() {
-                Ok(b) => buf.extend_from_slice(&b),
-                Err(_) => break,
-            }
-        }
-        Poll::Ready(Some(Ok(buf.freeze())))
+        this.rx.poll_chunk(cx, MAX_CHUNK).map(|chunk| chunk.map(Ok))
     }
 }
 

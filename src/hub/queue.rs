@@ -1,0 +1,189 @@
+//! One subscriber's bounded queue of encoded events: the hub pushes, the
+//! subscriber's connection drains.
+//!
+//! Why not `tokio::sync::mpsc`: an idle subscriber is the common case (a
+//! million of them is the goal), and a bounded tokio channel allocates its
+//! first block of 32 slots (~1.2 KB with its header) up front, and keeps
+//! grown blocks after a burst. This queue costs one small allocation while
+//! empty, grows only while events are waiting, and gives the memory back
+//! once drained. It needs no more than this: one producer at a time (the
+//! committer, or the heartbeat, under the registry lock), one consumer,
+//! `try_push` that reports full or closed, and a drain that takes a whole
+//! batch at once for a coalesced write.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
+
+/// Capacity kept after draining; more is released.
+const KEEP_CAPACITY: usize = 8;
+
+struct Shared {
+    state: Mutex<State>,
+    waker: AtomicWaker,
+}
+
+struct State {
+    items: VecDeque<Bytes>,
+    capacity: usize,
+    /// No more pushes will come (the hub dropped the subscriber).
+    closed: bool,
+    /// The consumer is gone (the connection ended).
+    receiver_gone: bool,
+}
+
+/// Why a push was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The queue holds `capacity` events: the subscriber is too slow.
+    Full,
+    /// The subscriber's connection is gone.
+    Closed,
+}
+
+/// The hub's end. Dropping it ends the subscriber's stream once what is
+/// queued has been drained.
+pub struct QueueSender(Arc<Shared>);
+
+/// The connection's end.
+pub struct QueueReceiver(Arc<Shared>);
+
+/// A queue holding at most `capacity` events.
+pub fn queue(capacity: usize) -> (QueueSender, QueueReceiver) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            capacity: capacity.max(1),
+            closed: false,
+            receiver_gone: false,
+        }),
+        waker: AtomicWaker::new(),
+    });
+    (QueueSender(shared.clone()), QueueReceiver(shared))
+}
+
+impl QueueSender {
+    pub fn try_push(&self, event: Bytes) -> Result<(), PushError> {
+        {
+            let mut state = self.0.state.lock();
+            if state.receiver_gone {
+                return Err(PushError::Closed);
+            }
+            if state.items.len() >= state.capacity {
+                return Err(PushError::Full);
+            }
+            state.items.push_back(event);
+        }
+        self.0.waker.wake();
+        Ok(())
+    }
+}
+
+impl Drop for QueueSender {
+    fn drop(&mut self) {
+        self.0.state.lock().closed = true;
+        self.0.waker.wake();
+    }
+}
+
+impl QueueReceiver {
+    /// Take what is waiting as one chunk: a single event as is (no copy),
+    /// several concatenated up to `max_bytes` (at least one event), for one
+    /// coalesced write. `Ready(None)` means closed and drained.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>, max_bytes: usize) -> Poll<Option<Bytes>> {
+        // Register first, then look: a push between the two still wakes us.
+        self.0.waker.register(cx.waker());
+        let mut state = self.0.state.lock();
+        let Some(first) = state.items.pop_front() else {
+            return if state.closed {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            };
+        };
+        let chunk = match state.items.front() {
+            None => first,
+            Some(second) if first.len() + second.len() > max_bytes => first,
+            Some(_) => {
+                let mut buf = BytesMut::with_capacity(
+                    max_bytes.min(state.items.iter().map(Bytes::len).sum::<usize>() + first.len()),
+                );
+                buf.extend_from_slice(&first);
+                while let Some(next) = state.items.front() {
+                    if buf.len() + next.len() > max_bytes {
+                        break;
+                    }
+                    buf.extend_from_slice(next);
+                    state.items.pop_front();
+                }
+                buf.freeze()
+            }
+        };
+        if state.items.is_empty() && state.items.capacity() > KEEP_CAPACITY {
+            state.items = VecDeque::new();
+        }
+        Poll::Ready(Some(chunk))
+    }
+}
+
+impl Drop for QueueReceiver {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock();
+        state.receiver_gone = true;
+        state.items = VecDeque::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::task::noop_waker_ref;
+
+    fn drain(rx: &mut QueueReceiver, max: usize) -> Poll<Option<Bytes>> {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        rx.poll_chunk(&mut cx, max)
+    }
+
+    fn chunk(s: &str) -> Poll<Option<Bytes>> {
+        Poll::Ready(Some(Bytes::from(s.to_string())))
+    }
+
+    #[test]
+    fn bounded_batches_and_close() {
+        let (tx, mut rx) = queue(3);
+        assert!(drain(&mut rx, 100).is_pending());
+        for e in ["a", "bb", "ccc"] {
+            tx.try_push(Bytes::from(e)).unwrap();
+        }
+        assert_eq!(tx.try_push(Bytes::from("d")), Err(PushError::Full));
+        // Batches stop at max_bytes, but always take one event.
+        assert_eq!(drain(&mut rx, 3), chunk("abb"));
+        assert_eq!(drain(&mut rx, 1), chunk("ccc"));
+        tx.try_push(Bytes::from("e")).unwrap();
+        drop(tx);
+        // What was queued is still delivered, then the end.
+        assert_eq!(drain(&mut rx, 100), chunk("e"));
+        assert_eq!(drain(&mut rx, 100), Poll::Ready(None));
+    }
+
+    #[test]
+    fn push_to_a_gone_receiver_is_closed() {
+        let (tx, rx) = queue(3);
+        drop(rx);
+        assert_eq!(tx.try_push(Bytes::from("a")), Err(PushError::Closed));
+    }
+
+    #[test]
+    fn memory_is_released_after_a_burst() {
+        let (tx, mut rx) = queue(1000);
+        for _ in 0..500 {
+            tx.try_push(Bytes::from_static(b"x")).unwrap();
+        }
+        assert!(matches!(drain(&mut rx, usize::MAX), Poll::Ready(Some(c)) if c.len() == 500));
+        assert_eq!(rx.0.state.lock().items.capacity(), 0);
+    }
+}
