@@ -86,36 +86,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 
     // Age retention and relaxed fsyncs run on the committer, between
     // batches, once a second.
-    {
-        let hub = hub.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if hub.is_closed() {
-                    break;
-                }
-                hub.maintain();
-            }
-        });
-    }
-
-    let heartbeat = config.heartbeat;
-    if !heartbeat.is_zero() {
-        let hub = hub.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(heartbeat);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if hub.is_closed() {
-                    break;
-                }
-                hub.heartbeat();
-            }
-        });
+    every(&hub, Duration::from_secs(1), Hub::maintain);
+    if !config.heartbeat.is_zero() {
+        every(&hub, config.heartbeat, Hub::heartbeat);
     }
 
     let state = AppState {
@@ -160,6 +133,24 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     }
     println!("herald stopped");
     Ok(())
+}
+
+/// Run `task` on the hub every `period` (first after one period) until the
+/// hub closes.
+fn every(hub: &Arc<Hub>, period: Duration, task: fn(&Hub)) {
+    let hub = hub.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if hub.is_closed() {
+                break;
+            }
+            task(&hub);
+        }
+    });
 }
 
 /// The history store the configuration asks for.

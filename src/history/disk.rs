@@ -164,10 +164,8 @@ impl DiskHistory {
                 .map_err(|reason| HistoryError::Corrupt { seq, reason })?;
             cache.push(seq, at, Arc::new(update), self.cache_capacity());
         }
-        // An empty file still remembers where sequences stand.
-        if cache.last_seq() < last_seq {
-            cache.push(last_seq, 0, Arc::new(placeholder()), 0);
-        }
+        // An emptied file still remembers where sequences stand.
+        cache.skip_to(last_seq);
         self.len.store(len, Ordering::Relaxed);
         self.first_seq.store(first_seq, Ordering::Relaxed);
         Ok(())
@@ -301,12 +299,6 @@ impl DiskHistory {
     }
 }
 
-/// A stand-in update that only carries a sequence number into an empty
-/// cache (capacity 0 keeps nothing of it).
-fn placeholder() -> Update {
-    Update::new(String::new(), Vec::new(), false, None, None, String::new())
-}
-
 impl HistoryStore for DiskHistory {
     fn append_batch(&self, batch: &[Arc<Update>]) -> Result<Vec<AppendResult>, HistoryError> {
         let now = now_ms();
@@ -331,9 +323,6 @@ impl HistoryStore for DiskHistory {
             }
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert(LAST_SEQ, last_seq).map_err(storage)?;
-        }
-        if first_seq == 0 {
-            first_seq = 1;
         }
         // Count retention, bounded: a batch pays for at most its own size
         // plus a constant, so lowering --history-size trims gradually.
@@ -392,7 +381,7 @@ impl HistoryStore for DiskHistory {
         };
         let mut first_seq = self.first_seq.load(Ordering::Relaxed);
         let last_seq = self.cache.read().last_seq();
-        if first_seq == 0 || first_seq > last_seq {
+        if first_seq > last_seq {
             return Ok(false);
         }
         let (txn, synced) = self.begin(false)?;

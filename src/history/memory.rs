@@ -45,6 +45,12 @@ impl Ring {
         )
     }
 
+    /// Make `seq` the last sequence number handed out, with nothing stored
+    /// (a durable store whose retention emptied it).
+    pub(super) fn skip_to(&mut self, seq: u64) {
+        self.last_seq = self.last_seq.max(seq);
+    }
+
     /// Add an update with the given sequence number (the next one), keeping
     /// at most `capacity` entries.
     pub(super) fn push(&mut self, seq: u64, at_ms: u64, update: Arc<Update>, capacity: usize) {

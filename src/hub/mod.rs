@@ -7,7 +7,7 @@
 //! takes every update waiting at that moment as one batch, appends the batch
 //! to history (one durable write for all of them: group commit), then, under
 //! the order lock, offers each update's shared frame to every matching
-//! subscriber's bounded queue with `try_send`, and only then answers each
+//! subscriber's bounded queue with `try_push`, and only then answers each
 //! publisher. One thread doing both keeps delivery in sequence order, and a
 //! publisher is never told "done" before its update is in history.
 //!

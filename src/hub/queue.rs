@@ -36,6 +36,29 @@ struct State {
     receiver_gone: bool,
 }
 
+/// Take the front events as one chunk for one write: a single event as is
+/// (no copy), several concatenated up to `max_bytes` (always at least one).
+/// `None` when there is nothing.
+pub(super) fn coalesce(items: &mut VecDeque<Bytes>, max_bytes: usize) -> Option<Bytes> {
+    let first = items.pop_front()?;
+    match items.front() {
+        None => return Some(first),
+        Some(second) if first.len() + second.len() > max_bytes => return Some(first),
+        Some(_) => {}
+    }
+    let waiting = items.iter().map(Bytes::len).sum::<usize>() + first.len();
+    let mut buf = BytesMut::with_capacity(max_bytes.min(waiting));
+    buf.extend_from_slice(&first);
+    while let Some(next) = items.front() {
+        if buf.len() + next.len() > max_bytes {
+            break;
+        }
+        buf.extend_from_slice(next);
+        items.pop_front();
+    }
+    Some(buf.freeze())
+}
+
 /// Why a push was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PushError {
@@ -91,37 +114,18 @@ impl Drop for QueueSender {
 }
 
 impl QueueReceiver {
-    /// Take what is waiting as one chunk: a single event as is (no copy),
-    /// several concatenated up to `max_bytes` (at least one event), for one
-    /// coalesced write. `Ready(None)` means closed and drained.
+    /// Take what is waiting as one chunk (see [`coalesce`]).
+    /// `Ready(None)` means closed and drained.
     pub fn poll_chunk(&mut self, cx: &mut Context<'_>, max_bytes: usize) -> Poll<Option<Bytes>> {
         // Register first, then look: a push between the two still wakes us.
         self.0.waker.register(cx.waker());
         let mut state = self.0.state.lock();
-        let Some(first) = state.items.pop_front() else {
+        let Some(chunk) = coalesce(&mut state.items, max_bytes) else {
             return if state.closed {
                 Poll::Ready(None)
             } else {
                 Poll::Pending
             };
-        };
-        let chunk = match state.items.front() {
-            None => first,
-            Some(second) if first.len() + second.len() > max_bytes => first,
-            Some(_) => {
-                let mut buf = BytesMut::with_capacity(
-                    max_bytes.min(state.items.iter().map(Bytes::len).sum::<usize>() + first.len()),
-                );
-                buf.extend_from_slice(&first);
-                while let Some(next) = state.items.front() {
-                    if buf.len() + next.len() > max_bytes {
-                        break;
-                    }
-                    buf.extend_from_slice(next);
-                    state.items.pop_front();
-                }
-                buf.freeze()
-            }
         };
         if state.items.is_empty() && state.items.capacity() > KEEP_CAPACITY {
             state.items = VecDeque::new();

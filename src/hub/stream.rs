@@ -16,10 +16,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::Stream;
 
-use super::queue::QueueReceiver;
+use super::queue::{coalesce, QueueReceiver};
 use super::Hub;
 
 /// Upper bound of one coalesced write.
@@ -51,24 +51,6 @@ impl SubscriberStream {
     pub fn backlog_len(&self) -> usize {
         self.backlog.len()
     }
-
-    fn take_backlog(&mut self) -> Option<Bytes> {
-        let first = self.backlog.pop_front()?;
-        if self.backlog.is_empty() {
-            return Some(first);
-        }
-        let mut buf =
-            BytesMut::with_capacity(MAX_CHUNK.min(first.len() * (self.backlog.len() + 1)));
-        buf.extend_from_slice(&first);
-        while let Some(next) = self.backlog.front() {
-            if buf.len() + next.len() > MAX_CHUNK {
-                break;
-            }
-            buf.extend_from_slice(next);
-            self.backlog.pop_front();
-        }
-        Some(buf.freeze())
-    }
 }
 
 impl Stream for SubscriberStream {
@@ -76,7 +58,7 @@ impl Stream for SubscriberStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if let Some(chunk) = this.take_backlog() {
+        if let Some(chunk) = coalesce(&mut this.backlog, MAX_CHUNK) {
             return Poll::Ready(Some(Ok(chunk)));
         }
         this.rx.poll_chunk(cx, MAX_CHUNK).map(|chunk| chunk.map(Ok))
