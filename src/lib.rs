@@ -19,3 +19,4 @@ pub mod hub;
 pub mod server;
 pub mod sse;
 pub mod topic;
+pub mod update;

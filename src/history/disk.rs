@@ -34,8 +34,8 @@ use redb::{
 
 use super::memory::Ring;
 use super::record;
-use super::{now_ms, AppendResult, HistoryError, HistoryStore, Replay, ResumeFrom, Retention};
-use crate::hub::Update;
+use super::{now_ms, AppendResult, HistoryError, HistoryStore, Retention};
+use crate::update::Update;
 
 const UPDATES: TableDefinition<u64, &[u8]> = TableDefinition::new("updates");
 const IDS: TableDefinition<&str, u64> = TableDefinition::new("ids");
@@ -65,7 +65,8 @@ pub enum Durability {
 }
 
 pub struct DiskHistory {
-    db: Database,
+    /// `None` only while the file is being reopened after an I/O error.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
     retention: Retention,
     durability: Durability,
@@ -84,10 +85,45 @@ fn storage(e: impl std::fmt::Display) -> HistoryError {
     HistoryError::Storage(e.to_string())
 }
 
+fn closed() -> HistoryError {
+    HistoryError::Storage(
+        "the history file is closed after an I/O error and could not be reopened yet".into(),
+    )
+}
+
 impl DiskHistory {
     /// Open (or create) the history under `data_dir`. A file that cannot be
     /// opened is an error naming it, never a silent fresh start.
+    ///
+    /// redb panics on some kinds of damage instead of returning an error;
+    /// such a panic is caught here and reported like any other damage, so
+    /// a damaged file is an error message and an exit code, never a crash
+    /// with a backtrace.
     pub fn open(
+        data_dir: &Path,
+        retention: Retention,
+        durability: Durability,
+    ) -> Result<DiskHistory, OpenError> {
+        let quiet = QuietPanics::install();
+        let opened =
+            std::panic::catch_unwind(|| Self::open_unguarded(data_dir, retention, durability));
+        drop(quiet);
+        opened.unwrap_or_else(|panic| {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            Err(OpenError::File {
+                path: data_dir.join(FILE_NAME),
+                reason: format!(
+                    "the file is damaged (the storage engine failed while reading it: {reason})"
+                ),
+            })
+        })
+    }
+
+    fn open_unguarded(
         data_dir: &Path,
         retention: Retention,
         durability: Durability,
@@ -109,7 +145,7 @@ impl DiskHistory {
             other => fail(other.to_string()),
         })?;
         let history = DiskHistory {
-            db,
+            db: RwLock::new(Some(db)),
             path: path.clone(),
             retention,
             durability,
@@ -127,7 +163,7 @@ impl DiskHistory {
     /// file. Every cached record is decoded, so damage in the recent part
     /// of the file is found at startup.
     fn load(&self) -> Result<(), HistoryError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         {
             txn.open_table(UPDATES).map_err(storage)?;
             txn.open_table(IDS).map_err(storage)?;
@@ -135,7 +171,7 @@ impl DiskHistory {
         }
         txn.commit().map_err(storage)?;
 
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.begin_read()?;
         let updates = txn.open_table(UPDATES).map_err(storage)?;
         let meta = txn.open_table(META).map_err(storage)?;
         let last_seq = meta
@@ -171,6 +207,49 @@ impl DiskHistory {
         Ok(())
     }
 
+    fn begin_read(&self) -> Result<redb::ReadTransaction, HistoryError> {
+        match &*self.db.read() {
+            Some(db) => db.begin_read().map_err(storage),
+            None => Err(closed()),
+        }
+    }
+
+    fn begin_write(&self) -> Result<WriteTransaction, HistoryError> {
+        match &*self.db.read() {
+            Some(db) => db.begin_write().map_err(storage),
+            None => Err(closed()),
+        }
+    }
+
+    /// Prove the file takes a durable write: rewrite `last_seq` with an
+    /// fsync.
+    fn probe_write(&self) -> Result<(), HistoryError> {
+        let last_seq = self.cache.read().last_seq();
+        let (txn, synced) = self.begin(true)?;
+        {
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert(LAST_SEQ, last_seq).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        self.committed(synced);
+        Ok(())
+    }
+
+    /// After an I/O error redb refuses every later operation until the
+    /// file is closed and opened again (which also rolls back a torn
+    /// commit). Counters and cache are then rebuilt from what the file
+    /// holds, which is exactly what was acknowledged.
+    fn reopen(&self) -> Result<(), HistoryError> {
+        let mut slot = self.db.write();
+        // The old handle must be gone before the file can be opened again.
+        drop(slot.take());
+        let db = Database::create(&self.path).map_err(storage)?;
+        *slot = Some(db);
+        drop(slot);
+        *self.cache.write() = Ring::default();
+        self.load()
+    }
+
     fn cache_capacity(&self) -> usize {
         CACHE_CAPACITY.min(self.retention.max_len)
     }
@@ -181,7 +260,7 @@ impl DiskHistory {
     }
 
     fn begin(&self, force_sync: bool) -> Result<(WriteTransaction, bool), HistoryError> {
-        let mut txn = self.db.begin_write().map_err(storage)?;
+        let mut txn = self.begin_write()?;
         let sync = force_sync
             || match self.durability {
                 Durability::Sync => true,
@@ -256,46 +335,26 @@ impl DiskHistory {
             .map(|age| now_ms().saturating_sub(age.as_millis() as u64))
     }
 
-    fn replay_from_file(&self, from: &ResumeFrom, upto: u64) -> Result<Replay, HistoryError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+    fn read_range_from_file(
+        &self,
+        start: u64,
+        upto: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Arc<Update>)>, HistoryError> {
+        let txn = self.begin_read()?;
         let updates = txn.open_table(UPDATES).map_err(storage)?;
-        let start = match from {
-            ResumeFrom::Earliest => match updates.first().map_err(storage)? {
-                Some((k, _)) => k.value(),
-                None => {
-                    return Ok(Replay {
-                        updates: Vec::new(),
-                        found: true,
-                    })
-                }
-            },
-            ResumeFrom::After(id) => {
-                let ids = txn.open_table(IDS).map_err(storage)?;
-                match ids.get(id.as_str()).map_err(storage)? {
-                    Some(seq) => seq.value() + 1,
-                    None => {
-                        return Ok(Replay {
-                            updates: Vec::new(),
-                            found: false,
-                        })
-                    }
-                }
-            }
-        };
         let mut out = Vec::new();
-        if start <= upto {
-            for entry in updates.range(start..=upto).map_err(storage)? {
-                let (seq, bytes) = entry.map_err(storage)?;
-                let seq = seq.value();
-                let (update, _) = record::decode(bytes.value())
-                    .map_err(|reason| HistoryError::Corrupt { seq, reason })?;
-                out.push(Arc::new(update));
-            }
+        if start > upto {
+            return Ok(out);
         }
-        Ok(Replay {
-            updates: out,
-            found: true,
-        })
+        for entry in updates.range(start..=upto).map_err(storage)?.take(max) {
+            let (seq, bytes) = entry.map_err(storage)?;
+            let seq = seq.value();
+            let (update, _) = record::decode(bytes.value())
+                .map_err(|reason| HistoryError::Corrupt { seq, reason })?;
+            out.push((seq, Arc::new(update)));
+        }
+        Ok(out)
     }
 }
 
@@ -354,21 +413,34 @@ impl HistoryStore for DiskHistory {
         (seq, id.filter(|_| self.len.load(Ordering::Relaxed) > 0))
     }
 
-    fn replay(&self, from: &ResumeFrom, upto: u64) -> Result<Replay, HistoryError> {
+    fn lookup(&self, id: &str) -> Result<Option<u64>, HistoryError> {
+        if let Some(seq) = self.cache.read().lookup(id) {
+            return Ok(Some(seq));
+        }
+        let txn = self.begin_read()?;
+        let ids = txn.open_table(IDS).map_err(storage)?;
+        let seq = ids.get(id).map_err(storage)?.map(|v| v.value());
+        Ok(seq)
+    }
+
+    fn first_seq(&self) -> u64 {
+        self.first_seq.load(Ordering::Relaxed)
+    }
+
+    fn read_range(
+        &self,
+        start: u64,
+        upto: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Arc<Update>)>, HistoryError> {
         {
+            // Recent resumes are answered from memory.
             let cache = self.cache.read();
-            let whole = cache.len() as u64 >= self.len.load(Ordering::Relaxed);
-            let cached = match from {
-                ResumeFrom::After(id) => cache.contains_id(id),
-                ResumeFrom::Earliest => whole,
-            };
-            if cached {
-                if let Some(replay) = cache.replay(from, upto) {
-                    return Ok(replay);
-                }
+            if start >= cache.first_seq() {
+                return Ok(cache.read_range(start, upto, max));
             }
         }
-        self.replay_from_file(from, upto)
+        self.read_range_from_file(start, upto, max)
     }
 
     fn len(&self) -> usize {
@@ -400,6 +472,14 @@ impl HistoryStore for DiskHistory {
         Ok(more)
     }
 
+    fn probe(&self) -> Result<(), HistoryError> {
+        if self.probe_write().is_ok() {
+            return Ok(());
+        }
+        self.reopen()?;
+        self.probe_write()
+    }
+
     fn flush(&self) -> Result<(), HistoryError> {
         if !self.unsynced.load(Ordering::Relaxed) {
             return Ok(());
@@ -408,6 +488,33 @@ impl HistoryStore for DiskHistory {
         txn.commit().map_err(storage)?;
         self.committed(synced);
         Ok(())
+    }
+}
+
+/// Silences the default panic report (message and backtrace) while it
+/// lives: used only around opening a file whose damage may make the storage
+/// engine panic, a panic that is caught and turned into an error.
+struct QuietPanics {
+    previous: Option<PanicHook>,
+}
+
+type PanicHook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>;
+
+impl QuietPanics {
+    fn install() -> QuietPanics {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        QuietPanics {
+            previous: Some(previous),
+        }
+    }
+}
+
+impl Drop for QuietPanics {
+    fn drop(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            std::panic::set_hook(previous);
+        }
     }
 }
 
@@ -423,6 +530,7 @@ pub enum OpenError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::{Replay, ResumeFrom};
 
     fn up(id: &str) -> Arc<Update> {
         Arc::new(Update::new(

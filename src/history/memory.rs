@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::{now_ms, AppendResult, HistoryError, HistoryStore, Replay, ResumeFrom, Retention};
-use crate::hub::Update;
+use super::{now_ms, AppendResult, HistoryError, HistoryStore, Retention};
+use crate::update::Update;
 
 pub struct MemoryHistory {
     retention: Retention,
@@ -89,25 +89,28 @@ impl Ring {
         }
     }
 
-    /// Replay from the ring alone; `None` when the ring cannot answer (the
-    /// id is not in it), so a store behind it must be asked.
-    pub(super) fn replay(&self, from: &ResumeFrom, upto: u64) -> Option<Replay> {
-        let start_seq = match from {
-            ResumeFrom::Earliest => self.entries.front().map_or(u64::MAX, |(s, _, _)| *s),
-            ResumeFrom::After(id) => self.by_id.get(id)? + 1,
-        };
-        let first_seq = self.entries.front().map_or(0, |(s, _, _)| *s);
-        let start = start_seq.saturating_sub(first_seq) as usize;
-        let updates = self
-            .entries
-            .range(start.min(self.entries.len())..)
+    /// Sequence number of the update with this id, if the ring holds it.
+    pub(super) fn lookup(&self, id: &str) -> Option<u64> {
+        self.by_id.get(id).copied()
+    }
+
+    /// Sequence number of the oldest entry (`last_seq + 1` when empty).
+    pub(super) fn first_seq(&self) -> u64 {
+        self.entries
+            .front()
+            .map_or(self.last_seq + 1, |(s, _, _)| *s)
+    }
+
+    /// Up to `max` entries with sequence numbers in `start..=upto`.
+    pub(super) fn read_range(&self, start: u64, upto: u64, max: usize) -> Vec<(u64, Arc<Update>)> {
+        let first = self.first_seq();
+        let skip = start.saturating_sub(first) as usize;
+        self.entries
+            .range(skip.min(self.entries.len())..)
             .take_while(|(s, _, _)| *s <= upto)
-            .map(|(_, _, u)| u.clone())
-            .collect();
-        Some(Replay {
-            updates,
-            found: true,
-        })
+            .take(max)
+            .map(|(s, _, u)| (*s, u.clone()))
+            .collect()
     }
 }
 
@@ -149,8 +152,21 @@ impl HistoryStore for MemoryHistory {
         self.inner.read().head()
     }
 
-    fn replay(&self, from: &ResumeFrom, upto: u64) -> Result<Replay, HistoryError> {
-        Ok(self.inner.read().replay(from, upto).unwrap_or_default())
+    fn lookup(&self, id: &str) -> Result<Option<u64>, HistoryError> {
+        Ok(self.inner.read().lookup(id))
+    }
+
+    fn first_seq(&self) -> u64 {
+        self.inner.read().first_seq()
+    }
+
+    fn read_range(
+        &self,
+        start: u64,
+        upto: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Arc<Update>)>, HistoryError> {
+        Ok(self.inner.read().read_range(start, upto, max))
     }
 
     fn len(&self) -> usize {
@@ -169,6 +185,7 @@ impl HistoryStore for MemoryHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::{Replay, ResumeFrom};
 
     fn up(id: &str) -> Arc<Update> {
         Arc::new(Update::new(

@@ -22,7 +22,7 @@ pub use memory::MemoryHistory;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::hub::Update;
+use crate::update::Update;
 
 /// Where a resuming subscriber wants to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,8 +80,47 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// empty).
     fn head(&self) -> (u64, Option<String>);
 
-    /// The updates after `from`, up to and including sequence `upto`.
-    fn replay(&self, from: &ResumeFrom, upto: u64) -> Result<Replay, HistoryError>;
+    /// Sequence number of the update with this id, while history holds it.
+    fn lookup(&self, id: &str) -> Result<Option<u64>, HistoryError>;
+
+    /// Sequence number of the oldest update held (`head + 1` when empty).
+    fn first_seq(&self) -> u64;
+
+    /// Up to `max` updates with sequence numbers in `start..=upto`, oldest
+    /// first, each with its sequence number. Sequence numbers are
+    /// contiguous, so a first entry after `start` means retention removed
+    /// what the caller asked for.
+    fn read_range(
+        &self,
+        start: u64,
+        upto: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Arc<Update>)>, HistoryError>;
+
+    /// The updates after `from`, up to and including sequence `upto`, read
+    /// whole. Streams read page by page instead (`hub::stream`); this is for
+    /// tools and tests.
+    fn replay(&self, from: &ResumeFrom, upto: u64) -> Result<Replay, HistoryError> {
+        let start = match from {
+            ResumeFrom::Earliest => self.first_seq(),
+            ResumeFrom::After(id) => match self.lookup(id)? {
+                Some(seq) => seq + 1,
+                None => return Ok(Replay::default()),
+            },
+        };
+        let mut updates = Vec::new();
+        let mut next = start;
+        while next <= upto {
+            let page = self.read_range(next, upto, 4096)?;
+            let Some((last, _)) = page.last() else { break };
+            next = last + 1;
+            updates.extend(page.into_iter().map(|(_, u)| u));
+        }
+        Ok(Replay {
+            updates,
+            found: true,
+        })
+    }
 
     /// How many updates are held.
     fn len(&self) -> usize;
@@ -94,6 +133,13 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// publishing is never stalled; returns true when more remains to do.
     fn trim(&self) -> Result<bool, HistoryError> {
         Ok(false)
+    }
+
+    /// Check that the store can write again after a failure (and reopen
+    /// it if that is what it takes); called between batches while the hub
+    /// is marked faulty, so it recovers by itself when the fault goes away.
+    fn probe(&self) -> Result<(), HistoryError> {
+        Ok(())
     }
 
     /// Make everything appended so far durable (for relaxed durability:

@@ -10,7 +10,7 @@
 //! 4 retry) | [u64 retry] | str id | [str type] | u32 topic count |
 //! str topic... | str data`
 
-use crate::hub::Update;
+use crate::update::Update;
 
 const VERSION: u8 = 1;
 const PRIVATE: u8 = 1;

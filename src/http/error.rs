@@ -55,10 +55,11 @@ impl From<HubError> for HttpError {
         use crate::history::HistoryError;
         let status = match &e {
             HubError::History(HistoryError::DuplicateId(_)) => StatusCode::CONFLICT,
-            HubError::History(HistoryError::Storage(_) | HistoryError::Corrupt { .. }) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-            HubError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            // Storage that cannot be read or written is a fault of the
+            // hub that goes away (503 says "retry"), not a bad request.
+            HubError::History(HistoryError::Storage(_) | HistoryError::Corrupt { .. })
+            | HubError::Unavailable(_)
+            | HubError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         };
         HttpError::new(status, e.to_string())
     }

@@ -103,11 +103,16 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
+/// 200 only when the hub can take publishes; otherwise 503 and the reason
+/// (shutting down, history cannot write, committer stopped).
 async fn readyz(State(s): State<AppState>) -> Response {
-    if s.hub.is_closed() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
-    } else {
-        "ready\n".into_response()
+    match s.hub.readiness() {
+        Ok(()) => "ready\n".into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -119,12 +124,18 @@ async fn metrics(State(s): State<AppState>) -> Response {
          # HELP herald_published_total Updates published.\n# TYPE herald_published_total counter\nherald_published_total {}\n\
          # HELP herald_delivered_total Events queued to subscribers.\n# TYPE herald_delivered_total counter\nherald_delivered_total {}\n\
          # HELP herald_slow_cut_off_total Subscribers cut off for falling behind.\n# TYPE herald_slow_cut_off_total counter\nherald_slow_cut_off_total {}\n\
-         # HELP herald_history_updates Updates held in history.\n# TYPE herald_history_updates gauge\nherald_history_updates {}\n",
+         # HELP herald_history_updates Updates held in history.\n# TYPE herald_history_updates gauge\nherald_history_updates {}\n\
+         # HELP herald_storage_errors_total Commit batches history failed to store.\n# TYPE herald_storage_errors_total counter\nherald_storage_errors_total {}\n\
+         # HELP herald_committer_panics_total Commit batches that panicked (the committer carried on).\n# TYPE herald_committer_panics_total counter\nherald_committer_panics_total {}\n\
+         # HELP herald_ready Whether the hub can take publishes (see /readyz).\n# TYPE herald_ready gauge\nherald_ready {}\n",
         s.hub.subscriber_count(),
         st.published.load(Relaxed),
         st.delivered.load(Relaxed),
         st.cut_off_slow.load(Relaxed),
         s.hub.history().len(),
+        st.storage_errors.load(Relaxed),
+        st.committer_panics.load(Relaxed),
+        u8::from(s.hub.readiness().is_ok()),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -120,13 +120,13 @@ pub async fn subscribe(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    match open(&state, &headers, query.as_deref().unwrap_or("")) {
+    match open(&state, &headers, query.as_deref().unwrap_or("")).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
 }
 
-fn open(state: &AppState, headers: &HeaderMap, query: &str) -> Result<Response, HttpError> {
+async fn open(state: &AppState, headers: &HeaderMap, query: &str) -> Result<Response, HttpError> {
     if !accepts_event_stream(headers) {
         return Err(HttpError::new(
             StatusCode::NOT_ACCEPTABLE,
@@ -161,7 +161,8 @@ fn open(state: &AppState, headers: &HeaderMap, query: &str) -> Result<Response, 
         private_access: grants.subscribe.clone(),
         payload,
     };
-    let (stream, head_id, found) = state.hub.subscribe(subscription, resume.clone())?;
+    let subscribed = state.hub.subscribe(subscription, resume.clone()).await?;
+    let stream = subscribed.stream;
 
     let mut resp = Response::builder()
         .status(StatusCode::OK)
@@ -172,12 +173,12 @@ fn open(state: &AppState, headers: &HeaderMap, query: &str) -> Result<Response, 
         // Current draft: the id of the event preceding the first one sent,
         // or `earliest` when there is none (history empty, `earliest`
         // asked, or the id is unknown / already discarded).
-        let preceding = match (&resume, found) {
+        let preceding = match (&resume, subscribed.resumed) {
             (Some(ResumeFrom::After(_)), true) => requested.as_str(),
             _ => "earliest",
         };
         // Deployed dialect: where the hub's history stood at connection.
-        let legacy = head_id.as_deref().unwrap_or("earliest");
+        let legacy = subscribed.head_id.as_deref().unwrap_or("earliest");
         if let (Ok(a), Ok(b)) = (
             HeaderValue::from_str(preceding),
             HeaderValue::from_str(legacy),

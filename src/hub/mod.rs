@@ -7,24 +7,32 @@
 //! takes every update waiting at that moment as one batch, appends the batch
 //! to history (one durable write for all of them: group commit), then, under
 //! the order lock, offers each update's shared frame to every matching
-//! subscriber's bounded queue with `try_push`, and only then answers each
-//! publisher. One thread doing both keeps delivery in sequence order, and a
-//! publisher is never told "done" before its update is in history.
+//! subscriber's bounded queue, and only then answers each publisher. One
+//! thread doing both keeps delivery in sequence order, and a publisher is
+//! never told "done" before its update is in history.
 //!
 //! A queue that is full means that subscriber cannot keep up: it is cut off
-//! (its stream ends after what is already queued) and it resumes from
+//! at the first update it cannot take (its stream ends after what is already
+//! queued, and nothing later is ever queued for it), and it resumes from
 //! history by `Last-Event-ID`. A slow client therefore never slows the
-//! others and never grows memory without bound.
+//! others, never grows memory without bound, and never skips an update
+//! without knowing.
+//!
+//! Faults are visible: a history write that fails answers its publishers
+//! 503 and marks the hub not ready ([`Hub::readiness`]) until a write
+//! succeeds again (the committer probes once a second); a panic while
+//! committing fails that batch's publishers and is reported the same way,
+//! and the committer carries on with the next batch.
 
 mod queue;
 mod registry;
 mod stream;
-mod update;
 
+pub use crate::update::Update;
 pub use registry::SubscriptionInfo;
 pub use stream::SubscriberStream;
-pub use update::Update;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -37,6 +45,7 @@ use crate::history::{HistoryError, HistoryStore, ResumeFrom};
 use crate::topic::TopicSelector;
 use queue::PushError;
 use registry::Registry;
+use stream::ReplayCursor;
 
 /// What a subscriber asked for and what it may see.
 #[derive(Debug, Clone)]
@@ -56,9 +65,29 @@ impl Subscription {
     /// of the update's topics and, if the update is private, be allowed to
     /// read one of them.
     pub fn wants(&self, update: &Update) -> bool {
-        crate::topic::any_matches(&self.selectors, &update.topics)
-            && (!update.private || crate::topic::any_matches(&self.private_access, &update.topics))
+        crate::topic::any_matches(&self.selectors, &update.topics) && self.may_see(update)
     }
+
+    /// May this subscriber know of this update at all, whatever it asked
+    /// for? Public updates, and private ones its token grants. An update it
+    /// may not see behaves, in every answer, like one that does not exist.
+    pub fn may_see(&self, update: &Update) -> bool {
+        !update.private || crate::topic::any_matches(&self.private_access, &update.topics)
+    }
+}
+
+/// A registered subscriber, as [`Hub::subscribe`] hands it back.
+pub struct Subscribed {
+    /// Replay (if resuming), then live updates.
+    pub stream: SubscriberStream,
+    /// The newest update in history that this subscriber may see, at the
+    /// moment it was registered (the deployed dialect's `Last-Event-ID`
+    /// response header); `None` when there is none.
+    pub head_id: Option<String>,
+    /// Whether the requested resume point was found among the updates
+    /// this subscriber may see (an unknown, discarded or invisible id is
+    /// not: nothing is replayed, and the answer says `earliest`).
+    pub resumed: bool,
 }
 
 /// Tunables of the core.
@@ -84,6 +113,10 @@ impl Default for HubConfig {
 pub enum HubError {
     #[error(transparent)]
     History(#[from] HistoryError),
+    /// History cannot store updates right now (disk full, I/O error, a
+    /// failed commit): nothing was published; retrying later is safe.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("the hub is shutting down")]
     ShuttingDown,
 }
@@ -94,6 +127,8 @@ pub struct HubStats {
     pub published: AtomicU64,
     pub delivered: AtomicU64,
     pub cut_off_slow: AtomicU64,
+    pub storage_errors: AtomicU64,
+    pub committer_panics: AtomicU64,
 }
 
 pub struct Hub {
@@ -107,29 +142,61 @@ pub struct Hub {
     /// Where publishes queue for the committer thread.
     commits: Mutex<Option<std_mpsc::Sender<CommitRequest>>>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Why the hub cannot store updates right now, if it cannot.
+    fault: Mutex<Option<String>>,
     next_key: AtomicU64,
     closed: AtomicBool,
     pub stats: HubStats,
 }
 
-/// Sequence number and id of the newest update delivered live.
+/// Where live delivery stands.
 #[derive(Debug, Default)]
 struct Head {
+    /// Sequence number of the newest update delivered live.
     seq: u64,
-    id: Option<String>,
+    /// That update.
+    newest: Option<Arc<Update>>,
+    /// The id of the newest public update, for subscribers that may not
+    /// see `newest`.
+    newest_public: Option<String>,
+}
+
+impl Head {
+    /// The newest id this subscriber may know of.
+    fn visible_id(&self, sub: &Subscription) -> Option<String> {
+        match &self.newest {
+            Some(u) if sub.may_see(u) => Some(u.id.clone()),
+            _ => self.newest_public.clone(),
+        }
+    }
+
+    fn advance(&mut self, seq: u64, update: &Arc<Update>) {
+        self.seq = seq;
+        if !update.private {
+            self.newest_public = Some(update.id.clone());
+        }
+        self.newest = Some(update.clone());
+    }
 }
 
 /// Where the committer answers a publisher.
 type Reply = oneshot::Sender<Result<(), HubError>>;
 
+/// One update waiting for the committer.
+struct Pending {
+    update: Arc<Update>,
+    /// None for the hub's own subscription events.
+    reply: Option<Reply>,
+    /// Stored in history (published updates) or delivered live only
+    /// (subscription events: connection churn must never evict published
+    /// updates from history, nor be replayed).
+    durable: bool,
+}
+
 enum CommitRequest {
-    /// Store and deliver; answer on `reply` (none for the hub's own
-    /// subscription events).
-    Publish {
-        update: Arc<Update>,
-        reply: Option<Reply>,
-    },
-    /// Enforce the age limit of history, then flush relaxed writes.
+    Publish(Pending),
+    /// Enforce the age limit of history, flush relaxed writes, and probe a
+    /// faulty store.
     Maintain,
     /// Commit what came before, flush, and end the thread.
     Stop,
@@ -138,20 +205,24 @@ enum CommitRequest {
 /// Most updates committed in one batch.
 const MAX_BATCH: usize = 1024;
 
+/// How far back startup looks for the newest public update.
+const PUBLIC_HEAD_SCAN: u64 = 1024;
+
 /// The prefix of the reserved topic namespace.
 pub const RESERVED_PREFIX: &str = "/.well-known/mercure";
 
 impl Hub {
     pub fn new(config: HubConfig, history: Arc<dyn HistoryStore>) -> Arc<Hub> {
-        let (seq, id) = history.head();
+        let head = initial_head(history.as_ref());
         let (tx, rx) = std_mpsc::channel();
         let hub = Arc::new(Hub {
             config,
             registry: RwLock::new(Registry::default()),
-            order: Mutex::new(Head { seq, id }),
+            order: Mutex::new(head),
             history,
             commits: Mutex::new(Some(tx)),
             committer: Mutex::new(None),
+            fault: Mutex::new(None),
             next_key: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             stats: HubStats::default(),
@@ -167,18 +238,25 @@ impl Hub {
         hub
     }
 
-    pub fn config(&self) -> &HubConfig {
-        &self.config
-    }
-
     pub fn history(&self) -> &Arc<dyn HistoryStore> {
         &self.history
     }
 
     fn enqueue(&self, request: CommitRequest) -> Result<(), HubError> {
         match &*self.commits.lock() {
-            Some(tx) => tx.send(request).map_err(|_| HubError::ShuttingDown),
+            Some(tx) => tx.send(request).map_err(|_| self.stopped_error()),
             None => Err(HubError::ShuttingDown),
+        }
+    }
+
+    /// Why a publish got no answer from the committer.
+    fn stopped_error(&self) -> HubError {
+        if self.is_closed() {
+            HubError::ShuttingDown
+        } else {
+            HubError::Unavailable(
+                "the update was not stored: the hub's committer failed while handling it (see /readyz and the log); it is safe to retry".into(),
+            )
         }
     }
 
@@ -186,17 +264,19 @@ impl Hub {
     /// as the store promises) and offered to every matching subscriber's
     /// queue.
     pub async fn publish(&self, update: Update) -> Result<Arc<Update>, HubError> {
-        if self.closed.load(Ordering::Acquire) {
+        if self.is_closed() {
             return Err(HubError::ShuttingDown);
         }
         let update = Arc::new(update);
         let (reply, answer) = oneshot::channel();
-        self.enqueue(CommitRequest::Publish {
+        self.enqueue(CommitRequest::Publish(Pending {
             update: update.clone(),
             reply: Some(reply),
-        })?;
-        // A dropped reply means the committer stopped before this update.
-        answer.await.map_err(|_| HubError::ShuttingDown)??;
+            durable: true,
+        }))?;
+        // A dropped reply means the committer stopped (or panicked) before
+        // this update was stored.
+        answer.await.map_err(|_| self.stopped_error())??;
         Ok(update)
     }
 
@@ -206,39 +286,100 @@ impl Hub {
         let _ = self.enqueue(CommitRequest::Maintain);
     }
 
-    /// Commit one batch, deliver it in order, answer its publishers.
-    fn commit(&self, batch: Vec<(Arc<Update>, Option<Reply>)>) {
-        let updates: Vec<Arc<Update>> = batch.iter().map(|(u, _)| u.clone()).collect();
-        let results = match self.history.append_batch(&updates) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "history append failed; {} publishes refused", batch.len());
-                let msg = e.to_string();
-                for (_, reply) in batch {
-                    if let Some(reply) = reply {
-                        let _ =
-                            reply.send(Err(HubError::History(HistoryError::Storage(msg.clone()))));
-                    }
+    /// Is the hub able to take publishes? `Err` says why not, for
+    /// `/readyz`.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.is_closed() {
+            return Err("shutting down".into());
+        }
+        if self
+            .committer
+            .lock()
+            .as_ref()
+            .is_none_or(|h| h.is_finished())
+        {
+            return Err(
+                "the committer thread has stopped: publishes cannot be stored; restart herald"
+                    .into(),
+            );
+        }
+        match &*self.fault.lock() {
+            Some(reason) => Err(reason.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn set_fault(&self, reason: String) {
+        let mut fault = self.fault.lock();
+        if fault.as_deref() != Some(reason.as_str()) {
+            tracing::error!(%reason, "history cannot store updates; publishes answer 503 until it recovers");
+        }
+        *fault = Some(reason);
+    }
+
+    fn clear_fault(&self) {
+        if self.fault.lock().take().is_some() {
+            tracing::info!("history is writable again; the hub is ready");
+        }
+    }
+
+    /// Commit one batch, deliver it in order, answer its publishers:
+    /// `replies[i]` belongs to `batch[i]` and is taken when answered, so
+    /// after a panic the caller still holds the unanswered ones.
+    fn commit(&self, batch: Vec<Pending>, replies: &mut [Option<Reply>]) {
+        let durable: Vec<Arc<Update>> = batch
+            .iter()
+            .filter(|p| p.durable)
+            .map(|p| p.update.clone())
+            .collect();
+        let mut results = if durable.is_empty() {
+            Vec::new()
+        } else {
+            match self.history.append_batch(&durable) {
+                Ok(r) => {
+                    self.clear_fault();
+                    r
                 }
-                return;
+                Err(e) => {
+                    self.stats.storage_errors.fetch_add(1, Ordering::Relaxed);
+                    let reason = format!("history cannot store updates: {e}");
+                    self.set_fault(reason.clone());
+                    let message =
+                        format!("{reason}; the update was not published (it is safe to retry)");
+                    for reply in replies.iter_mut().filter_map(Option::take) {
+                        let _ = reply.send(Err(HubError::Unavailable(message.clone())));
+                    }
+                    return;
+                }
             }
-        };
+        }
+        .into_iter();
         let mut cut_off = Vec::new();
         let mut published = 0;
+        let mut answers = Vec::with_capacity(durable.len());
         {
             let mut head = self.order.lock();
-            for (update, result) in updates.iter().zip(&results) {
+            for (p, reply) in batch.into_iter().zip(replies.iter_mut()) {
+                if !p.durable {
+                    self.fan_out(&p.update, &mut cut_off);
+                    continue;
+                }
+                let result = results.next().unwrap_or_else(|| {
+                    Err(HistoryError::Storage(
+                        "the store returned fewer results than updates".into(),
+                    ))
+                });
                 if let Ok(seq) = result {
-                    self.fan_out(update, &mut cut_off);
-                    head.seq = *seq;
-                    head.id = Some(update.id.clone());
+                    self.fan_out(&p.update, &mut cut_off);
+                    head.advance(seq, &p.update);
                     published += 1;
                 }
+                answers.push((reply.take(), result));
             }
         }
         self.stats.published.fetch_add(published, Ordering::Relaxed);
         self.remove_many(&cut_off);
-        for ((_, reply), result) in batch.into_iter().zip(results) {
+        for (reply, result) in answers {
             if let Some(reply) = reply {
                 let _ = reply.send(result.map(|_| ()).map_err(HubError::from));
             }
@@ -246,7 +387,7 @@ impl Hub {
     }
 
     /// Offer the update to every matching subscriber; collects the keys of
-    /// those whose queue was full or whose connection is gone.
+    /// those cut off (queue full) or gone.
     fn fan_out(&self, update: &Update, cut_off: &mut Vec<u64>) {
         let registry = self.registry.read();
         let mut delivered = 0u64;
@@ -254,7 +395,7 @@ impl Hub {
             if !entry.subscription.wants(update) {
                 return;
             }
-            match entry.tx.try_push(update.frame.clone()) {
+            match entry.tx.offer(update.frame.clone()) {
                 Ok(()) => delivered += 1,
                 Err(PushError::Full) => {
                     self.stats.cut_off_slow.fetch_add(1, Ordering::Relaxed);
@@ -266,58 +407,69 @@ impl Hub {
         self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
     }
 
-    /// Register a subscriber. With `resume`, the returned stream first
-    /// replays what it missed, then continues live; both halves are split at
-    /// one sequence number taken under the order lock, so nothing is missed
-    /// or repeated. Also returns the id of the newest update in history at
-    /// that point (`None` when history is empty), and whether the requested
-    /// resume point was found in history.
-    pub fn subscribe(
+    /// Register a subscriber. With `resume`, its stream first replays what
+    /// it missed (read page by page as it drains), then continues live;
+    /// both halves are split at one sequence number taken under the order
+    /// lock, so nothing is missed or repeated. History is read on the
+    /// blocking pool, never on an async worker.
+    pub async fn subscribe(
         self: &Arc<Self>,
         subscription: Subscription,
         resume: Option<ResumeFrom>,
-    ) -> Result<(SubscriberStream, Option<String>, bool), HubError> {
-        if self.closed.load(Ordering::Acquire) {
+    ) -> Result<Subscribed, HubError> {
+        let hub = self.clone();
+        tokio::task::spawn_blocking(move || hub.subscribe_blocking(subscription, resume))
+            .await
+            .map_err(|e| HubError::Unavailable(format!("subscribing failed: {e}")))?
+    }
+
+    fn subscribe_blocking(
+        self: &Arc<Self>,
+        subscription: Subscription,
+        resume: Option<ResumeFrom>,
+    ) -> Result<Subscribed, HubError> {
+        if self.is_closed() {
             return Err(HubError::ShuttingDown);
         }
+        let subscription = Arc::new(subscription);
+        // Where the replay starts. Looked up before registering: if
+        // retention removes it meanwhile, the stream sees the gap and ends
+        // rather than skip anything.
+        let (start, resumed) = match &resume {
+            None => (None, false),
+            Some(ResumeFrom::Earliest) => (Some(self.history.first_seq()), false),
+            Some(ResumeFrom::After(id)) => match self.history.lookup(id)? {
+                Some(seq) => {
+                    let anchor = self.history.read_range(seq, seq, 1)?;
+                    match anchor.first() {
+                        Some((_, u)) if subscription.may_see(u) => (Some(seq + 1), true),
+                        _ => (None, false),
+                    }
+                }
+                None => (None, false),
+            },
+        };
         let (tx, rx) = queue::queue(self.config.queue_capacity);
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        let subscription = Arc::new(subscription);
         let (cursor, head_id) = {
             let head = self.order.lock();
             self.registry.write().insert(key, subscription.clone(), tx);
-            (head.seq, head.id.clone())
+            (head.seq, head.visible_id(&subscription))
         };
-        // The id of the newest update still in history, for the legacy
-        // response header.
         let head_id = head_id.filter(|_| !self.history.is_empty());
-        let mut found = false;
-        let backlog = match resume {
-            Some(from) => match self.history.replay(&from, cursor) {
-                Ok(replay) => {
-                    found = replay.found;
-                    replay
-                        .updates
-                        .into_iter()
-                        .filter(|u| subscription.wants(u))
-                        .map(|u| u.frame.clone())
-                        .collect()
-                }
-                Err(e) => {
-                    self.remove_many(&[key]);
-                    return Err(e.into());
-                }
-            },
-            None => Vec::new(),
-        };
+        let replay = start.filter(|s| *s <= cursor).map(|next| ReplayCursor {
+            next,
+            upto: cursor,
+            strict: resumed,
+        });
         if self.config.subscription_events {
             self.publish_subscription_events(&subscription, true);
         }
-        Ok((
-            SubscriberStream::new(self.clone(), key, backlog, rx),
+        Ok(Subscribed {
+            stream: SubscriberStream::new(self.clone(), key, subscription, replay, rx),
             head_id,
-            found,
-        ))
+            resumed,
+        })
     }
 
     /// Called when a subscriber's stream is dropped (client gone).
@@ -333,13 +485,16 @@ impl Hub {
             let mut registry = self.registry.write();
             keys.iter().filter_map(|k| registry.remove(*k)).collect()
         };
-        if self.config.subscription_events && !self.closed.load(Ordering::Acquire) {
+        if self.config.subscription_events && !self.is_closed() {
             for sub in removed {
                 self.publish_subscription_events(&sub, false);
             }
         }
     }
 
+    /// Subscription events are delivered live, in order with published
+    /// updates, but never stored: anonymous connection churn must not
+    /// evict real updates from history.
     fn publish_subscription_events(&self, sub: &Subscription, active: bool) {
         for selector in &sub.selectors {
             let info = SubscriptionInfo::new(sub, selector, active);
@@ -351,10 +506,11 @@ impl Hub {
                 None,
                 info.to_json_ld(None).to_string(),
             );
-            if let Err(e) = self.enqueue(CommitRequest::Publish {
+            if let Err(e) = self.enqueue(CommitRequest::Publish(Pending {
                 update: Arc::new(update),
                 reply: None,
-            }) {
+                durable: false,
+            })) {
                 tracing::warn!(error = %e, "could not publish subscription event");
             }
         }
@@ -377,10 +533,12 @@ impl Hub {
             let registry = self.registry.read();
             registry
                 .iter()
-                .filter_map(|(key, entry)| match entry.tx.try_push(KEEP_ALIVE.clone()) {
-                    Err(PushError::Closed) => Some(key),
-                    _ => None,
-                })
+                .filter_map(
+                    |(key, entry)| match entry.tx.offer_keep_alive(KEEP_ALIVE.clone()) {
+                        Err(PushError::Closed) => Some(key),
+                        _ => None,
+                    },
+                )
                 .collect()
         };
         self.remove_many(&dead);
@@ -406,9 +564,62 @@ impl Hub {
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
+
+    /// Between batches, with a fault: try the store again, so the hub
+    /// recovers by itself when the fault goes away (space freed, device
+    /// back).
+    fn probe_storage(&self) {
+        if self.fault.lock().is_none() {
+            return;
+        }
+        match self.history.probe() {
+            Ok(()) => self.clear_fault(),
+            Err(e) => self.set_fault(format!("history cannot store updates: {e}")),
+        }
+    }
+}
+
+/// Where live delivery stands when the hub starts: at the newest update in
+/// history.
+fn initial_head(history: &dyn HistoryStore) -> Head {
+    let (seq, _) = history.head();
+    let mut head = Head {
+        seq,
+        ..Head::default()
+    };
+    if seq == 0 || history.is_empty() {
+        return head;
+    }
+    let from = seq
+        .saturating_sub(PUBLIC_HEAD_SCAN - 1)
+        .max(history.first_seq());
+    match history.read_range(from, seq, PUBLIC_HEAD_SCAN as usize) {
+        Ok(recent) => {
+            head.newest = recent.last().map(|(_, u)| u.clone());
+            head.newest_public = recent
+                .iter()
+                .rev()
+                .find(|(_, u)| !u.private)
+                .map(|(_, u)| u.id.clone());
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read the newest updates from history"),
+    }
+    head
+}
+
+/// A panic's message, for the log and `/readyz`.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// The committer thread: batch whatever is waiting, commit, deliver, repeat.
+/// Supervised in place: a panic while committing fails that batch (its
+/// publishers' replies are dropped, so they answer 503), is reported on
+/// `/readyz` until a later batch commits, and the loop goes on.
 fn run_committer(hub: Weak<Hub>, rx: std_mpsc::Receiver<CommitRequest>) {
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::new();
@@ -417,7 +628,7 @@ fn run_committer(hub: Weak<Hub>, rx: std_mpsc::Receiver<CommitRequest>) {
         let mut next = Some(first);
         while let Some(request) = next.take() {
             match request {
-                CommitRequest::Publish { update, reply } => batch.push((update, reply)),
+                CommitRequest::Publish(pending) => batch.push(pending),
                 CommitRequest::Maintain => maintain = true,
                 CommitRequest::Stop => {
                     stop = true;
@@ -430,18 +641,43 @@ fn run_committer(hub: Weak<Hub>, rx: std_mpsc::Receiver<CommitRequest>) {
         }
         let Some(hub) = hub.upgrade() else { return };
         if !batch.is_empty() {
-            hub.commit(batch);
+            let mut replies: Vec<Option<Reply>> =
+                batch.iter_mut().map(|p| p.reply.take()).collect();
+            let committed =
+                std::panic::catch_unwind(AssertUnwindSafe(|| hub.commit(batch, &mut replies)));
+            if let Err(panic) = committed {
+                hub.stats.committer_panics.fetch_add(1, Ordering::Relaxed);
+                let reason = format!(
+                    "the committer panicked ({}); that batch was refused with 503",
+                    panic_message(panic.as_ref())
+                );
+                hub.set_fault(reason.clone());
+                for reply in replies.into_iter().flatten() {
+                    let _ = reply.send(Err(HubError::Unavailable(format!(
+                        "{reason}; the update may not have been stored: retry it"
+                    ))));
+                }
+            }
         }
         if maintain || stop {
-            // Age retention in bounded steps; publishes that arrive
-            // meanwhile wait at most one step.
-            match hub.history.trim() {
-                Ok(true) => hub.maintain(),
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "history trim failed"),
-            }
-            if let Err(e) = hub.history.flush() {
-                tracing::error!(error = %e, "history flush failed");
+            let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                hub.probe_storage();
+                // Age retention in bounded steps; publishes that arrive
+                // meanwhile wait at most one step.
+                match hub.history.trim() {
+                    Ok(true) => hub.maintain(),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "history trim failed"),
+                }
+                if let Err(e) = hub.history.flush() {
+                    tracing::error!(error = %e, "history flush failed");
+                }
+            }));
+            if let Err(panic) = step {
+                tracing::error!(
+                    panic = panic_message(panic.as_ref()),
+                    "history maintenance panicked"
+                );
             }
         }
         if stop {
@@ -500,9 +736,11 @@ mod tests {
     #[tokio::test]
     async fn delivers_once_even_when_several_topics_match() {
         let hub = hub(8);
-        let (mut s, _, _) = hub
+        let mut s = hub
             .subscribe(sub(&["a", "b", "https://x/{id}"], &[]), None)
-            .unwrap();
+            .await
+            .unwrap()
+            .stream;
         hub.publish(update("1", &["a", "b", "https://x/1"], false))
             .await
             .unwrap();
@@ -515,9 +753,21 @@ mod tests {
     #[tokio::test]
     async fn private_updates_need_access() {
         let hub = hub(8);
-        let (mut anon, _, _) = hub.subscribe(sub(&["u/{id}"], &[]), None).unwrap();
-        let (mut other, _, _) = hub.subscribe(sub(&["u/{id}"], &["u/2"]), None).unwrap();
-        let (mut owner, _, _) = hub.subscribe(sub(&["u/{id}"], &["u/1"]), None).unwrap();
+        let mut anon = hub
+            .subscribe(sub(&["u/{id}"], &[]), None)
+            .await
+            .unwrap()
+            .stream;
+        let mut other = hub
+            .subscribe(sub(&["u/{id}"], &["u/2"]), None)
+            .await
+            .unwrap()
+            .stream;
+        let mut owner = hub
+            .subscribe(sub(&["u/{id}"], &["u/1"]), None)
+            .await
+            .unwrap()
+            .stream;
         hub.publish(update("p", &["u/1"], true)).await.unwrap();
         hub.publish(update("q", &["u/1"], false)).await.unwrap();
         assert_eq!(
@@ -531,8 +781,8 @@ mod tests {
     #[tokio::test]
     async fn slow_subscriber_is_cut_off_without_losing_queued_events() {
         let hub = hub(2);
-        let (mut slow, _, _) = hub.subscribe(sub(&["t"], &[]), None).unwrap();
-        let (mut fast, _, _) = hub.subscribe(sub(&["t"], &[]), None).unwrap();
+        let mut slow = hub.subscribe(sub(&["t"], &[]), None).await.unwrap().stream;
+        let mut fast = hub.subscribe(sub(&["t"], &[]), None).await.unwrap().stream;
         hub.publish(update("1", &["t"], false)).await.unwrap();
         hub.publish(update("2", &["t"], false)).await.unwrap();
         assert_eq!(
@@ -550,17 +800,210 @@ mod tests {
         assert_eq!(next_chunk(&mut fast).await, "id: 3\ndata: 3\n\n");
     }
 
+    /// Drain a stream to its end on a task, parsing the ids received.
+    fn read_ids(mut s: SubscriberStream) -> tokio::task::JoinHandle<Vec<String>> {
+        tokio::spawn(async move {
+            let mut parser = crate::sse::SseParser::new();
+            let mut ids = Vec::new();
+            while let Some(Ok(chunk)) = s.next().await {
+                ids.extend(parser.feed(&chunk).into_iter().map(|e| e.id));
+                tokio::task::yield_now().await;
+            }
+            ids
+        })
+    }
+
+    /// The data-loss bug this guards against: within one committed batch,
+    /// update k+1 was refused (queue full), the subscriber drained a
+    /// little, update k+2 was accepted, and the client later resumed after
+    /// k+2, never learning that k+1 existed. Now the first refusal ends the
+    /// subscriber: what it receives is always a gap-free prefix.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cut_off_subscriber_receives_a_gap_free_prefix() {
+        for round in 0..300 {
+            let hub = hub(4);
+            let reader = read_ids(hub.subscribe(sub(&["t"], &[]), None).await.unwrap().stream);
+            let expected: Vec<String> = (0..64).map(|i| format!("{round}-{i}")).collect();
+            let batch: Vec<Pending> = expected
+                .iter()
+                .map(|id| Pending {
+                    update: Arc::new(update(id, &["t"], false)),
+                    reply: None,
+                    durable: true,
+                })
+                .collect();
+            // Committed on another thread while the reader drains.
+            let committer = hub.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut replies: Vec<Option<Reply>> = batch.iter().map(|_| None).collect();
+                committer.commit(batch, &mut replies)
+            })
+            .await
+            .unwrap();
+            hub.close();
+            let got = reader.await.unwrap();
+            assert_eq!(got, expected[..got.len()], "round {round}: a gap");
+            assert!(hub.stats.cut_off_slow.load(Ordering::Relaxed) <= 1);
+        }
+    }
+
+    /// A store whose appends panic: the committer must survive it.
+    struct PanickingHistory(MemoryHistory, AtomicBool);
+
+    impl HistoryStore for PanickingHistory {
+        fn append_batch(
+            &self,
+            updates: &[Arc<Update>],
+        ) -> Result<Vec<crate::history::AppendResult>, HistoryError> {
+            if self.1.swap(false, Ordering::SeqCst) {
+                panic!("injected fault");
+            }
+            self.0.append_batch(updates)
+        }
+        fn head(&self) -> (u64, Option<String>) {
+            self.0.head()
+        }
+        fn lookup(&self, id: &str) -> Result<Option<u64>, HistoryError> {
+            self.0.lookup(id)
+        }
+        fn first_seq(&self) -> u64 {
+            self.0.first_seq()
+        }
+        fn read_range(
+            &self,
+            start: u64,
+            upto: u64,
+            max: usize,
+        ) -> Result<Vec<(u64, Arc<Update>)>, HistoryError> {
+            self.0.read_range(start, upto, max)
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_commit_fails_its_batch_and_the_committer_goes_on() {
+        let hub = Hub::new(
+            HubConfig::default(),
+            Arc::new(PanickingHistory(
+                MemoryHistory::new(10),
+                AtomicBool::new(true),
+            )),
+        );
+        let err = hub.publish(update("1", &["t"], false)).await.unwrap_err();
+        assert!(matches!(err, HubError::Unavailable(_)), "{err:?}");
+        let reason = hub.readiness().unwrap_err();
+        assert!(reason.contains("injected fault"), "{reason}");
+        assert_eq!(hub.stats.committer_panics.load(Ordering::Relaxed), 1);
+        // The next batch commits, and the hub is ready again.
+        hub.publish(update("2", &["t"], false)).await.unwrap();
+        assert_eq!(hub.readiness(), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn private_ids_are_invisible_to_those_who_may_not_see_them() {
+        let hub = hub(8);
+        hub.publish(update("pub", &["u/1"], false)).await.unwrap();
+        hub.publish(update("secret", &["u/1"], true)).await.unwrap();
+        // The newest id is private: an anonymous subscriber is told the
+        // newest public one, the owner the private one.
+        let anon = hub.subscribe(sub(&["u/{id}"], &[]), None).await.unwrap();
+        assert_eq!(anon.head_id.as_deref(), Some("pub"));
+        let owner = hub
+            .subscribe(sub(&["u/{id}"], &["u/1"]), None)
+            .await
+            .unwrap();
+        assert_eq!(owner.head_id.as_deref(), Some("secret"));
+        // Resuming from a private id it may not see is the same as from an
+        // unknown id: nothing replayed, not resumed.
+        let from_secret = hub
+            .subscribe(
+                sub(&["u/{id}"], &[]),
+                Some(ResumeFrom::After("secret".into())),
+            )
+            .await
+            .unwrap();
+        let from_unknown = hub
+            .subscribe(
+                sub(&["u/{id}"], &[]),
+                Some(ResumeFrom::After("nope".into())),
+            )
+            .await
+            .unwrap();
+        assert!(!from_secret.resumed && !from_unknown.resumed);
+        let from_pub = hub
+            .subscribe(sub(&["u/{id}"], &[]), Some(ResumeFrom::After("pub".into())))
+            .await
+            .unwrap();
+        assert!(from_pub.resumed);
+        hub.publish(update("after", &["u/1"], false)).await.unwrap();
+        let mut s = from_pub.stream;
+        // "secret" is skipped in the replay; "after" arrives live.
+        assert_eq!(next_chunk(&mut s).await, "id: after\ndata: after\n\n");
+    }
+
+    #[tokio::test]
+    async fn subscription_events_never_enter_history() {
+        let hub = Hub::new(
+            HubConfig {
+                queue_capacity: 8,
+                subscription_events: true,
+            },
+            Arc::new(MemoryHistory::new(3)),
+        );
+        for id in ["a", "b", "c"] {
+            hub.publish(update(id, &["t"], false)).await.unwrap();
+        }
+        for _ in 0..50 {
+            drop(hub.subscribe(sub(&["t"], &[]), None).await.unwrap());
+        }
+        // Flush the committer: a publish after the churn.
+        hub.publish(update("d", &["t"], false)).await.unwrap();
+        let r = hub
+            .history()
+            .replay(&ResumeFrom::After("b".into()), u64::MAX)
+            .unwrap();
+        assert!(r.found, "connection churn evicted a published update");
+        let ids: Vec<&str> = r.updates.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, ["c", "d"]);
+    }
+
+    #[tokio::test]
+    async fn replay_reads_page_by_page_and_ends_at_a_gap() {
+        let hub = hub(8);
+        let n = stream::REPLAY_PAGE * 3 + 7;
+        for i in 0..n {
+            hub.publish(update(&format!("u{i}"), &["t"], false))
+                .await
+                .unwrap();
+        }
+        let s = hub
+            .subscribe(sub(&["t"], &[]), Some(ResumeFrom::Earliest))
+            .await
+            .unwrap();
+        let reader = read_ids(s.stream);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        hub.close();
+        let got = reader.await.unwrap();
+        // MemoryHistory(100) keeps the newest 100.
+        let expected: Vec<String> = (n - 100..n).map(|i| format!("u{i}")).collect();
+        assert_eq!(got, expected);
+    }
+
     #[tokio::test]
     async fn resume_replays_then_goes_live() {
         let hub = hub(8);
         for id in ["1", "2", "3"] {
             hub.publish(update(id, &["t"], false)).await.unwrap();
         }
-        let (mut s, head, found) = hub
+        let subscribed = hub
             .subscribe(sub(&["t"], &[]), Some(ResumeFrom::After("1".into())))
+            .await
             .unwrap();
-        assert_eq!(head.as_deref(), Some("3"));
-        assert!(found);
+        assert_eq!(subscribed.head_id.as_deref(), Some("3"));
+        assert!(subscribed.resumed);
+        let mut s = subscribed.stream;
         hub.publish(update("4", &["t"], false)).await.unwrap();
         assert_eq!(
             next_chunk(&mut s).await,
@@ -572,7 +1015,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_the_stream_unregisters() {
         let hub = hub(8);
-        let (s, _, _) = hub.subscribe(sub(&["t"], &[]), None).unwrap();
+        let s = hub.subscribe(sub(&["t"], &[]), None).await.unwrap().stream;
         assert_eq!(hub.subscriber_count(), 1);
         drop(s);
         assert_eq!(hub.subscriber_count(), 0);
@@ -582,11 +1025,11 @@ mod tests {
     #[tokio::test]
     async fn close_ends_streams_and_refuses_new_ones() {
         let hub = hub(8);
-        let (mut s, _, _) = hub.subscribe(sub(&["t"], &[]), None).unwrap();
+        let mut s = hub.subscribe(sub(&["t"], &[]), None).await.unwrap().stream;
         hub.close();
         assert!(s.next().await.is_none());
         assert!(matches!(
-            hub.subscribe(sub(&["t"], &[]), None),
+            hub.subscribe(sub(&["t"], &[]), None).await,
             Err(HubError::ShuttingDown)
         ));
         assert!(matches!(
@@ -604,7 +1047,7 @@ mod tests {
             },
             Arc::new(MemoryHistory::new(100)),
         );
-        let (mut watcher, _, _) = hub
+        let mut watcher = hub
             .subscribe(
                 sub(
                     &["/.well-known/mercure/subscriptions{/topic}{/subscriber}"],
@@ -612,11 +1055,18 @@ mod tests {
                 ),
                 None,
             )
-            .unwrap();
-        let (_first, _, _) = hub
+            .await
+            .unwrap()
+            .stream;
+        let _first = hub
             .subscribe(sub(&["https://ex.net/a"], &[]), None)
-            .unwrap();
-        let chunk = next_chunk(&mut watcher).await;
+            .await
+            .unwrap()
+            .stream;
+        let mut chunk = next_chunk(&mut watcher).await;
+        if !chunk.contains("https%3A%2F%2Fex.net%2Fa") {
+            chunk.push_str(&next_chunk(&mut watcher).await);
+        }
         // The watcher sees its own connection event and the other one's.
         assert!(chunk.contains("https%3A%2F%2Fex.net%2Fa"), "{chunk}");
         assert!(

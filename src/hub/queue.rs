@@ -8,7 +8,7 @@
 //! empty, grows only while events are waiting, and gives the memory back
 //! once drained. It needs no more than this: one producer at a time (the
 //! committer, or the heartbeat, under the registry lock), one consumer,
-//! `try_push` that reports full or closed, and a drain that takes a whole
+//! `offer` that reports full or closed, and a drain that takes a whole
 //! batch at once for a coalesced write.
 
 use std::collections::VecDeque;
@@ -62,9 +62,10 @@ pub(super) fn coalesce(items: &mut VecDeque<Bytes>, max_bytes: usize) -> Option<
 /// Why a push was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PushError {
-    /// The queue holds `capacity` events: the subscriber is too slow.
+    /// The queue holds `capacity` events: the subscriber is too slow. The
+    /// queue is now closed to further events (see [`QueueSender::offer`]).
     Full,
-    /// The subscriber's connection is gone.
+    /// The subscriber's connection is gone, or it was already cut off.
     Closed,
 }
 
@@ -90,13 +91,37 @@ pub fn queue(capacity: usize) -> (QueueSender, QueueReceiver) {
 }
 
 impl QueueSender {
-    pub fn try_push(&self, event: Bytes) -> Result<(), PushError> {
+    /// Queue an update's frame. The first one that does not fit closes the
+    /// queue for good: every later offer is refused as `Closed`, and the
+    /// stream ends once what is queued has been written. This is what
+    /// makes a cut-off exact: if a later update could still slip in after
+    /// a refused one (the subscriber drained a little meanwhile), the
+    /// client would resume after the later one and never learn that the
+    /// refused one existed. Ending at the first refusal means resuming from
+    /// the last id it received replays exactly what it missed.
+    pub fn offer(&self, event: Bytes) -> Result<(), PushError> {
+        self.push(event, true)
+    }
+
+    /// Queue a keep-alive comment. A full queue is left as it is (the
+    /// subscriber has data coming anyway) and is not closed: a comment
+    /// carries nothing a client could miss.
+    pub fn offer_keep_alive(&self, event: Bytes) -> Result<(), PushError> {
+        self.push(event, false)
+    }
+
+    fn push(&self, event: Bytes, close_when_full: bool) -> Result<(), PushError> {
         {
             let mut state = self.0.state.lock();
-            if state.receiver_gone {
+            if state.receiver_gone || state.closed {
                 return Err(PushError::Closed);
             }
             if state.items.len() >= state.capacity {
+                if close_when_full {
+                    state.closed = true;
+                    drop(state);
+                    self.0.waker.wake();
+                }
                 return Err(PushError::Full);
             }
             state.items.push_back(event);
@@ -161,16 +186,34 @@ mod tests {
         let (tx, mut rx) = queue(3);
         assert!(drain(&mut rx, 100).is_pending());
         for e in ["a", "bb", "ccc"] {
-            tx.try_push(Bytes::from(e)).unwrap();
+            tx.offer(Bytes::from(e)).unwrap();
         }
-        assert_eq!(tx.try_push(Bytes::from("d")), Err(PushError::Full));
         // Batches stop at max_bytes, but always take one event.
         assert_eq!(drain(&mut rx, 3), chunk("abb"));
-        assert_eq!(drain(&mut rx, 1), chunk("ccc"));
-        tx.try_push(Bytes::from("e")).unwrap();
+        tx.offer(Bytes::from("d")).unwrap();
         drop(tx);
         // What was queued is still delivered, then the end.
-        assert_eq!(drain(&mut rx, 100), chunk("e"));
+        assert_eq!(drain(&mut rx, 1), chunk("ccc"));
+        assert_eq!(drain(&mut rx, 100), chunk("d"));
+        assert_eq!(drain(&mut rx, 100), Poll::Ready(None));
+    }
+
+    #[test]
+    fn the_first_refused_event_closes_the_queue() {
+        let (tx, mut rx) = queue(2);
+        tx.offer(Bytes::from("1")).unwrap();
+        tx.offer(Bytes::from("2")).unwrap();
+        // A keep-alive that does not fit closes nothing.
+        assert_eq!(tx.offer_keep_alive(Bytes::from(":")), Err(PushError::Full));
+        assert_eq!(tx.offer(Bytes::from("3")), Err(PushError::Full));
+        // The subscriber drains: there is room again, yet nothing after
+        // the refused "3" may get in, or "3" would be a silent gap.
+        assert_eq!(drain(&mut rx, 100), chunk("12"));
+        assert_eq!(tx.offer(Bytes::from("4")), Err(PushError::Closed));
+        assert_eq!(
+            tx.offer_keep_alive(Bytes::from(":")),
+            Err(PushError::Closed)
+        );
         assert_eq!(drain(&mut rx, 100), Poll::Ready(None));
     }
 
@@ -178,14 +221,14 @@ mod tests {
     fn push_to_a_gone_receiver_is_closed() {
         let (tx, rx) = queue(3);
         drop(rx);
-        assert_eq!(tx.try_push(Bytes::from("a")), Err(PushError::Closed));
+        assert_eq!(tx.offer(Bytes::from("a")), Err(PushError::Closed));
     }
 
     #[test]
     fn memory_is_released_after_a_burst() {
         let (tx, mut rx) = queue(1000);
         for _ in 0..500 {
-            tx.try_push(Bytes::from_static(b"x")).unwrap();
+            tx.offer(Bytes::from_static(b"x")).unwrap();
         }
         assert!(matches!(drain(&mut rx, usize::MAX), Poll::Ready(Some(c)) if c.len() == 500));
         assert_eq!(rx.0.state.lock().items.capacity(), 0);

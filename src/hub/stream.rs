@@ -1,55 +1,132 @@
 //! One subscriber's outgoing stream: replayed history first, then its live
 //! queue, with writes coalesced.
 //!
-//! Coalescing: when the connection task wakes up it takes everything already
-//! waiting in the queue (up to [`MAX_CHUNK`] bytes) and hands it to hyper as
-//! one chunk, so a burst of N events costs one write syscall, not N. A single
-//! waiting event is passed through as is, without a copy.
+//! Replay is read page by page ([`REPLAY_PAGE`] updates at a time) on
+//! tokio's blocking pool, as the connection drains: a resume from deep
+//! history never blocks an async worker on the disk, and a subscriber never
+//! holds more than one page of it in memory, so ten thousand clients
+//! resuming from `earliest` at once cost ten thousand pages, not ten
+//! thousand copies of the history.
 //!
-//! Dropping the stream (hyper drops the body when the client goes away)
-//! unregisters the subscriber at once: no task, queue or index entry is left
-//! behind.
+//! Coalescing: when the connection task wakes up it takes everything already
+//! waiting (up to [`MAX_CHUNK`] bytes) and hands it over as one chunk, so a
+//! burst of N events costs one write syscall, not N. A single waiting event
+//! is passed through as is, without a copy.
+//!
+//! Dropping the stream (the connection ends) unregisters the subscriber at
+//! once: no task, queue or index entry is left behind.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures_util::Stream;
+use tokio::task::JoinHandle;
 
 use super::queue::{coalesce, QueueReceiver};
-use super::Hub;
+use super::{Hub, Subscription};
+use crate::history::HistoryError;
+use crate::update::Update;
 
 /// Upper bound of one coalesced write.
 pub const MAX_CHUNK: usize = 64 * 1024;
 
+/// Updates read from history per page of a replay.
+pub const REPLAY_PAGE: usize = 128;
+
+/// What is left to replay: sequence numbers `next..=upto`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ReplayCursor {
+    pub next: u64,
+    pub upto: u64,
+    /// When true, the next page must start exactly at `next`: anything
+    /// else means retention removed updates this subscriber has not seen,
+    /// and the stream ends instead of skipping them silently. Only the
+    /// first page of a resume from `earliest` may start later.
+    pub strict: bool,
+}
+
+type Page = Result<Vec<(u64, Arc<Update>)>, HistoryError>;
+
 pub struct SubscriberStream {
     hub: Arc<Hub>,
     key: u64,
+    subscription: Arc<Subscription>,
     backlog: VecDeque<Bytes>,
+    replay: Option<ReplayCursor>,
+    fetching: Option<JoinHandle<Page>>,
     rx: QueueReceiver,
+    ended: bool,
 }
 
 impl SubscriberStream {
     pub(super) fn new(
         hub: Arc<Hub>,
         key: u64,
-        backlog: Vec<Bytes>,
+        subscription: Arc<Subscription>,
+        replay: Option<ReplayCursor>,
         rx: QueueReceiver,
     ) -> SubscriberStream {
         SubscriberStream {
             hub,
             key,
-            backlog: backlog.into(),
+            subscription,
+            backlog: VecDeque::new(),
+            replay,
+            fetching: None,
             rx,
+            ended: false,
         }
     }
 
-    /// Events replayed from history still waiting to be written.
-    pub fn backlog_len(&self) -> usize {
-        self.backlog.len()
+    /// Take a fetched page into the backlog; false when the stream must
+    /// end (a gap, or history failed).
+    fn accept_page(&mut self, page: Result<Page, tokio::task::JoinError>) -> bool {
+        let Some(cursor) = self.replay.as_mut() else {
+            return true;
+        };
+        let page = match page {
+            Ok(Ok(page)) => page,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "replay failed; ending the stream so the client resumes");
+                return false;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "replay task failed; ending the stream");
+                return false;
+            }
+        };
+        let Some((first, _)) = page.first() else {
+            // Nothing left up to `upto`: retention removed it all.
+            let strict = cursor.strict;
+            self.replay = None;
+            return !strict;
+        };
+        if *first != cursor.next && cursor.strict {
+            tracing::info!(
+                expected = cursor.next,
+                found = first,
+                "history was trimmed during a replay; ending the stream so the client resumes"
+            );
+            return false;
+        }
+        cursor.strict = true;
+        let mut last = cursor.next;
+        for (seq, update) in page {
+            last = seq;
+            if self.subscription.wants(&update) {
+                self.backlog.push_back(update.frame.clone());
+            }
+        }
+        cursor.next = last + 1;
+        if cursor.next > cursor.upto {
+            self.replay = None;
+        }
+        true
     }
 }
 
@@ -58,8 +135,25 @@ impl Stream for SubscriberStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if let Some(chunk) = coalesce(&mut this.backlog, MAX_CHUNK) {
-            return Poll::Ready(Some(Ok(chunk)));
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            if let Some(chunk) = coalesce(&mut this.backlog, MAX_CHUNK) {
+                return Poll::Ready(Some(Ok(chunk)));
+            }
+            let Some(cursor) = this.replay else { break };
+            let fetch = this.fetching.get_or_insert_with(|| {
+                let history = this.hub.history().clone();
+                tokio::task::spawn_blocking(move || {
+                    history.read_range(cursor.next, cursor.upto, REPLAY_PAGE)
+                })
+            });
+            let page = ready!(Pin::new(fetch).poll(cx));
+            this.fetching = None;
+            if !this.accept_page(page) {
+                this.ended = true;
+            }
         }
         this.rx.poll_chunk(cx, MAX_CHUNK).map(|chunk| chunk.map(Ok))
     }
@@ -67,6 +161,9 @@ impl Stream for SubscriberStream {
 
 impl Drop for SubscriberStream {
     fn drop(&mut self) {
+        if let Some(fetch) = self.fetching.take() {
+            fetch.abort();
+        }
         self.hub.unsubscribe(self.key);
     }
 }
