@@ -1074,4 +1074,202 @@ mod tests {
             "{chunk}"
         );
     }
+
+    mod properties {
+        //! The promises, checked on random schedules: whatever the batch
+        //! sizes, queue capacities and drain schedules, a subscriber (that
+        //! resumes from the last id it received whenever it is cut off)
+        //! receives exactly the updates it may see that were published after
+        //! it connected, in order, each once; and never a private update it
+        //! may not read.
+        use super::*;
+        use futures_util::FutureExt;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// A batch: (topic index, private) per update.
+            Publish(Vec<(usize, bool)>),
+            /// Let subscriber `i` read up to `n` chunks.
+            Drain(usize, usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                prop::collection::vec((0..2usize, any::<bool>()), 1..24).prop_map(Op::Publish),
+                (0..3usize, 0..4usize).prop_map(|(i, n)| Op::Drain(i, n)),
+            ]
+        }
+
+        const TOPICS: [&str; 2] = ["https://ex.net/a", "https://ex.net/b"];
+
+        /// Three kinds of reader: anonymous, owner of topic a, reads all.
+        fn reader(i: usize) -> Subscription {
+            let private: &[&str] = match i {
+                0 => &[],
+                1 => &["https://ex.net/a"],
+                _ => &["*"],
+            };
+            sub(&["https://ex.net/{x}"], private)
+        }
+
+        struct Reader {
+            subscription: Subscription,
+            stream: Option<SubscriberStream>,
+            parser: crate::sse::SseParser,
+            got: Vec<String>,
+            expected: Vec<String>,
+        }
+
+        impl Reader {
+            /// Read what is ready now; false when the stream has ended.
+            fn read_ready(&mut self, chunks: usize) -> bool {
+                let Some(stream) = self.stream.as_mut() else {
+                    return false;
+                };
+                for _ in 0..chunks {
+                    match stream.next().now_or_never() {
+                        Some(Some(Ok(chunk))) => self
+                            .got
+                            .extend(self.parser.feed(&chunk).into_iter().map(|e| e.id)),
+                        Some(None) => {
+                            self.stream = None;
+                            return false;
+                        }
+                        _ => break,
+                    }
+                }
+                true
+            }
+
+            /// Read everything there is, waiting for replay pages still
+            /// being read; false when the stream has ended.
+            async fn catch_up(&mut self) -> bool {
+                let Some(stream) = self.stream.as_mut() else {
+                    return false;
+                };
+                loop {
+                    match stream.next().now_or_never() {
+                        Some(Some(Ok(chunk))) => self
+                            .got
+                            .extend(self.parser.feed(&chunk).into_iter().map(|e| e.id)),
+                        Some(None) => {
+                            self.stream = None;
+                            return false;
+                        }
+                        None if stream.replaying() => {
+                            tokio::time::sleep(std::time::Duration::from_millis(1)).await
+                        }
+                        None => return true,
+                    }
+                }
+            }
+
+            async fn resume(&mut self, hub: &Arc<Hub>) {
+                let last = self.got.last().cloned().unwrap_or_else(|| "init".into());
+                let resumed = hub
+                    .subscribe(self.subscription.clone(), Some(ResumeFrom::After(last)))
+                    .await
+                    .unwrap();
+                assert!(resumed.resumed, "the last id received is in history");
+                self.stream = Some(resumed.stream);
+                self.parser = crate::sse::SseParser::new();
+            }
+        }
+
+        async fn run(capacity: usize, ops: Vec<Op>) {
+            let hub = Hub::new(
+                HubConfig {
+                    queue_capacity: capacity,
+                    subscription_events: false,
+                },
+                Arc::new(MemoryHistory::new(100_000)),
+            );
+            hub.publish(update("init", &TOPICS, false)).await.unwrap();
+            let mut readers = Vec::new();
+            for i in 0..3 {
+                let subscription = reader(i);
+                let stream = hub
+                    .subscribe(subscription.clone(), None)
+                    .await
+                    .unwrap()
+                    .stream;
+                readers.push(Reader {
+                    subscription,
+                    stream: Some(stream),
+                    parser: crate::sse::SseParser::new(),
+                    got: Vec::new(),
+                    expected: Vec::new(),
+                });
+            }
+            let mut n = 0;
+            for op in ops {
+                match op {
+                    Op::Publish(batch) => {
+                        let pending: Vec<Pending> = batch
+                            .into_iter()
+                            .map(|(t, private)| {
+                                n += 1;
+                                let u = Arc::new(update(&format!("u{n}"), &[TOPICS[t]], private));
+                                for r in readers.iter_mut() {
+                                    if r.subscription.wants(&u) {
+                                        r.expected.push(u.id.clone());
+                                    }
+                                }
+                                Pending {
+                                    update: u,
+                                    reply: None,
+                                    durable: true,
+                                }
+                            })
+                            .collect();
+                        let mut replies: Vec<Option<Reply>> =
+                            pending.iter().map(|_| None).collect();
+                        hub.commit(pending, &mut replies);
+                    }
+                    Op::Drain(i, chunks) => {
+                        if !readers[i].read_ready(chunks) {
+                            readers[i].resume(&hub).await;
+                        }
+                    }
+                }
+            }
+            // Catch up: resume every reader that was cut off, then end the
+            // hub and read each stream to its end.
+            for r in readers.iter_mut() {
+                while !r.catch_up().await {
+                    r.resume(&hub).await;
+                }
+            }
+            hub.close();
+            for r in readers.iter_mut() {
+                if let Some(stream) = r.stream.as_mut() {
+                    while let Some(Ok(chunk)) = stream.next().await {
+                        r.got
+                            .extend(r.parser.feed(&chunk).into_iter().map(|e| e.id));
+                    }
+                }
+                assert_eq!(
+                    r.got, r.expected,
+                    "reader {:?}",
+                    r.subscription.private_access
+                );
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+            #[test]
+            fn every_reader_gets_exactly_what_it_may_see(
+                capacity in 1..6usize,
+                ops in prop::collection::vec(op(), 1..40),
+            ) {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(run(capacity, ops));
+            }
+        }
+    }
 }

@@ -83,6 +83,12 @@ impl SubscriberStream {
         }
     }
 
+    /// Is part of the replay still to be read from history?
+    #[cfg(test)]
+    pub(super) fn replaying(&self) -> bool {
+        self.replay.is_some()
+    }
+
     /// Take a fetched page into the backlog; false when the stream must
     /// end (a gap, or history failed).
     fn accept_page(&mut self, page: Result<Page, tokio::task::JoinError>) -> bool {
