@@ -654,3 +654,44 @@ impl AsyncWrite for Prefixed {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_of_head_is_found_across_reads() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        for split in 0..head.len() {
+            let mut buf = head[..split].to_vec();
+            let searched_complete = has_end_of_head(&buf, 0);
+            assert!(!searched_complete || split == head.len());
+            let searched = buf.len();
+            buf.extend_from_slice(&head[split..]);
+            assert!(has_end_of_head(&buf, searched), "split at {split}");
+        }
+        assert!(has_end_of_head(b"GET / HTTP/1.1\nHost: x\n\n", 0));
+        assert!(!has_end_of_head(b"GET / HTTP/1.1\r\nHost: x\r\n", 0));
+    }
+
+    #[test]
+    fn slots_are_freed_when_guards_drop() {
+        let limiter = ConnLimiter::new(3, 2);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let a1 = limiter.try_acquire(a).unwrap();
+        let _a2 = limiter.try_acquire(a).unwrap();
+        assert_eq!(limiter.try_acquire(a).err(), Some(Refusal::PerIp));
+        let _b1 = limiter.try_acquire(b).unwrap();
+        assert_eq!(limiter.try_acquire(b).err(), Some(Refusal::Total));
+        drop(a1);
+        let _b2 = limiter.try_acquire(b).unwrap();
+        assert_eq!(limiter.per_ip.lock().len(), 2);
+        let unlimited = ConnLimiter::new(0, 0);
+        let many: Vec<_> = (0..100)
+            .map(|_| unlimited.try_acquire(a).unwrap())
+            .collect();
+        drop(many);
+        assert_eq!(unlimited.open.load(Relaxed), 0);
+    }
+}
