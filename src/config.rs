@@ -91,6 +91,16 @@ pub struct ServeArgs {
     /// Serve the demo pages under /demo/. [default: true]
     #[arg(long, env = "HERALD_DEMO", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub demo: Option<bool>,
+    /// Limits and deadlines of the HTTP edge. Boxed: `ServeArgs` is a
+    /// variant of the CLI's command enum, which should stay small.
+    #[command(flatten)]
+    pub edge: Box<EdgeArgs>,
+}
+
+/// Flags of `herald serve` that protect the HTTP edge from slow, stalled
+/// or too many clients.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EdgeArgs {
     /// A client must send a whole request head within this time, or the
     /// connection is closed (408 if it had started one). [default: 10s]
     #[arg(long, env = "HERALD_HEADER_TIMEOUT", value_parser = parse_duration)]
@@ -328,28 +338,30 @@ impl Config {
                 .unwrap_or(d.max_selector_len),
             demo: args.demo.or(file.demo).unwrap_or(d.demo),
             header_timeout: timeout(
-                args.header_timeout,
+                args.edge.header_timeout,
                 &file.header_timeout,
                 "header_timeout",
                 d.header_timeout,
             )?,
             body_timeout: timeout(
-                args.body_timeout,
+                args.edge.body_timeout,
                 &file.body_timeout,
                 "body_timeout",
                 d.body_timeout,
             )?,
             write_timeout: timeout(
-                args.write_timeout,
+                args.edge.write_timeout,
                 &file.write_timeout,
                 "write_timeout",
                 d.write_timeout,
             )?,
             max_connections: args
+                .edge
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(d.max_connections),
             max_connections_per_ip: args
+                .edge
                 .max_connections_per_ip
                 .or(file.max_connections_per_ip)
                 .unwrap_or(d.max_connections_per_ip),

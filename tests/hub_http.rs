@@ -213,6 +213,12 @@ async fn publish_validation_and_auth_statuses() {
         ),
         (Some(p.clone()), "topic=a&type=x%0Db".into(), 400),
         (Some(p.clone()), "topic=a&type=mercure".into(), 400),
+        // type is limited like ids and topics (--max-selector-len).
+        (
+            Some(p.clone()),
+            format!("topic=a&type={}", "t".repeat(3000)),
+            413,
+        ),
         (Some(p.clone()), "topic=a&retry=10s".into(), 400),
         (Some(p.clone()), "topic=%FF".into(), 400),
         (
