@@ -91,6 +91,35 @@ pub struct ServeArgs {
     /// Serve the demo pages under /demo/. [default: true]
     #[arg(long, env = "HERALD_DEMO", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub demo: Option<bool>,
+    /// Limits and deadlines of the HTTP edge. Boxed: `ServeArgs` is a
+    /// variant of the CLI's command enum, which should stay small.
+    #[command(flatten)]
+    pub edge: Box<EdgeArgs>,
+}
+
+/// Flags of `herald serve` that protect the HTTP edge from slow, stalled
+/// or too many clients.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EdgeArgs {
+    /// A client must send a whole request head within this time, or the
+    /// connection is closed (408 if it had started one). [default: 10s]
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT", value_parser = parse_duration)]
+    pub header_timeout: Option<Duration>,
+    /// A publish body must arrive whole within this time (408). [default: 30s]
+    #[arg(long, env = "HERALD_BODY_TIMEOUT", value_parser = parse_duration)]
+    pub body_timeout: Option<Duration>,
+    /// A write to a client that makes no progress for this long closes the
+    /// connection (a client that stopped reading). [default: 30s]
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT", value_parser = parse_duration)]
+    pub write_timeout: Option<Duration>,
+    /// Most client connections open at once; more are answered 503 and
+    /// closed (0: no limit). [default: 15000]
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most client connections open at once from one IP address; more are
+    /// answered 429 and closed (0: no limit). [default: 4096]
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
 }
 
 /// The same settings, as read from the TOML file.
@@ -118,6 +147,11 @@ struct FileConfig {
     max_selectors: Option<usize>,
     max_selector_len: Option<usize>,
     demo: Option<bool>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
+    write_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
 }
 
 /// Where history lives.
@@ -167,6 +201,13 @@ pub struct Config {
     pub max_selectors: usize,
     pub max_selector_len: usize,
     pub demo: bool,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub write_timeout: Duration,
+    /// 0: no limit.
+    pub max_connections: usize,
+    /// 0: no limit.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Config {
@@ -189,6 +230,14 @@ impl Default for Config {
             max_selectors: 100,
             max_selector_len: 2048,
             demo: true,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            // Fixed rather than derived from RLIMIT_NOFILE: a predictable
+            // number, and with the common 20,000 open-files limit it leaves
+            // ~5,000 descriptors for history, logs and refused sockets.
+            max_connections: 15_000,
+            max_connections_per_ip: 4096,
         }
     }
 }
@@ -288,6 +337,34 @@ impl Config {
                 .or(file.max_selector_len)
                 .unwrap_or(d.max_selector_len),
             demo: args.demo.or(file.demo).unwrap_or(d.demo),
+            header_timeout: timeout(
+                args.edge.header_timeout,
+                &file.header_timeout,
+                "header_timeout",
+                d.header_timeout,
+            )?,
+            body_timeout: timeout(
+                args.edge.body_timeout,
+                &file.body_timeout,
+                "body_timeout",
+                d.body_timeout,
+            )?,
+            write_timeout: timeout(
+                args.edge.write_timeout,
+                &file.write_timeout,
+                "write_timeout",
+                d.write_timeout,
+            )?,
+            max_connections: args
+                .edge
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(d.max_connections),
+            max_connections_per_ip: args
+                .edge
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(d.max_connections_per_ip),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -310,6 +387,27 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A timeout from a flag/env value, else the file, else the default. Zero
+/// is refused: a timeout that fires at once would refuse every client.
+fn timeout(
+    arg: Option<Duration>,
+    file: &Option<String>,
+    name: &str,
+    default: Duration,
+) -> anyhow::Result<Duration> {
+    let value = match (arg, file) {
+        (Some(t), _) => t,
+        (None, Some(s)) => {
+            parse_duration(s).map_err(|e| anyhow::anyhow!("config file: {name}: {e}"))?
+        }
+        (None, None) => default,
+    };
+    if value.is_zero() {
+        bail!("{name} must be longer than 0 (e.g. 10s)");
+    }
+    Ok(value)
 }
 
 /// Parse `15s`, `500ms`, `2m`, `1h`, `7d` or plain seconds (`15`).

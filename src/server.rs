@@ -11,13 +11,16 @@ use rand::RngCore;
 use crate::auth::{mint_hs256, Verifier};
 use crate::config::{Config, DurabilityMode, HistoryBackend, KeySource};
 use crate::history::{DiskHistory, Durability, HistoryStore, MemoryHistory, Retention};
-use crate::http::conn::serve_connection;
+use crate::http::conn::{refuse, serve_connection, ConnLimiter, Timeouts, STATS};
 use crate::http::{router, AppState, HUB_PATH};
 use crate::hub::{Hub, HubConfig};
 
 /// How long shutdown waits for open connections to finish after every
 /// stream has been ended.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Accept errors (out of file descriptors, mostly) come in storms: one log
+/// line per this interval, with the number left unlogged.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 fn verifier(source: &Option<KeySource>) -> anyhow::Result<Option<Verifier>> {
     Ok(match source {
@@ -91,6 +94,11 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         every(&hub, config.heartbeat, Hub::heartbeat);
     }
 
+    let timeouts = Timeouts {
+        header: config.header_timeout,
+        write: config.write_timeout,
+    };
+    let limiter = ConnLimiter::new(config.max_connections, config.max_connections_per_ip);
     let state = AppState {
         hub: hub.clone(),
         config: Arc::new(config),
@@ -100,17 +108,28 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let app = router(state);
     let (stop_connections, connections_stopped) = tokio::sync::watch::channel(false);
     let mut signal = std::pin::pin!(shutdown_signal());
+    let mut accept_errors = AcceptErrorLog::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => {
-                    let _ = tcp.set_nodelay(true);
-                    tokio::spawn(serve_connection(tcp, app.clone(), connections_stopped.clone()));
-                }
+                Ok((tcp, peer)) => match limiter.try_acquire(peer.ip()) {
+                    Ok(slot) => {
+                        let _ = tcp.set_nodelay(true);
+                        tokio::spawn(serve_connection(
+                            tcp,
+                            app.clone(),
+                            connections_stopped.clone(),
+                            timeouts,
+                            slot,
+                        ));
+                    }
+                    Err(why) => refuse(tcp, why),
+                },
                 // Out of file descriptors and the like: the listener is
                 // fine, wait a moment for connections to close.
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed; retrying shortly");
+                    STATS.accept_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    accept_errors.failed(&e);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -133,6 +152,33 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     }
     println!("herald stopped");
     Ok(())
+}
+
+/// Logs accept errors at most once per [`ACCEPT_ERROR_LOG_INTERVAL`].
+#[derive(Default)]
+struct AcceptErrorLog {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl AcceptErrorLog {
+    fn failed(&mut self, e: &std::io::Error) {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < ACCEPT_ERROR_LOG_INTERVAL)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            error = %e,
+            suppressed = self.suppressed,
+            "accept failed (out of file descriptors? see --max-connections); retrying shortly"
+        );
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
 }
 
 /// Run `task` on the hub every `period` (first after one period) until the

@@ -17,8 +17,14 @@
 //! together with the bytes already read, and hyper serves the rest of that
 //! connection as usual.
 
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,9 +35,11 @@ use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Sleep;
 use tower::ServiceExt;
 
 use super::HUB_PATH;
@@ -41,22 +49,219 @@ use super::HUB_PATH;
 const MAX_HEAD: usize = 16 * 1024;
 /// Most header lines looked at on the lean path.
 const MAX_HEADERS: usize = 64;
-/// A client must send its request head within this time.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// A canned refusal must be written within this time: its client may not be
+/// reading, and the socket must not outlive the refusal by much.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Refusals being written at once; beyond this a refused socket is closed
+/// without an answer, so a flood cannot use up descriptors through them.
+const MAX_REFUSALS_IN_FLIGHT: usize = 256;
+/// `Retry-After` of a refused connection, in seconds.
+const RETRY_AFTER_SECS: u32 = 5;
+
+/// Counters of the HTTP edge for `/metrics`. Process-wide, like the
+/// process's sockets they count.
+pub struct EdgeStats {
+    pub connections: AtomicUsize,
+    pub refused_total: AtomicU64,
+    pub refused_per_ip: AtomicU64,
+    pub write_timeouts: AtomicU64,
+    pub header_timeouts: AtomicU64,
+    pub accept_errors: AtomicU64,
+}
+
+pub static STATS: EdgeStats = EdgeStats {
+    connections: AtomicUsize::new(0),
+    refused_total: AtomicU64::new(0),
+    refused_per_ip: AtomicU64::new(0),
+    write_timeouts: AtomicU64::new(0),
+    header_timeouts: AtomicU64::new(0),
+    accept_errors: AtomicU64::new(0),
+};
+
+/// Deadlines of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// For the whole request head.
+    pub header: Duration,
+    /// For any write to make progress.
+    pub write: Duration,
+}
+
+/// Counts open connections, in total and per client address, against the
+/// configured limits (0: no limit).
+pub struct ConnLimiter {
+    max_total: usize,
+    max_per_ip: usize,
+    open: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over `--max-connections`: 503.
+    Total,
+    /// Over `--max-connections-per-ip`: 429.
+    PerIp,
+}
+
+/// One counted connection; dropping it frees its slot, however the
+/// connection ended.
+pub struct ConnGuard {
+    limiter: Arc<ConnLimiter>,
+    ip: Option<IpAddr>,
+}
+
+impl ConnLimiter {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnLimiter> {
+        Arc::new(ConnLimiter {
+            max_total,
+            max_per_ip,
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Refusal> {
+        let before = self.open.fetch_add(1, Relaxed);
+        if self.max_total != 0 && before >= self.max_total {
+            self.open.fetch_sub(1, Relaxed);
+            STATS.refused_total.fetch_add(1, Relaxed);
+            return Err(Refusal::Total);
+        }
+        let ip = if self.max_per_ip == 0 {
+            None
+        } else {
+            let mut map = self.per_ip.lock();
+            let n = map.entry(ip).or_insert(0);
+            if *n >= self.max_per_ip {
+                drop(map);
+                self.open.fetch_sub(1, Relaxed);
+                STATS.refused_per_ip.fetch_add(1, Relaxed);
+                return Err(Refusal::PerIp);
+            }
+            *n += 1;
+            Some(ip)
+        };
+        STATS.connections.fetch_add(1, Relaxed);
+        Ok(ConnGuard {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            let mut map = self.limiter.per_ip.lock();
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+        self.limiter.open.fetch_sub(1, Relaxed);
+        STATS.connections.fetch_sub(1, Relaxed);
+    }
+}
+
+static REFUSALS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Answer a connection over a limit with a canned response and close it.
+pub fn refuse(tcp: TcpStream, why: Refusal) {
+    if REFUSALS_IN_FLIGHT.fetch_add(1, Relaxed) >= MAX_REFUSALS_IN_FLIGHT {
+        REFUSALS_IN_FLIGHT.fetch_sub(1, Relaxed);
+        return;
+    }
+    let answer = match why {
+        Refusal::Total => canned(
+            "503 Service Unavailable",
+            true,
+            "the server has too many open connections; retry later",
+        ),
+        Refusal::PerIp => canned(
+            "429 Too Many Requests",
+            true,
+            "too many open connections from your address; close some or retry later",
+        ),
+    };
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(REFUSAL_TIMEOUT, answer_and_close(tcp, answer)).await;
+        REFUSALS_IN_FLIGHT.fetch_sub(1, Relaxed);
+    });
+}
+
+/// Write a whole answer, then wait for the client to close: closing a
+/// socket with its request still unread sends a reset, which can destroy
+/// the answer before the client reads it.
+async fn answer_and_close(mut tcp: TcpStream, answer: Vec<u8>) {
+    if tcp.write_all(&answer).await.is_err() || tcp.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 1024];
+    while let Ok(n) = tcp.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// A complete HTTP/1.1 answer with a text body, closing the connection.
+fn canned(status: &str, retry_after: bool, message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
+        message.len() + 1
+    );
+    if retry_after {
+        let _ = write!(out, "retry-after: {RETRY_AFTER_SECS}\r\n");
+    }
+    let _ = write!(out, "\r\n{message}\n");
+    out
+}
 
 /// Serve one accepted connection until it ends. `shutdown` turns true when
 /// the server stops: hyper connections then finish their request and close;
-/// event streams end when the hub closes them.
-pub async fn serve_connection(tcp: TcpStream, app: Router, shutdown: watch::Receiver<bool>) {
+/// event streams end when the hub closes them. `_slot` is held until the
+/// connection is gone.
+pub async fn serve_connection(
+    tcp: TcpStream,
+    app: Router,
+    shutdown: watch::Receiver<bool>,
+    timeouts: Timeouts,
+    _slot: ConnGuard,
+) {
     let mut head = Vec::with_capacity(1024);
-    let first = tokio::time::timeout(HEAD_TIMEOUT, read_head(&tcp, &mut head)).await;
+    let first = tokio::time::timeout(timeouts.header, read_head(&tcp, &mut head)).await;
     let request = match first {
-        Err(_) | Ok(Err(_)) | Ok(Ok(Head::Closed)) => return,
+        Err(_) => {
+            STATS.header_timeouts.fetch_add(1, Relaxed);
+            // A client that started a request is told why it is closed; an
+            // idle connection is just closed.
+            if !head.is_empty() {
+                let message = format!(
+                    "the request head did not arrive within {:?}",
+                    timeouts.header
+                );
+                let answer = canned("408 Request Timeout", false, &message);
+                let mut tcp = tcp;
+                let _ = tokio::time::timeout(timeouts.write, async {
+                    tcp.write_all(&answer).await?;
+                    tcp.shutdown().await
+                })
+                .await;
+            }
+            return;
+        }
+        Ok(Err(_)) | Ok(Ok(Head::Closed)) => return,
         Ok(Ok(Head::Lean(request))) => *request,
         Ok(Ok(Head::Other)) => {
             // Boxed, so the state of every lean connection's task stays
             // small: hyper's connection future is large.
-            return Box::pin(serve_with_hyper(tcp, head, app, shutdown)).await;
+            return Box::pin(serve_with_hyper(tcp, head, app, shutdown, timeouts)).await;
         }
     };
     drop(head);
@@ -64,7 +269,7 @@ pub async fn serve_connection(tcp: TcpStream, app: Router, shutdown: watch::Rece
         Ok(r) => r,
         Err(never) => match never {},
     };
-    let _ = write_response(tcp, response).await;
+    let _ = write_response(WriteDeadline::new(tcp, timeouts.write), response).await;
 }
 
 enum Head {
@@ -86,7 +291,16 @@ async fn read_head(tcp: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Head> 
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
+        let searched = buf.len();
         buf.extend_from_slice(&chunk[..n]);
+        // Parse only once the head can be complete: re-parsing on every
+        // read would be quadratic for a client sending a byte at a time.
+        if !has_end_of_head(buf, searched) {
+            if buf.len() < MAX_HEAD {
+                continue;
+            }
+            return Ok(Head::Other);
+        }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut headers);
         match parsed.parse(buf) {
@@ -101,13 +315,41 @@ async fn read_head(tcp: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Head> 
     }
 }
 
+/// Whether `buf` holds an empty line (the end of a head; httparse accepts
+/// bare LF line ends too), looking only at bytes from `searched` on and the
+/// two before them, which may start one.
+fn has_end_of_head(buf: &[u8], searched: usize) -> bool {
+    let tail = &buf[searched.saturating_sub(2)..];
+    tail.windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && tail.get(i + 2) == Some(&b'\n')))
+}
+
+/// Request headers that describe one connection or the message framing,
+/// not the request: the lean path owns those, the router never sees them.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "transfer-encoding",
+    "content-length",
+];
+
 /// The request, if it belongs on the lean path.
 fn lean_request(parsed: &httparse::Request<'_, '_>, nothing_after: bool) -> Option<Request<Body>> {
     let path = parsed.path?;
     let lean = nothing_after
         && parsed.method == Some("GET")
         && parsed.version == Some(1)
-        && path.split('?').next() == Some(HUB_PATH);
+        && path.split('?').next() == Some(HUB_PATH)
+        // HTTP/1.1 requires Host; hyper's path answers its absence.
+        && parsed
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("host"));
     if !lean {
         return None;
     }
@@ -121,6 +363,9 @@ fn lean_request(parsed: &httparse::Request<'_, '_>, nothing_after: bool) -> Opti
         if name == "content-length" && h.value != b"0" || name == "transfer-encoding" {
             return None;
         }
+        if HOP_BY_HOP.contains(&name.as_str()) {
+            continue;
+        }
         builder = builder.header(h.name, HeaderValue::from_bytes(h.value).ok()?);
     }
     builder.body(Body::empty()).ok()
@@ -129,7 +374,10 @@ fn lean_request(parsed: &httparse::Request<'_, '_>, nothing_after: bool) -> Opti
 /// Write the router's answer. An event stream is sent chunked, a batch of
 /// events per chunk, until the hub ends it or the client goes away; any
 /// other answer (an error) is sent whole and the connection closed.
-async fn write_response(mut tcp: TcpStream, response: Response<Body>) -> std::io::Result<()> {
+async fn write_response<S>(mut tcp: S, response: Response<Body>) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let (parts, body) = response.into_parts();
     let streaming = parts.status == StatusCode::OK
         && parts
@@ -145,6 +393,14 @@ async fn write_response(mut tcp: TcpStream, response: Response<Body>) -> std::io
         httpdate::fmt_http_date(std::time::SystemTime::now())
     );
     for (name, value) in &parts.headers {
+        // Framing and connection handling are decided here, once.
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+            || name.as_str() == "keep-alive"
+        {
+            continue;
+        }
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
@@ -205,18 +461,28 @@ async fn serve_with_hyper(
     already_read: Vec<u8>,
     app: Router,
     mut shutdown: watch::Receiver<bool>,
+    timeouts: Timeouts,
 ) {
     let io = TokioIo::new(Prefixed {
         prefix: already_read,
         pos: 0,
-        inner: tcp,
+        inner: WriteDeadline::new(tcp, timeouts.write),
     });
-    let service = TowerToHyperService::new(
-        app.map_request(|r: Request<hyper::body::Incoming>| r.map(Body::new)),
-    );
+    let service = TowerToHyperService::new(tower::service_fn(
+        move |r: Request<hyper::body::Incoming>| {
+            let app = app.clone();
+            async move {
+                // hyper does not insist on Host; HTTP/1.1 does (RFC 9112 3.2).
+                if r.version() == Version::HTTP_11 && !r.headers().contains_key(header::HOST) {
+                    return Ok::<_, Infallible>(missing_host());
+                }
+                app.oneshot(r.map(Body::new)).await
+            }
+        },
+    ));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
+        .header_read_timeout(timeouts.header)
         .max_buf_size(64 * 1024)
         .serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
@@ -231,11 +497,111 @@ async fn serve_with_hyper(
     let _ = conn.await;
 }
 
+fn missing_host() -> Response<Body> {
+    let mut r = Response::new(Body::from("HTTP/1.1 requests must carry a Host header\n"));
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// A socket whose writes fail with `TimedOut` when one makes no progress
+/// for `timeout`: a client that stops reading must not hold its connection
+/// (and the events queued for it) forever. The timer exists only while a
+/// write is blocked.
+struct WriteDeadline<T> {
+    inner: T,
+    timeout: Duration,
+    blocked_since: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> WriteDeadline<T> {
+    fn new(inner: T, timeout: Duration) -> Self {
+        WriteDeadline {
+            inner,
+            timeout,
+            blocked_since: None,
+        }
+    }
+
+    fn check<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<std::io::Result<R>>,
+    ) -> Poll<std::io::Result<R>> {
+        if result.is_ready() {
+            self.blocked_since = None;
+            return result;
+        }
+        let timeout = self.timeout;
+        let timer = self
+            .blocked_since
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.blocked_since = None;
+        STATS.write_timeouts.fetch_add(1, Relaxed);
+        Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client read nothing for the write timeout",
+        )))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteDeadline<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.check(cx, result)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.check(cx, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        self.check(cx, result)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.check(cx, result)
+    }
+}
+
 /// The socket, with the bytes already read from it put back in front.
 struct Prefixed {
     prefix: Vec<u8>,
     pos: usize,
-    inner: TcpStream,
+    inner: WriteDeadline<TcpStream>,
 }
 
 impl AsyncRead for Prefixed {
@@ -286,5 +652,46 @@ impl AsyncWrite for Prefixed {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_of_head_is_found_across_reads() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        for split in 0..head.len() {
+            let mut buf = head[..split].to_vec();
+            let searched_complete = has_end_of_head(&buf, 0);
+            assert!(!searched_complete || split == head.len());
+            let searched = buf.len();
+            buf.extend_from_slice(&head[split..]);
+            assert!(has_end_of_head(&buf, searched), "split at {split}");
+        }
+        assert!(has_end_of_head(b"GET / HTTP/1.1\nHost: x\n\n", 0));
+        assert!(!has_end_of_head(b"GET / HTTP/1.1\r\nHost: x\r\n", 0));
+    }
+
+    #[test]
+    fn slots_are_freed_when_guards_drop() {
+        let limiter = ConnLimiter::new(3, 2);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let a1 = limiter.try_acquire(a).unwrap();
+        let _a2 = limiter.try_acquire(a).unwrap();
+        assert_eq!(limiter.try_acquire(a).err(), Some(Refusal::PerIp));
+        let _b1 = limiter.try_acquire(b).unwrap();
+        assert_eq!(limiter.try_acquire(b).err(), Some(Refusal::Total));
+        drop(a1);
+        let _b2 = limiter.try_acquire(b).unwrap();
+        assert_eq!(limiter.per_ip.lock().len(), 2);
+        let unlimited = ConnLimiter::new(0, 0);
+        let many: Vec<_> = (0..100)
+            .map(|_| unlimited.try_acquire(a).unwrap())
+            .collect();
+        drop(many);
+        assert_eq!(unlimited.open.load(Relaxed), 0);
     }
 }

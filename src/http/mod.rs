@@ -119,6 +119,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
 async fn metrics(State(s): State<AppState>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     let st = &s.hub.stats;
+    let edge = &conn::STATS;
     let body = format!(
         "# HELP herald_subscribers Connected subscribers.\n# TYPE herald_subscribers gauge\nherald_subscribers {}\n\
          # HELP herald_published_total Updates published.\n# TYPE herald_published_total counter\nherald_published_total {}\n\
@@ -127,7 +128,13 @@ async fn metrics(State(s): State<AppState>) -> Response {
          # HELP herald_history_updates Updates held in history.\n# TYPE herald_history_updates gauge\nherald_history_updates {}\n\
          # HELP herald_storage_errors_total Commit batches history failed to store.\n# TYPE herald_storage_errors_total counter\nherald_storage_errors_total {}\n\
          # HELP herald_committer_panics_total Commit batches that panicked (the committer carried on).\n# TYPE herald_committer_panics_total counter\nherald_committer_panics_total {}\n\
-         # HELP herald_ready Whether the hub can take publishes (see /readyz).\n# TYPE herald_ready gauge\nherald_ready {}\n",
+         # HELP herald_ready Whether the hub can take publishes (see /readyz).\n# TYPE herald_ready gauge\nherald_ready {}\n\
+         # HELP herald_connections Open client connections.\n# TYPE herald_connections gauge\nherald_connections {}\n\
+         # HELP herald_connections_refused_total Connections refused over --max-connections (503).\n# TYPE herald_connections_refused_total counter\nherald_connections_refused_total {}\n\
+         # HELP herald_connections_refused_per_ip_total Connections refused over --max-connections-per-ip (429).\n# TYPE herald_connections_refused_per_ip_total counter\nherald_connections_refused_per_ip_total {}\n\
+         # HELP herald_write_timeouts_total Connections closed because a write made no progress for --write-timeout.\n# TYPE herald_write_timeouts_total counter\nherald_write_timeouts_total {}\n\
+         # HELP herald_header_timeouts_total Connections closed because their first request head did not arrive within --header-timeout.\n# TYPE herald_header_timeouts_total counter\nherald_header_timeouts_total {}\n\
+         # HELP herald_accept_errors_total Failed accepts (e.g. out of file descriptors).\n# TYPE herald_accept_errors_total counter\nherald_accept_errors_total {}\n",
         s.hub.subscriber_count(),
         st.published.load(Relaxed),
         st.delivered.load(Relaxed),
@@ -136,6 +143,12 @@ async fn metrics(State(s): State<AppState>) -> Response {
         st.storage_errors.load(Relaxed),
         st.committer_panics.load(Relaxed),
         u8::from(s.hub.readiness().is_ok()),
+        edge.connections.load(Relaxed),
+        edge.refused_total.load(Relaxed),
+        edge.refused_per_ip.load(Relaxed),
+        edge.write_timeouts.load(Relaxed),
+        edge.header_timeouts.load(Relaxed),
+        edge.accept_errors.load(Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
@@ -173,6 +186,46 @@ pub fn find_token(
         }
     }
     Ok(query_token.filter(|t| !t.is_empty()).map(str::to_string))
+}
+
+/// CSRF defence for a request authenticated by cookie alone (browsers attach
+/// cookies to cross-site requests unasked): its `Origin`, or failing that
+/// its `Referer`, must be an origin listed in `--cors-origins` (`*`: any).
+/// A request with neither is refused too.
+pub fn check_cookie_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), HttpError> {
+    let presented = headers
+        .get(header::ORIGIN)
+        .map(|v| (v, "Origin"))
+        .or_else(|| headers.get(header::REFERER).map(|v| (v, "Referer")));
+    let Some((value, which)) = presented else {
+        return Err(HttpError::new(
+            StatusCode::FORBIDDEN,
+            "a request authenticated by cookie must carry an Origin or Referer header (CSRF protection); send the token in an Authorization: Bearer header instead, or from a page whose origin is in --cors-origins",
+        ));
+    };
+    let origin = value.to_str().ok().and_then(origin_of);
+    let ok = origin.as_deref().is_some_and(|o| {
+        allowed
+            .iter()
+            .any(|a| a == "*" || origin_of(a).as_deref() == Some(o))
+    });
+    if ok {
+        return Ok(());
+    }
+    Err(HttpError::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "a request authenticated by cookie is only accepted from the origins in --cors-origins (CSRF protection); the {which} header {:?} is not one of them",
+            String::from_utf8_lossy(value.as_bytes())
+        ),
+    ))
+}
+
+/// `scheme://host[:port]` of a URL, normalised (lower case, default port
+/// dropped); `None` for an opaque origin such as `null`.
+fn origin_of(url: &str) -> Option<String> {
+    let origin = url::Url::parse(url.trim()).ok()?.origin();
+    origin.is_tuple().then(|| origin.ascii_serialization())
 }
 
 /// Verify a presented token with the key of its role. A hub without a key

@@ -1,12 +1,12 @@
 //! `POST /.well-known/mercure`: publish an update.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use super::{find_token, form, verify, AppState, HttpError, HUB_PATH};
+use super::{check_cookie_origin, find_token, form, verify, AppState, HttpError, HUB_PATH};
 use crate::auth::AuthError;
 use crate::hub::Update;
 use crate::sse::{is_control_or_format, validate_field_value};
@@ -75,6 +75,11 @@ pub fn parse_form(
             "type" => {
                 validate_field_value(&value)
                     .map_err(|e| HttpError::bad_request(format!("type {e}")))?;
+                if value.len() > max_topic_len {
+                    return Err(HttpError::too_large(format!(
+                        "type is longer than {max_topic_len} bytes"
+                    )));
+                }
                 if value == "mercure" {
                     return Err(HttpError::bad_request(
                         "type 'mercure' is reserved for events the hub generates",
@@ -170,24 +175,25 @@ fn decode_unreserved(s: &str) -> String {
     out
 }
 
-pub async fn publish(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match handle(&state, &headers, body).await {
+pub async fn publish(State(state): State<AppState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    match handle(&state, &parts.headers, body).await {
         Ok(id) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], id).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn handle(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<String, HttpError> {
+/// Authorize, then read the body: a client without a valid token is
+/// answered before it can make the hub hold (and wait for) a body.
+async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<String, HttpError> {
     let token = find_token(headers, None)?.ok_or(AuthError::Missing)?;
     let grants = verify(&state.publisher, &token)?;
+    // No Authorization header means the token came from a cookie (publish
+    // takes no query token), which a browser may have attached to a
+    // cross-site form post.
+    if !headers.contains_key(header::AUTHORIZATION) {
+        check_cookie_origin(headers, &state.config.cors_origins)?;
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -199,13 +205,7 @@ async fn handle(
             "publish with Content-Type: application/x-www-form-urlencoded (fields: topic, data, private, id, type, retry)",
         ));
     }
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => HttpError::too_large(format!(
-            "request body is larger than the limit of {} bytes",
-            state.config.max_body
-        )),
-        status => HttpError::new(status, e.body_text()),
-    })?;
+    let body = read_body(state, headers, body).await?;
     let cfg = &state.config;
     let req = parse_form(&body, cfg.max_selectors, cfg.max_selector_len)?;
     if let Some(t) = req.topics.iter().find(|t| !grants.can_publish(t)) {
@@ -225,6 +225,37 @@ async fn handle(
     );
     let update = state.hub.publish(update).await?;
     Ok(update.id.clone())
+}
+
+/// The whole body, within `--max-body` (413) and `--body-timeout` (408).
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, HttpError> {
+    let max = state.config.max_body;
+    let too_large = || {
+        HttpError::too_large(format!(
+            "request body is larger than the limit of {max} bytes"
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let timeout = state.config.body_timeout;
+    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(HttpError::bad_request(format!(
+            "could not read the request body: {e}"
+        ))),
+        Err(_) => Err(HttpError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {timeout:?} (--body-timeout); send it faster or in smaller updates"
+            ),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -289,6 +320,11 @@ mod tests {
         );
         let long = format!("topic={}", "x".repeat(101));
         assert_eq!(p(&long).unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
+        let long = format!("topic=a&type={}", "x".repeat(101));
+        let err = p(&long).unwrap_err();
+        assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(err.message.contains("type"), "{}", err.message);
+        assert!(p(&format!("topic=a&type={}", "x".repeat(100))).is_ok());
     }
 
     #[test]
