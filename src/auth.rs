@@ -163,7 +163,10 @@ impl Verifier {
         let grants = Grants::from_claims(&data.claims)?;
         if let Some(exp) = grants.expires_at {
             // Not expired while now <= exp + leeway.
-            if exp.checked_add(self.leeway).is_some_and(|limit| now > limit) {
+            if exp
+                .checked_add(self.leeway)
+                .is_some_and(|limit| now > limit)
+            {
                 return Err(invalid(&format!(
                     "the token expired {:.3} s ago ('exp'; tolerated clock skew: {} s)",
                     now.duration_since(exp).unwrap_or_default().as_secs_f64(),
@@ -584,7 +587,10 @@ mod tests {
             // or array where it looks for a number) before our check:
             // invalid all the same.
             let ours = msg.contains(claim) && msg.contains(expect);
-            assert!(ours || value.is_object() || value.is_array(), "{claim}={value}: {msg}");
+            assert!(
+                ours || value.is_object() || value.is_array(),
+                "{claim}={value}: {msg}"
+            );
         }
     }
 
@@ -614,8 +620,12 @@ mod tests {
         let now = secs(1_700_000_000.0);
         let v = Verifier::hmac("secret").unwrap();
         // Default leeway (5 s): slightly expired or slightly early is fine.
-        assert!(v.verify_at(&sign(json!({"exp": 1_699_999_997.5})), now).is_ok());
-        assert!(v.verify_at(&sign(json!({"nbf": 1_700_000_003.5})), now).is_ok());
+        assert!(v
+            .verify_at(&sign(json!({"exp": 1_699_999_997.5})), now)
+            .is_ok());
+        assert!(v
+            .verify_at(&sign(json!({"nbf": 1_700_000_003.5})), now)
+            .is_ok());
         let msg = invalid_message(v.verify_at(&sign(json!({"exp": 1_699_999_994.9})), now));
         assert!(msg.contains("expired"), "{msg}");
         let msg = invalid_message(v.verify_at(&sign(json!({"nbf": 1_700_000_100})), now));
@@ -631,13 +641,18 @@ mod tests {
             .verify_at(&sign(json!({"nbf": 1_700_000_000.1})), now)
             .is_err());
         assert!(strict
-            .verify_at(&sign(json!({"exp": 1_700_000_000.1, "nbf": 1_699_999_999.9})), now)
+            .verify_at(
+                &sign(json!({"exp": 1_700_000_000.1, "nbf": 1_699_999_999.9})),
+                now
+            )
             .is_ok());
     }
 
     #[test]
     fn oversized_tokens_are_refused_before_parsing() {
-        let v = Verifier::hmac("secret").unwrap().with_limits(DEFAULT_LEEWAY, 200);
+        let v = Verifier::hmac("secret")
+            .unwrap()
+            .with_limits(DEFAULT_LEEWAY, 200);
         let long = sign(json!({"pad": "x".repeat(300)}));
         let msg = invalid_message(v.verify(&long));
         assert!(msg.contains("limit is 200"), "{msg}");
@@ -650,5 +665,4 @@ mod tests {
             .verify(&sign(json!({"pad": "x".repeat(20_000)})))
             .is_err());
     }
-
 }

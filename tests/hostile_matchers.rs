@@ -52,7 +52,10 @@ async fn oversized_url_pattern_is_refused_and_the_hub_keeps_serving() {
     for _ in 0..30 {
         let (status, body) = get(&s, &format!("match_urlpattern={}", enc(HOSTILE)), None).await;
         assert_eq!(status, 400, "{body}");
-        assert!(body.contains(HOSTILE), "the answer names the selector: {body}");
+        assert!(
+            body.contains(HOSTILE),
+            "the answer names the selector: {body}"
+        );
         assert!(body.contains("limit"), "{body}");
     }
     // Also hidden in the protocol part, which the pattern parser compiles
@@ -144,7 +147,10 @@ async fn shared_and_mixed_selectors_deliver_once_and_only_on_match() {
     }
     let mut other = Sub::ok(
         &hub,
-        &format!("match_urlpattern={}", enc("https://example.com/authors/:id")),
+        &format!(
+            "match_urlpattern={}",
+            enc("https://example.com/authors/:id")
+        ),
     )
     .await;
     publish(&hub, &[("topic", t), ("data", "b1")]).await;
@@ -277,7 +283,9 @@ async fn malformed_or_expired_time_claims_are_401() {
     let (status, body) = get(
         &s,
         "match=a",
-        Some(&sign(json!({"exp": now_secs() + 60.25, "nbf": now_secs() + 0.5}))),
+        Some(&sign(
+            json!({"exp": now_secs() + 60.25, "nbf": now_secs() + 0.5}),
+        )),
     )
     .await;
     assert_eq!(status, 200, "{body}");

@@ -242,7 +242,13 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join("&")
         };
-        assert_eq!(parse_query(p(2).as_bytes(), 10, 50, 2).unwrap().selectors.len(), 2);
+        assert_eq!(
+            parse_query(p(2).as_bytes(), 10, 50, 2)
+                .unwrap()
+                .selectors
+                .len(),
+            2
+        );
         let e = parse_query(p(3).as_bytes(), 10, 50, 2).expect_err("3 patterns");
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert!(e.message.contains("limit is 2"), "{}", e.message);
@@ -250,7 +256,13 @@ mod tests {
         let mixed = format!("{}&topic=https://x/{{id}}", p(2));
         assert!(parse_query(mixed.as_bytes(), 10, 50, 2).is_err());
         let exact = format!("{}&match=a&match=b&match=*&topic=urn:c", p(2));
-        assert_eq!(parse_query(exact.as_bytes(), 10, 50, 2).unwrap().selectors.len(), 6);
+        assert_eq!(
+            parse_query(exact.as_bytes(), 10, 50, 2)
+                .unwrap()
+                .selectors
+                .len(),
+            6
+        );
         // A repeated pattern is merged, not counted twice.
         let dup = format!("{}&{}", p(2), p(2));
         assert!(parse_query(dup.as_bytes(), 10, 50, 2).is_ok());
@@ -266,7 +278,11 @@ mod tests {
         )
         .expect_err("oversized regex");
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        assert!(e.message.contains(r"https://x/:a(\p{L}{200})"), "{}", e.message);
+        assert!(
+            e.message.contains(r"https://x/:a(\p{L}{200})"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -325,13 +325,19 @@ mod tests {
         // Exact selectors are indexed even beside a pattern.
         r.insert(
             1,
-            sub("a", &[TopicSelector::exact("t1"), tpl("https://ex.net/{id}")]),
+            sub(
+                "a",
+                &[TopicSelector::exact("t1"), tpl("https://ex.net/{id}")],
+            ),
             tx(),
         );
         // Two selectors that both match: still one visit.
         r.insert(
             2,
-            sub("b", &[pat("https://ex.net/:id"), tpl("https://ex.net/{id}")]),
+            sub(
+                "b",
+                &[pat("https://ex.net/:id"), tpl("https://ex.net/{id}")],
+            ),
             tx(),
         );
         r.insert(3, sub("c", &[pat("https://ex.net/books/:id")]), tx());
@@ -360,7 +366,11 @@ mod tests {
                 tx(),
             );
         }
-        r.insert(5000, sub("x", &[pat("https://shared.test/other/:id")]), tx());
+        r.insert(
+            5000,
+            sub("x", &[pat("https://shared.test/other/:id")]),
+            tx(),
+        );
         assert_eq!(r.pattern_groups(), 2);
         assert_eq!(candidates(&r, &["https://shared.test/users/7"]).len(), 1000);
         assert_eq!(candidates(&r, &["https://shared.test/other/7"]), [5000]);
