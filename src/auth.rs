@@ -15,6 +15,8 @@
 //! accepts only the algorithms of its kind, so an HMAC secret can never be
 //! confused with a public key.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{json, Value};
 
@@ -28,11 +30,21 @@ const MAX_DETAILS: usize = 100;
 const MAX_TOPICS_PER_DETAIL: usize = 1000;
 const MAX_MATCHER_LEN: usize = 2048;
 
+/// Clock skew tolerated on `exp` and `nbf` unless configured
+/// (`--jwt-leeway`).
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
+/// Longest token accepted unless configured (`--max-token-len`): a token
+/// is base64-decoded, its signature checked and its JSON parsed before its
+/// own limits can apply, so its length is bounded first.
+pub const DEFAULT_MAX_TOKEN_LEN: usize = 16 * 1024;
+
 /// A verification key and the algorithms it accepts.
 #[derive(Clone)]
 pub struct Verifier {
     key: DecodingKey,
     algorithms: Vec<Algorithm>,
+    leeway: Duration,
+    max_token_len: usize,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -60,10 +72,10 @@ impl Verifier {
         if secret.is_empty() {
             return Err(KeyError::Empty);
         }
-        Ok(Verifier {
-            key: DecodingKey::from_secret(secret.as_bytes()),
-            algorithms: vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
-        })
+        Ok(Verifier::new(
+            DecodingKey::from_secret(secret.as_bytes()),
+            vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+        ))
     }
 
     /// An RSA (RS256/384/512, PS256/384/512) or EC (ES256/ES384) public key
@@ -81,9 +93,9 @@ impl Verifier {
 
     pub fn public_key_pem(pem: &[u8]) -> Result<Verifier, String> {
         if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-            return Ok(Verifier {
+            return Ok(Verifier::new(
                 key,
-                algorithms: vec![
+                vec![
                     Algorithm::RS256,
                     Algorithm::RS384,
                     Algorithm::RS512,
@@ -91,19 +103,43 @@ impl Verifier {
                     Algorithm::PS384,
                     Algorithm::PS512,
                 ],
-            });
+            ));
         }
         match DecodingKey::from_ec_pem(pem) {
-            Ok(key) => Ok(Verifier {
-                key,
-                algorithms: vec![Algorithm::ES256, Algorithm::ES384],
-            }),
+            Ok(key) => Ok(Verifier::new(key, vec![Algorithm::ES256, Algorithm::ES384])),
             Err(e) => Err(e.to_string()),
         }
     }
 
+    fn new(key: DecodingKey, algorithms: Vec<Algorithm>) -> Verifier {
+        Verifier {
+            key,
+            algorithms,
+            leeway: DEFAULT_LEEWAY,
+            max_token_len: DEFAULT_MAX_TOKEN_LEN,
+        }
+    }
+
+    /// Set the clock skew tolerated on `exp`/`nbf` and the longest token.
+    pub fn with_limits(mut self, leeway: Duration, max_token_len: usize) -> Verifier {
+        self.leeway = leeway;
+        self.max_token_len = max_token_len;
+        self
+    }
+
     /// Verify signature, `exp` and `nbf` (when present) and parse the grants.
     pub fn verify(&self, token: &str) -> Result<Grants, AuthError> {
+        self.verify_at(token, SystemTime::now())
+    }
+
+    fn verify_at(&self, token: &str, now: SystemTime) -> Result<Grants, AuthError> {
+        if token.len() > self.max_token_len {
+            return Err(AuthError::Invalid(format!(
+                "the token is {} bytes long; the limit is {} (--max-token-len)",
+                token.len(),
+                self.max_token_len
+            )));
+        }
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         if !self.algorithms.contains(&header.alg) {
@@ -115,12 +151,40 @@ impl Verifier {
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
         validation.required_spec_claims.clear();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
+        // jsonwebtoken only checks `exp`/`nbf` that parse as u64 and
+        // silently skips any other (a float, a string, null, -1), which
+        // made such tokens never expire. They are checked below instead,
+        // failing closed.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.validate_aud = false;
         let data = jsonwebtoken::decode::<Value>(token, &self.key, &validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        Grants::from_claims(&data.claims)
+        let grants = Grants::from_claims(&data.claims)?;
+        if let Some(exp) = grants.expires_at {
+            // Not expired while now <= exp + leeway.
+            if exp
+                .checked_add(self.leeway)
+                .is_some_and(|limit| now > limit)
+            {
+                return Err(invalid(&format!(
+                    "the token expired {:.3} s ago ('exp'; tolerated clock skew: {} s)",
+                    now.duration_since(exp).unwrap_or_default().as_secs_f64(),
+                    self.leeway.as_secs_f64()
+                )));
+            }
+        }
+        if let Some(nbf) = time_claim(&data.claims, "nbf")? {
+            // Valid once now >= nbf - leeway.
+            if now.checked_add(self.leeway).is_some_and(|n| n < nbf) {
+                return Err(invalid(&format!(
+                    "the token is not valid for another {:.3} s ('nbf'; tolerated clock skew: {} s)",
+                    nbf.duration_since(now).unwrap_or_default().as_secs_f64(),
+                    self.leeway.as_secs_f64()
+                )));
+            }
+        }
+        Ok(grants)
     }
 }
 
@@ -158,14 +222,47 @@ pub struct Grants {
     legacy_payload: Option<Value>,
     /// Current draft: the first matching `subscribe` detail's payload.
     payload_rules: Vec<PayloadRule>,
-    /// `exp`, seconds since the epoch.
-    pub expires_at: Option<u64>,
+    /// `exp`, with its sub-second part: a stream ends when the token
+    /// expires, whatever the number format.
+    pub expires_at: Option<SystemTime>,
+}
+
+/// A NumericDate claim (`exp`, `nbf`): absent, or a finite, non-negative
+/// JSON number of seconds (integer or not). Anything else makes the token
+/// invalid: an unreadable expiry must not mean "never expires".
+fn time_claim(claims: &Value, name: &str) -> Result<Option<SystemTime>, AuthError> {
+    let Some(v) = claims.get(name) else {
+        return Ok(None);
+    };
+    let got = match v {
+        Value::Number(n) => {
+            let since_epoch = match n.as_u64() {
+                Some(secs) => Some(Duration::from_secs(secs)),
+                None => n
+                    .as_f64()
+                    .filter(|f| f.is_finite() && *f >= 0.0)
+                    .and_then(|f| Duration::try_from_secs_f64(f).ok()),
+            };
+            match since_epoch.and_then(|d| UNIX_EPOCH.checked_add(d)) {
+                Some(t) => return Ok(Some(t)),
+                None => "a negative or out-of-range number",
+            }
+        }
+        Value::String(_) => "a string",
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    Err(invalid(&format!(
+        "the '{name}' claim must be a non-negative number of seconds since 1970-01-01 UTC, not {got}"
+    )))
 }
 
 impl Grants {
     pub fn from_claims(claims: &Value) -> Result<Grants, AuthError> {
         let mut g = Grants {
-            expires_at: claims.get("exp").and_then(Value::as_u64),
+            expires_at: time_claim(claims, "exp")?,
             ..Grants::default()
         };
         if let Some(m) = claims.get("mercure") {
@@ -454,5 +551,118 @@ mod tests {
         assert!(g.can_publish("x"));
         assert!(g.can_subscribe("https://ex.net/u/1"));
         assert!(g.expires_at.is_some());
+    }
+
+    fn secs(f: f64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs_f64(f)
+    }
+
+    fn invalid_message(r: Result<Grants, AuthError>) -> String {
+        match r {
+            Err(AuthError::Invalid(m)) => m,
+            other => panic!("expected an invalid token, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_exp_and_nbf_fail_closed() {
+        let v = Verifier::hmac("secret").unwrap();
+        let now = secs(1_700_000_000.0);
+        for (claim, value, expect) in [
+            ("exp", json!("99999999999"), "not a string"),
+            ("exp", json!(null), "not null"),
+            ("exp", json!(-1), "negative"),
+            ("exp", json!(-0.5), "negative"),
+            ("exp", json!(true), "not a boolean"),
+            ("exp", json!({"t": 1}), "not an object"),
+            ("exp", json!([99999999999u64]), "not an array"),
+            ("nbf", json!("0"), "not a string"),
+            ("nbf", json!(null), "not null"),
+            ("nbf", json!(-1), "negative"),
+            ("nbf", json!(false), "not a boolean"),
+        ] {
+            let token = sign(json!({ claim: value, "mercure": {"subscribe": ["*"]} }));
+            let msg = invalid_message(v.verify_at(&token, now));
+            // jsonwebtoken itself trips on some shapes (an object where it
+            // or array where it looks for a number) before our check:
+            // invalid all the same.
+            let ours = msg.contains(claim) && msg.contains(expect);
+            assert!(
+                ours || value.is_object() || value.is_array(),
+                "{claim}={value}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn fractional_exp_is_checked_and_kept_to_the_millisecond() {
+        let v = Verifier::hmac("secret").unwrap();
+        let now = secs(1_700_000_000.0);
+        // Far in the past, fractional: jsonwebtoken alone accepted it.
+        let msg = invalid_message(v.verify_at(&sign(json!({"exp": 1.5})), now));
+        assert!(msg.contains("expired"), "{msg}");
+        let msg = invalid_message(v.verify_at(&sign(json!({"exp": 1_699_999_900.5})), now));
+        assert!(msg.contains("expired"), "{msg}");
+        // In the future, fractional: accepted, and the stream deadline keeps
+        // the fraction (it used to be dropped: no deadline at all).
+        let g = v
+            .verify_at(&sign(json!({"exp": 1_700_000_002.25})), now)
+            .unwrap();
+        assert_eq!(g.expires_at, Some(secs(1_700_000_002.25)));
+        let g = v
+            .verify_at(&sign(json!({"exp": 1_700_000_010u64})), now)
+            .unwrap();
+        assert_eq!(g.expires_at, Some(secs(1_700_000_010.0)));
+    }
+
+    #[test]
+    fn leeway_applies_to_exp_and_nbf() {
+        let now = secs(1_700_000_000.0);
+        let v = Verifier::hmac("secret").unwrap();
+        // Default leeway (5 s): slightly expired or slightly early is fine.
+        assert!(v
+            .verify_at(&sign(json!({"exp": 1_699_999_997.5})), now)
+            .is_ok());
+        assert!(v
+            .verify_at(&sign(json!({"nbf": 1_700_000_003.5})), now)
+            .is_ok());
+        let msg = invalid_message(v.verify_at(&sign(json!({"exp": 1_699_999_994.9})), now));
+        assert!(msg.contains("expired"), "{msg}");
+        let msg = invalid_message(v.verify_at(&sign(json!({"nbf": 1_700_000_100})), now));
+        assert!(msg.contains("not valid"), "{msg}");
+        // No leeway.
+        let strict = Verifier::hmac("secret")
+            .unwrap()
+            .with_limits(Duration::ZERO, DEFAULT_MAX_TOKEN_LEN);
+        assert!(strict
+            .verify_at(&sign(json!({"exp": 1_699_999_999.9})), now)
+            .is_err());
+        assert!(strict
+            .verify_at(&sign(json!({"nbf": 1_700_000_000.1})), now)
+            .is_err());
+        assert!(strict
+            .verify_at(
+                &sign(json!({"exp": 1_700_000_000.1, "nbf": 1_699_999_999.9})),
+                now
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn oversized_tokens_are_refused_before_parsing() {
+        let v = Verifier::hmac("secret")
+            .unwrap()
+            .with_limits(DEFAULT_LEEWAY, 200);
+        let long = sign(json!({"pad": "x".repeat(300)}));
+        let msg = invalid_message(v.verify(&long));
+        assert!(msg.contains("limit is 200"), "{msg}");
+        // Garbage past the limit is refused the same way, unparsed.
+        let msg = invalid_message(v.verify(&"a".repeat(1000)));
+        assert!(msg.contains("limit"), "{msg}");
+        assert!(v.verify(&sign(json!({}))).is_ok());
+        assert!(Verifier::hmac("secret")
+            .unwrap()
+            .verify(&sign(json!({"pad": "x".repeat(20_000)})))
+            .is_err());
     }
 }

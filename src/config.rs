@@ -88,6 +88,18 @@ pub struct ServeArgs {
     /// Longest topic selector or topic, in bytes. [default: 2048]
     #[arg(long, env = "HERALD_MAX_SELECTOR_LEN")]
     pub max_selector_len: Option<usize>,
+    /// Most pattern selectors (URL Patterns, URI templates) in one
+    /// subscribe request; each is evaluated on every publish. Exact topics
+    /// and `*` count only toward --max-selectors. [default: 20]
+    #[arg(long, env = "HERALD_MAX_PATTERNS")]
+    pub max_patterns: Option<usize>,
+    /// Clock skew tolerated when checking a token's exp and nbf (e.g. 5s,
+    /// 500ms, 0). [default: 5s]
+    #[arg(long, env = "HERALD_JWT_LEEWAY", value_parser = parse_duration)]
+    pub jwt_leeway: Option<Duration>,
+    /// Longest accepted JWT in bytes; a longer one is refused (401) unparsed. [default: 16384]
+    #[arg(long, env = "HERALD_MAX_TOKEN_LEN")]
+    pub max_token_len: Option<usize>,
     /// Serve the demo pages under /demo/. [default: true]
     #[arg(long, env = "HERALD_DEMO", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub demo: Option<bool>,
@@ -146,6 +158,9 @@ struct FileConfig {
     subscriptions: Option<bool>,
     max_selectors: Option<usize>,
     max_selector_len: Option<usize>,
+    max_patterns: Option<usize>,
+    jwt_leeway: Option<String>,
+    max_token_len: Option<usize>,
     demo: Option<bool>,
     header_timeout: Option<String>,
     body_timeout: Option<String>,
@@ -200,6 +215,9 @@ pub struct Config {
     pub subscriptions: bool,
     pub max_selectors: usize,
     pub max_selector_len: usize,
+    pub max_patterns: usize,
+    pub jwt_leeway: Duration,
+    pub max_token_len: usize,
     pub demo: bool,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
@@ -229,6 +247,9 @@ impl Default for Config {
             subscriptions: false,
             max_selectors: 100,
             max_selector_len: 2048,
+            max_patterns: 20,
+            jwt_leeway: crate::auth::DEFAULT_LEEWAY,
+            max_token_len: crate::auth::DEFAULT_MAX_TOKEN_LEN,
             demo: true,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
@@ -267,6 +288,13 @@ impl Config {
             (None, Some(s)) => parse_duration(s)
                 .map_err(|e| anyhow::anyhow!("config file: history_max_age: {e}"))?,
             (None, None) => Duration::ZERO,
+        };
+        let jwt_leeway = match (args.jwt_leeway, &file.jwt_leeway) {
+            (Some(l), _) => l,
+            (None, Some(s)) => {
+                parse_duration(s).map_err(|e| anyhow::anyhow!("config file: jwt_leeway: {e}"))?
+            }
+            (None, None) => d.jwt_leeway,
         };
         let key = |secret: &Option<String>, pem: &Option<PathBuf>| -> Option<KeySource> {
             pem.clone()
@@ -336,6 +364,15 @@ impl Config {
                 .max_selector_len
                 .or(file.max_selector_len)
                 .unwrap_or(d.max_selector_len),
+            max_patterns: args
+                .max_patterns
+                .or(file.max_patterns)
+                .unwrap_or(d.max_patterns),
+            jwt_leeway,
+            max_token_len: args
+                .max_token_len
+                .or(file.max_token_len)
+                .unwrap_or(d.max_token_len),
             demo: args.demo.or(file.demo).unwrap_or(d.demo),
             header_timeout: timeout(
                 args.edge.header_timeout,

@@ -23,7 +23,8 @@ const DEFAULT_HUB: &str = "http://127.0.0.1:8080/.well-known/mercure";
 #[derive(Subcommand)]
 enum Command {
     /// Run the hub.
-    Serve(ServeArgs),
+    // Boxed: ServeArgs is far larger than the other variants.
+    Serve(Box<ServeArgs>),
     /// Mint a JWT for development (HS256).
     Token {
         /// HS256 secret, the same the hub was started with.

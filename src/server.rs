@@ -42,8 +42,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         config.subscriber_key = Some(KeySource::Secret(key.clone()));
         dev_key = Some(key);
     }
-    let publisher = verifier(&config.publisher_key).context("publisher key")?;
-    let subscriber = verifier(&config.subscriber_key).context("subscriber key")?;
+    let limits = |v: Verifier| v.with_limits(config.jwt_leeway, config.max_token_len);
+    let publisher = verifier(&config.publisher_key)
+        .context("publisher key")?
+        .map(limits);
+    let subscriber = verifier(&config.subscriber_key)
+        .context("subscriber key")?
+        .map(limits);
 
     let history = open_history(&config)?;
     let hub = Hub::new(

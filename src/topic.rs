@@ -9,13 +9,20 @@
 //!   expanding the template?";
 //! - WHATWG URL Patterns (`match_urlpattern=` in the current draft).
 //!
-//! Matching is pure and allocation-free at match time: templates compile to
-//! an anchored regex once, when the subscription is made, because they are
-//! evaluated for every published update.
+//! Templates and URL Patterns compile to anchored regexes once, when the
+//! subscription is made, because they are evaluated for every published
+//! update. Clients choose these regexes, so compilation is bounded
+//! ([`REGEX_SIZE_LIMIT`], [`REGEX_DFA_SIZE_LIMIT`], [`REGEX_NEST_LIMIT`])
+//! and compiled matchers are shared between selectors with the same source.
 
-use regex::Regex;
+use parking_lot::Mutex;
+use regex::{Regex, RegexBuilder};
+use std::cell::OnceCell;
+use std::collections::HashMap;
 use std::fmt;
-use urlpattern::{UrlPattern, UrlPatternInit, UrlPatternMatchInput, UrlPatternOptions};
+use std::sync::{Arc, OnceLock, Weak};
+use urlpattern::quirks::{self, MatchInput};
+use urlpattern::{UrlPatternInit, UrlPatternMatchInput, UrlPatternOptions};
 
 /// The base URL relative URL patterns and relative topics (such as the
 /// hub's own `/.well-known/mercure/subscriptions/...` topics) are resolved
@@ -23,9 +30,228 @@ use urlpattern::{UrlPattern, UrlPatternInit, UrlPatternMatchInput, UrlPatternOpt
 /// `/books/1`.
 pub const HUB_BASE: &str = "https://herald.invalid/.well-known/mercure";
 
+/// Largest compiled program (NFA) of one selector regex, in bytes. A client
+/// chooses the regex (`match_urlpattern=https://x/:a(\p{L}{200})` compiles to
+/// tens of megabytes with the regex crate's 10 MiB-per-program default, and
+/// URL Patterns compile several programs), so the bound is ours, not the
+/// crate's. Legitimate patterns are a few kilobytes.
+pub const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+/// Largest lazy-DFA cache of one selector regex, in bytes: the memory the
+/// regex grows while it is matched, which is otherwise 2 MiB per regex.
+pub const REGEX_DFA_SIZE_LIMIT: usize = 1024 * 1024;
+/// Deepest nesting of groups/repetitions in one selector regex: deep
+/// nesting costs parser stack and compile time out of proportion to length.
+pub const REGEX_NEST_LIMIT: u32 = 64;
+/// Most distinct compiled patterns remembered for sharing. Beyond it new
+/// patterns still work, each compiled for its own subscriber.
+const CACHE_CAPACITY: usize = 10_000;
+
 fn hub_base() -> &'static url::Url {
-    static BASE: std::sync::OnceLock<url::Url> = std::sync::OnceLock::new();
+    static BASE: OnceLock<url::Url> = OnceLock::new();
     BASE.get_or_init(|| url::Url::parse(HUB_BASE).expect("HUB_BASE is a valid URL"))
+}
+
+/// Compile a regex within the limits above. Every regex built from client
+/// input goes through here.
+fn bounded_regex(pattern: &str) -> Result<Regex, String> {
+    RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_DFA_SIZE_LIMIT)
+        .nest_limit(REGEX_NEST_LIMIT)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(limit) => format!(
+                "it compiles to a regular expression larger than the {limit}-byte limit; use fewer or smaller repetitions and character classes"
+            ),
+            other => other.to_string(),
+        })
+}
+
+/// A compiled URL Pattern: one anchored regex per URL component, `None` for
+/// a component that accepts anything. Components are kept (and tested) in
+/// the order pathname, hostname, search, hash, port, protocol, username,
+/// password: patterns on one hub mostly differ by path, so a miss is
+/// usually decided by the first regex.
+///
+/// The `urlpattern` crate parses the pattern (its `quirks` API gives each
+/// component's regex source without compiling it); the regexes are
+/// compiled here, bounded. The crate's own `UrlPattern<regex::Regex>`
+/// compiles with the regex crate's defaults and its `RegExp` trait cannot
+/// be implemented outside it (it sits in a private module), so its
+/// compilation cannot be bounded.
+pub struct UrlPatternMatcher {
+    components: [Option<Regex>; 8],
+}
+
+impl UrlPatternMatcher {
+    fn compile(source: &str, base: &url::Url) -> Result<UrlPatternMatcher, String> {
+        // The constructor-string parser compiles the protocol part with the
+        // regex crate's defaults; refuse oversized groups before it runs.
+        check_regex_groups(source)?;
+        let init = UrlPatternInit::parse_constructor_string::<Regex>(source, Some(base.clone()))
+            .map_err(|e| e.to_string())?;
+        let p =
+            quirks::parse_pattern(init, UrlPatternOptions::default()).map_err(|e| e.to_string())?;
+        let mut components: [Option<Regex>; 8] = Default::default();
+        let sources = [
+            &p.pathname,
+            &p.hostname,
+            &p.search,
+            &p.hash,
+            &p.port,
+            &p.protocol,
+            &p.username,
+            &p.password,
+        ];
+        for (slot, c) in components.iter_mut().zip(sources) {
+            if c.regexp_string != "^(.*)$" {
+                // `(?u)`: the flags the crate itself compiles with.
+                *slot = Some(bounded_regex(&format!("(?u){}", c.regexp_string))?);
+            }
+        }
+        Ok(UrlPatternMatcher { components })
+    }
+
+    fn test(&self, input: &MatchInput) -> bool {
+        let parts = [
+            &input.pathname,
+            &input.hostname,
+            &input.search,
+            &input.hash,
+            &input.port,
+            &input.protocol,
+            &input.username,
+            &input.password,
+        ];
+        self.components
+            .iter()
+            .zip(parts)
+            .all(|(re, part)| re.as_ref().is_none_or(|re| re.is_match(part)))
+    }
+}
+
+/// Compile every parenthesised regex group of a URL Pattern on its own,
+/// bounded, so an oversized one is refused before anything compiles it
+/// unbounded. The scan follows the pattern tokenizer's rules (a backslash
+/// escapes the next character; groups nest); whatever it misreads, the
+/// real parser refuses later.
+fn check_regex_groups(source: &str) -> Result<(), String> {
+    let mut depth = 0usize;
+    let mut start = 0;
+    let mut chars = source.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '(' => {
+                if depth == 0 {
+                    start = i + 1;
+                }
+                depth += 1;
+            }
+            ')' if depth > 0 => {
+                depth -= 1;
+                if depth == 0 {
+                    let body = &source[start..i];
+                    bounded_regex(body).map_err(|e| format!("regexp group ({body}): {e}"))?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Compiled matchers shared by every selector with the same source: 10,000
+/// subscribers to one pattern cost one compilation and one copy in memory.
+/// Entries are weak, so a pattern nobody uses any more is freed; dead
+/// entries are swept when the map is full.
+struct SharedCache<T> {
+    map: Mutex<HashMap<String, Weak<T>>>,
+}
+
+impl<T> SharedCache<T> {
+    fn new() -> Self {
+        SharedCache {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get_or_compile(
+        &self,
+        key: String,
+        compile: impl FnOnce() -> Result<T, String>,
+    ) -> Result<Arc<T>, String> {
+        if let Some(hit) = self.map.lock().get(&key).and_then(Weak::upgrade) {
+            return Ok(hit);
+        }
+        // Compile outside the lock: one slow compilation must not hold up
+        // every other subscribe. Two racing compilations of the same source
+        // are resolved below: the second one adopts the first's.
+        let fresh = Arc::new(compile()?);
+        let mut map = self.map.lock();
+        if let Some(hit) = map.get(&key).and_then(Weak::upgrade) {
+            return Ok(hit);
+        }
+        if map.len() >= CACHE_CAPACITY {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        if map.len() < CACHE_CAPACITY {
+            map.insert(key, Arc::downgrade(&fresh));
+        }
+        Ok(fresh)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+}
+
+fn template_cache() -> &'static SharedCache<Regex> {
+    static CACHE: OnceLock<SharedCache<Regex>> = OnceLock::new();
+    CACHE.get_or_init(SharedCache::new)
+}
+
+fn url_pattern_cache() -> &'static SharedCache<UrlPatternMatcher> {
+    static CACHE: OnceLock<SharedCache<UrlPatternMatcher>> = OnceLock::new();
+    CACHE.get_or_init(SharedCache::new)
+}
+
+/// A published topic, prepared once for matching against many selectors:
+/// its URL form (for URL Patterns) is parsed at most once, on first need,
+/// instead of once per pattern and subscriber.
+pub struct PreparedTopic<'a> {
+    raw: &'a str,
+    url: OnceCell<Option<MatchInput>>,
+}
+
+impl<'a> PreparedTopic<'a> {
+    pub fn new(raw: &'a str) -> PreparedTopic<'a> {
+        PreparedTopic {
+            raw,
+            url: OnceCell::new(),
+        }
+    }
+
+    pub fn as_str(&self) -> &'a str {
+        self.raw
+    }
+
+    fn url_input(&self) -> Option<&MatchInput> {
+        self.url
+            .get_or_init(|| {
+                let url = hub_base().join(self.raw).ok()?;
+                quirks::parse_match_input(UrlPatternMatchInput::Url(url))
+            })
+            .as_ref()
+    }
+}
+
+/// Prepare every topic of an update.
+pub fn prepare(topics: &[String]) -> Vec<PreparedTopic<'_>> {
+    topics.iter().map(|t| PreparedTopic::new(t)).collect()
 }
 
 /// A compiled topic selector.
@@ -35,11 +261,11 @@ pub enum TopicSelector {
     Exact(String),
     UriTemplate {
         source: String,
-        regex: Regex,
+        regex: Arc<Regex>,
     },
     UrlPattern {
         source: String,
-        pattern: std::sync::Arc<UrlPattern>,
+        pattern: Arc<UrlPatternMatcher>,
     },
 }
 
@@ -63,9 +289,9 @@ impl PartialEq for TopicSelector {
 /// Why a selector was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectorError {
-    #[error("invalid URI template {0:?}: {1}")]
+    #[error("invalid URI template '{0}': {1}")]
     Template(String, String),
-    #[error("invalid URL pattern {0:?}: {1}")]
+    #[error("invalid URL pattern '{0}': {1}")]
     UrlPattern(String, String),
 }
 
@@ -89,9 +315,9 @@ impl TopicSelector {
         if !s.contains('{') {
             return Ok(TopicSelector::Exact(s.to_string()));
         }
-        let pattern = template_to_regex(s).map_err(|e| SelectorError::Template(s.into(), e))?;
-        let regex =
-            Regex::new(&pattern).map_err(|e| SelectorError::Template(s.into(), e.to_string()))?;
+        let regex = template_cache()
+            .get_or_compile(s.to_string(), || bounded_regex(&template_to_regex(s)?))
+            .map_err(|e| SelectorError::Template(s.into(), e))?;
         Ok(TopicSelector::UriTemplate {
             source: s.to_string(),
             regex,
@@ -105,15 +331,16 @@ impl TopicSelector {
         if s == "*" {
             return Ok(TopicSelector::Any);
         }
-        let base = base.or(Some(hub_base()));
-        let err = |e: urlpattern::Error| SelectorError::UrlPattern(s.into(), e.to_string());
-        let init =
-            UrlPatternInit::parse_constructor_string::<Regex>(s, base.cloned()).map_err(err)?;
-        let pattern =
-            UrlPattern::<Regex>::parse(init, UrlPatternOptions::default()).map_err(err)?;
+        let base = base.unwrap_or(hub_base());
+        // The base is part of the key: the same relative pattern means
+        // different things against different bases.
+        let key = format!("{base} {s}");
+        let pattern = url_pattern_cache()
+            .get_or_compile(key, || UrlPatternMatcher::compile(s, base))
+            .map_err(|e| SelectorError::UrlPattern(s.into(), e))?;
         Ok(TopicSelector::UrlPattern {
             source: s.to_string(),
-            pattern: std::sync::Arc::new(pattern),
+            pattern,
         })
     }
 
@@ -145,21 +372,39 @@ impl TopicSelector {
         }
     }
 
+    /// Is this a selector evaluated by a regex (URI template, URL Pattern),
+    /// as opposed to an exact topic or `*`?
+    pub fn is_pattern(&self) -> bool {
+        matches!(
+            self,
+            TopicSelector::UriTemplate { .. } | TopicSelector::UrlPattern { .. }
+        )
+    }
+
+    /// For a pattern, the identity of its compiled matcher: selectors that
+    /// share one (same source, through the cache) give the same value, so
+    /// the registry evaluates it once for all of them. The value stays
+    /// unique while this selector (and so its `Arc`) is alive.
+    pub fn matcher_id(&self) -> Option<usize> {
+        match self {
+            TopicSelector::UriTemplate { regex, .. } => Some(Arc::as_ptr(regex) as usize),
+            TopicSelector::UrlPattern { pattern, .. } => Some(Arc::as_ptr(pattern) as usize),
+            _ => None,
+        }
+    }
+
     pub fn matches(&self, topic: &str) -> bool {
+        self.matches_prepared(&PreparedTopic::new(topic))
+    }
+
+    pub fn matches_prepared(&self, topic: &PreparedTopic<'_>) -> bool {
+        let raw = topic.as_str();
         match self {
             TopicSelector::Any => true,
-            TopicSelector::Exact(s) => s == topic,
-            TopicSelector::UriTemplate { regex, source } => {
-                source == topic || regex.is_match(topic)
-            }
+            TopicSelector::Exact(s) => s == raw,
+            TopicSelector::UriTemplate { regex, source } => source == raw || regex.is_match(raw),
             TopicSelector::UrlPattern { pattern, source } => {
-                if source == topic {
-                    return true;
-                }
-                match hub_base().join(topic) {
-                    Ok(u) => pattern.test(UrlPatternMatchInput::Url(u)).unwrap_or(false),
-                    Err(_) => false,
-                }
+                source == raw || topic.url_input().is_some_and(|input| pattern.test(input))
             }
         }
     }
@@ -167,9 +412,14 @@ impl TopicSelector {
 
 /// Does any selector in the list match any of the topics?
 pub fn any_matches(selectors: &[TopicSelector], topics: &[String]) -> bool {
+    any_matches_prepared(selectors, &prepare(topics))
+}
+
+/// [`any_matches`] on topics prepared once.
+pub fn any_matches_prepared(selectors: &[TopicSelector], topics: &[PreparedTopic<'_>]) -> bool {
     topics
         .iter()
-        .any(|t| selectors.iter().any(|s| s.matches(t)))
+        .any(|t| selectors.iter().any(|s| s.matches_prepared(t)))
 }
 
 const UNRESERVED: &str = r"A-Za-z0-9\-._~";
@@ -379,5 +629,92 @@ mod tests {
         ));
         assert!(!any_matches(&sels, &["b".into()]));
         assert!(!any_matches(&[], &["a".into()]));
+    }
+
+    #[test]
+    fn equal_sources_share_one_compiled_matcher() {
+        let a = TopicSelector::url_pattern("https://cache.test/books/:id", None).unwrap();
+        let b = TopicSelector::url_pattern("https://cache.test/books/:id", None).unwrap();
+        let (
+            TopicSelector::UrlPattern { pattern: pa, .. },
+            TopicSelector::UrlPattern { pattern: pb, .. },
+        ) = (&a, &b)
+        else {
+            panic!("url patterns expected");
+        };
+        assert!(Arc::ptr_eq(pa, pb));
+        assert_eq!(a.matcher_id(), b.matcher_id());
+        let t1 = t("https://cache.test/{id}");
+        let t2 = t("https://cache.test/{id}");
+        assert_eq!(t1.matcher_id(), t2.matcher_id());
+        assert!(t1.matcher_id().is_some());
+        // Another base is another pattern.
+        let base = url::Url::parse("https://other.test/").unwrap();
+        let c = TopicSelector::url_pattern("/books/:id", Some(&base)).unwrap();
+        let d = TopicSelector::url_pattern("/books/:id", None).unwrap();
+        assert_ne!(c.matcher_id(), d.matcher_id());
+        assert_eq!(TopicSelector::Any.matcher_id(), None);
+        assert_eq!(TopicSelector::exact("x").matcher_id(), None);
+    }
+
+    #[test]
+    fn unused_matchers_are_freed() {
+        let s = TopicSelector::url_pattern("https://freed.test/:x", None).unwrap();
+        let TopicSelector::UrlPattern { pattern, .. } = &s else {
+            panic!("url pattern expected");
+        };
+        let weak = Arc::downgrade(pattern);
+        drop(s);
+        assert!(
+            weak.upgrade().is_none(),
+            "the cache holds no strong reference"
+        );
+        assert!(url_pattern_cache().len() >= 1);
+    }
+
+    #[test]
+    fn oversized_regexes_are_refused_with_the_selector_named() {
+        for src in [
+            r"https://x/:a(\p{L}{200})",
+            r"(\p{L}{200})://x/y",
+            r"https://x/:a(\w{100}\w{100}\w{100})",
+        ] {
+            let e = TopicSelector::url_pattern(src, None).expect_err(src);
+            let msg = e.to_string();
+            assert!(msg.contains(src), "{msg}");
+            assert!(msg.contains("limit"), "{msg}");
+        }
+        let deep = format!("https://x/:a({}a{})", "(?:".repeat(100), ")".repeat(100));
+        assert!(TopicSelector::url_pattern(&deep, None).is_err());
+        // Templates go through the same bounded builder.
+        let huge = format!("https://x/{}", "{a}".repeat(600));
+        let e = TopicSelector::uri_template(&huge).expect_err("huge template");
+        assert!(e.to_string().contains("limit"), "{e}");
+        // Ordinary regex groups still compile.
+        let s = TopicSelector::url_pattern(r"https://x/books/:id(\d+)", None).unwrap();
+        assert!(s.matches("https://x/books/12"));
+        assert!(!s.matches("https://x/books/ab"));
+    }
+
+    #[test]
+    fn url_pattern_components_and_prepared_topics() {
+        let s = TopicSelector::url_pattern("https://ex.net/search?q=:q", None).unwrap();
+        assert!(s.matches("https://ex.net/search?q=cats"));
+        assert!(!s.matches("https://ex.net/search?x=cats"));
+        let s = TopicSelector::url_pattern("https://ex.net:8443/a", None).unwrap();
+        assert!(s.matches("https://ex.net:8443/a"));
+        assert!(!s.matches("https://ex.net/a"));
+        let s = TopicSelector::url_pattern("https://ex.net/a#:frag", None).unwrap();
+        assert!(s.matches("https://ex.net/a#x"));
+        // One prepared topic serves many selectors.
+        let topic = PreparedTopic::new("https://ex.net/books/3");
+        let sels = [
+            TopicSelector::url_pattern("https://ex.net/books/:id", None).unwrap(),
+            TopicSelector::url_pattern("https://ex.net/authors/:id", None).unwrap(),
+            t("https://ex.net/books/{id}"),
+        ];
+        let hits: Vec<bool> = sels.iter().map(|s| s.matches_prepared(&topic)).collect();
+        assert_eq!(hits, [true, false, true]);
+        assert!(!sels[0].matches_prepared(&PreparedTopic::new("http://[::1")));
     }
 }

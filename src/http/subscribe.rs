@@ -25,10 +25,16 @@ pub struct SubscribeRequest {
 /// `match_urlpattern` (current draft), `topic` (deployed dialect: URI
 /// templates), `last_event_id` / `lastEventID`, `authorization`. Any other
 /// name in the reserved `match` namespace is an error, never ignored.
+///
+/// Patterns (URL Patterns, URI templates) are compiled here, which costs
+/// CPU a client controls: call it off the async workers. At most
+/// `max_patterns` of the selectors may be patterns, since each is evaluated
+/// on every publish.
 pub fn parse_query(
     raw: &[u8],
     max_selectors: usize,
     max_len: usize,
+    max_patterns: usize,
 ) -> Result<SubscribeRequest, HttpError> {
     let pairs = form::parse(raw).map_err(|e| HttpError::bad_request(e.to_string()))?;
     let mut req = SubscribeRequest::default();
@@ -79,9 +85,17 @@ pub fn parse_query(
             }
             _ => continue,
         };
-        if !req.selectors.contains(&selector) {
-            req.selectors.push(selector);
+        if req.selectors.contains(&selector) {
+            continue;
         }
+        if selector.is_pattern()
+            && req.selectors.iter().filter(|s| s.is_pattern()).count() >= max_patterns
+        {
+            return Err(HttpError::bad_request(format!(
+                "too many pattern selectors (match_urlpattern, topic with {{...}}); the limit is {max_patterns} per connection (--max-patterns); exact topics (match=) may be used instead, up to {max_selectors}"
+            )));
+        }
+        req.selectors.push(selector);
     }
     if req.selectors.is_empty() {
         return Err(HttpError::bad_request(
@@ -134,7 +148,17 @@ async fn open(state: &AppState, headers: &HeaderMap, query: &str) -> Result<Resp
         ));
     }
     let cfg = &state.config;
-    let req = parse_query(query.as_bytes(), cfg.max_selectors, cfg.max_selector_len)?;
+    // Compiling patterns is CPU a client controls: keep it off the async
+    // workers.
+    let (raw, limits) = (
+        query.to_owned(),
+        (cfg.max_selectors, cfg.max_selector_len, cfg.max_patterns),
+    );
+    let req = tokio::task::spawn_blocking(move || {
+        parse_query(raw.as_bytes(), limits.0, limits.1, limits.2)
+    })
+    .await
+    .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     let grants = match find_token(headers, req.query_token.as_deref())? {
         Some(token) => verify(&state.subscriber, &token)?,
         None if cfg.allow_anonymous => Grants::default(),
@@ -192,11 +216,9 @@ async fn open(state: &AppState, headers: &HeaderMap, query: &str) -> Result<Resp
     // with a fresh token and resumes from Last-Event-ID.
     let body = match grants.expires_at {
         Some(exp) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let left = std::time::Duration::from_secs(exp.saturating_sub(now));
+            let left = exp
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
             Body::from_stream(stream.take_until(tokio::time::sleep(left)))
         }
         None => Body::from_stream(stream),
@@ -210,7 +232,58 @@ mod tests {
     use super::*;
 
     fn q(s: &str) -> Result<SubscribeRequest, HttpError> {
-        parse_query(s.as_bytes(), 3, 50)
+        parse_query(s.as_bytes(), 3, 50, 2)
+    }
+
+    #[test]
+    fn patterns_have_their_own_cap() {
+        let p = |n: usize| -> String {
+            (0..n)
+                .map(|i| format!("match_urlpattern=https%3A%2F%2Fx%2F{i}%2F%3Aid"))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        assert_eq!(
+            parse_query(p(2).as_bytes(), 10, 50, 2)
+                .unwrap()
+                .selectors
+                .len(),
+            2
+        );
+        let e = parse_query(p(3).as_bytes(), 10, 50, 2).expect_err("3 patterns");
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("limit is 2"), "{}", e.message);
+        // Templates count as patterns; exact topics and `*` do not.
+        let mixed = format!("{}&topic=https://x/{{id}}", p(2));
+        assert!(parse_query(mixed.as_bytes(), 10, 50, 2).is_err());
+        let exact = format!("{}&match=a&match=b&match=*&topic=urn:c", p(2));
+        assert_eq!(
+            parse_query(exact.as_bytes(), 10, 50, 2)
+                .unwrap()
+                .selectors
+                .len(),
+            6
+        );
+        // A repeated pattern is merged, not counted twice.
+        let dup = format!("{}&{}", p(2), p(2));
+        assert!(parse_query(dup.as_bytes(), 10, 50, 2).is_ok());
+    }
+
+    #[test]
+    fn oversized_pattern_is_a_400_naming_it() {
+        let e = parse_query(
+            b"match_urlpattern=https%3A%2F%2Fx%2F%3Aa(%5Cp%7BL%7D%7B200%7D)",
+            10,
+            100,
+            10,
+        )
+        .expect_err("oversized regex");
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(
+            e.message.contains(r"https://x/:a(\p{L}{200})"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

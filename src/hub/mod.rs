@@ -65,7 +65,16 @@ impl Subscription {
     /// of the update's topics and, if the update is private, be allowed to
     /// read one of them.
     pub fn wants(&self, update: &Update) -> bool {
-        crate::topic::any_matches(&self.selectors, &update.topics) && self.may_see(update)
+        let topics = crate::topic::prepare(&update.topics);
+        crate::topic::any_matches_prepared(&self.selectors, &topics)
+            && self.may_read(update, &topics)
+    }
+
+    /// The second half of [`Subscription::wants`], for a subscriber whose
+    /// selectors are already known to match: a public update, or a private
+    /// one its token lets it read (a grant matches one of the topics).
+    pub fn may_read(&self, update: &Update, topics: &[crate::topic::PreparedTopic<'_>]) -> bool {
+        !update.private || crate::topic::any_matches_prepared(&self.private_access, topics)
     }
 
     /// May this subscriber know of this update at all, whatever it asked
@@ -391,8 +400,10 @@ impl Hub {
     fn fan_out(&self, update: &Update, cut_off: &mut Vec<u64>) {
         let registry = self.registry.read();
         let mut delivered = 0u64;
-        registry.for_each_candidate(&update.topics, |key, entry| {
-            if !entry.subscription.wants(update) {
+        // Each topic is prepared (its URL parsed) once for every pattern.
+        let topics = crate::topic::prepare(&update.topics);
+        registry.for_each_matching(&topics, |key, entry| {
+            if !entry.subscription.may_read(update, &topics) {
                 return;
             }
             match entry.tx.offer(update.frame.clone()) {

@@ -1,11 +1,19 @@
 //! The subscriber registry and its matching index.
 //!
-//! Most subscriptions are exact topics ("notify user 42" is one topic per
-//! user), so they are indexed in a hash map: publishing to one user's topic
-//! costs one lookup, not a scan of every connection. Subscribers with any
-//! pattern (`*`, URI template, URL Pattern) sit in a separate set and are
-//! tested one by one; that list is the price of patterns, and only those who
-//! use them pay it.
+//! A publish must touch only subscribers that can match, whatever else is
+//! connected:
+//! - exact selectors are indexed in a hash map (topic -> subscribers), also
+//!   for subscriptions that have patterns too: publishing to one user's
+//!   topic costs one lookup, not a scan of every connection;
+//! - `*` subscribers are kept in a set and always visited;
+//! - pattern selectors (URI templates, URL Patterns) are grouped by their
+//!   compiled matcher, which equal selectors share (see
+//!   [`TopicSelector::matcher_id`]): each distinct pattern is evaluated once
+//!   per published topic, then its subscribers are visited. 10,000
+//!   subscribers to one pattern cost one evaluation, not 10,000.
+//!
+//! A subscriber reachable through several of these (two matching selectors,
+//! or an update with several topics) is visited once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -15,51 +23,117 @@ use serde_json::{json, Value};
 
 use super::queue::QueueSender;
 use super::{Subscription, RESERVED_PREFIX};
-use crate::topic::TopicSelector;
+use crate::topic::{PreparedTopic, TopicSelector};
 
 pub(super) struct Entry {
     pub subscription: Arc<Subscription>,
     pub tx: QueueSender,
+    /// Indexed in more than one place (several distinct selectors), so a
+    /// publish may reach it more than once and must deduplicate.
+    multi: bool,
+}
+
+/// The subscribers of one compiled pattern.
+struct PatternGroup {
+    /// One of the (equal) selectors; it also keeps the shared matcher, and
+    /// so the group's key, alive.
+    selector: TopicSelector,
+    members: HashSet<u64>,
 }
 
 #[derive(Default)]
 pub(super) struct Registry {
     entries: HashMap<u64, Entry>,
     by_topic: HashMap<String, Vec<u64>>,
-    patterns: HashSet<u64>,
+    any: HashSet<u64>,
+    /// Keyed by [`TopicSelector::matcher_id`].
+    patterns: HashMap<usize, PatternGroup>,
+}
+
+/// Where one selector of a subscription is indexed.
+enum Slot<'a> {
+    Topic(&'a str),
+    Any,
+    Pattern(usize, &'a TopicSelector),
+}
+
+fn slots(subscription: &Subscription) -> Vec<Slot<'_>> {
+    let mut topics = Vec::new();
+    let mut any = false;
+    let mut patterns: Vec<(usize, &TopicSelector)> = Vec::new();
+    for sel in &subscription.selectors {
+        if let Some(t) = sel.as_exact() {
+            topics.push(t);
+        } else if let Some(id) = sel.matcher_id() {
+            patterns.push((id, sel));
+        } else {
+            any = true;
+        }
+    }
+    topics.sort_unstable();
+    topics.dedup();
+    patterns.sort_unstable_by_key(|(id, _)| *id);
+    patterns.dedup_by_key(|(id, _)| *id);
+    let mut out: Vec<Slot<'_>> = topics.into_iter().map(Slot::Topic).collect();
+    if any {
+        out.push(Slot::Any);
+    }
+    out.extend(patterns.into_iter().map(|(id, s)| Slot::Pattern(id, s)));
+    out
 }
 
 impl Registry {
     pub fn insert(&mut self, key: u64, subscription: Arc<Subscription>, tx: QueueSender) {
-        let exact: Option<Vec<&str>> = subscription
-            .selectors
-            .iter()
-            .map(|s| s.as_exact())
-            .collect();
-        match exact {
-            Some(mut topics) => {
-                topics.sort_unstable();
-                topics.dedup();
-                for t in topics {
-                    self.by_topic.entry(t.to_string()).or_default().push(key);
+        let slots = slots(&subscription);
+        let multi = slots.len() > 1;
+        for slot in slots {
+            match slot {
+                Slot::Topic(t) => self.by_topic.entry(t.to_string()).or_default().push(key),
+                Slot::Any => {
+                    self.any.insert(key);
+                }
+                Slot::Pattern(id, sel) => {
+                    self.patterns
+                        .entry(id)
+                        .or_insert_with(|| PatternGroup {
+                            selector: sel.clone(),
+                            members: HashSet::new(),
+                        })
+                        .members
+                        .insert(key);
                 }
             }
-            None => {
-                self.patterns.insert(key);
-            }
         }
-        self.entries.insert(key, Entry { subscription, tx });
+        self.entries.insert(
+            key,
+            Entry {
+                subscription,
+                tx,
+                multi,
+            },
+        );
     }
 
     pub fn remove(&mut self, key: u64) -> Option<Arc<Subscription>> {
         let entry = self.entries.remove(&key)?;
-        if !self.patterns.remove(&key) {
-            for sel in &entry.subscription.selectors {
-                if let Some(t) = sel.as_exact() {
+        for slot in slots(&entry.subscription) {
+            match slot {
+                Slot::Topic(t) => {
                     if let Some(keys) = self.by_topic.get_mut(t) {
                         keys.retain(|k| *k != key);
                         if keys.is_empty() {
                             self.by_topic.remove(t);
+                        }
+                    }
+                }
+                Slot::Any => {
+                    self.any.remove(&key);
+                }
+                Slot::Pattern(id, _) => {
+                    if let Some(group) = self.patterns.get_mut(&id) {
+                        group.members.remove(&key);
+                        if group.members.is_empty() {
+                            self.patterns.remove(&id);
                         }
                     }
                 }
@@ -71,6 +145,7 @@ impl Registry {
     pub fn clear(&mut self) {
         self.entries.clear();
         self.by_topic.clear();
+        self.any.clear();
         self.patterns.clear();
     }
 
@@ -82,36 +157,42 @@ impl Registry {
         self.entries.iter().map(|(k, e)| (*k, e))
     }
 
-    /// Call `f` once for every subscriber that might want an update on these
-    /// topics: exact-index hits plus every pattern subscriber. The caller
-    /// still checks [`Subscription::wants`] (patterns, private access).
-    pub fn for_each_candidate(&self, topics: &[String], mut f: impl FnMut(u64, &Entry)) {
-        if topics.len() == 1 {
-            if let Some(keys) = self.by_topic.get(&topics[0]) {
-                for k in keys {
-                    if let Some(e) = self.entries.get(k) {
-                        f(*k, e);
-                    }
+    /// Call `f` once for every subscriber one of whose selectors matches one
+    /// of these topics. Private access is the caller's to check.
+    pub fn for_each_matching(&self, topics: &[PreparedTopic<'_>], mut f: impl FnMut(u64, &Entry)) {
+        // With one topic, a subscriber indexed in one place is reached at
+        // most once: only the others need remembering.
+        let dedupe_all = topics.len() > 1;
+        let mut seen = HashSet::new();
+        let mut visit = |k: u64| {
+            if let Some(e) = self.entries.get(&k) {
+                if (dedupe_all || e.multi) && !seen.insert(k) {
+                    return;
                 }
+                f(k, e);
             }
-        } else {
-            // An update with alternate topics reaches each subscriber once.
-            let mut seen = HashSet::new();
-            for t in topics {
-                for k in self.by_topic.get(t).into_iter().flatten() {
-                    if seen.insert(*k) {
-                        if let Some(e) = self.entries.get(k) {
-                            f(*k, e);
-                        }
-                    }
+        };
+        for t in topics {
+            for k in self.by_topic.get(t.as_str()).into_iter().flatten() {
+                visit(*k);
+            }
+        }
+        for k in &self.any {
+            visit(*k);
+        }
+        for group in self.patterns.values() {
+            if topics.iter().any(|t| group.selector.matches_prepared(t)) {
+                for k in &group.members {
+                    visit(*k);
                 }
             }
         }
-        for k in &self.patterns {
-            if let Some(e) = self.entries.get(k) {
-                f(*k, e);
-            }
-        }
+    }
+
+    /// Distinct compiled patterns currently evaluated on each publish.
+    #[cfg(test)]
+    fn pattern_groups(&self) -> usize {
+        self.patterns.len()
     }
 
     pub fn subscriptions(&self) -> Vec<SubscriptionInfo> {
@@ -222,11 +303,81 @@ mod tests {
     }
 
     fn candidates(r: &Registry, topics: &[&str]) -> Vec<u64> {
-        let topics: Vec<String> = topics.iter().map(|s| s.to_string()).collect();
+        let topics: Vec<PreparedTopic<'_>> = topics.iter().map(|t| PreparedTopic::new(t)).collect();
         let mut v = Vec::new();
-        r.for_each_candidate(&topics, |k, _| v.push(k));
+        r.for_each_matching(&topics, |k, _| v.push(k));
         v.sort();
         v
+    }
+
+    fn tpl(s: &str) -> TopicSelector {
+        TopicSelector::uri_template(s).unwrap()
+    }
+
+    fn pat(s: &str) -> TopicSelector {
+        TopicSelector::url_pattern(s, None).unwrap()
+    }
+
+    #[test]
+    fn publish_visits_only_matching_subscribers_once() {
+        let mut r = Registry::default();
+        let tx = || super::super::queue::queue(1).0;
+        // Exact selectors are indexed even beside a pattern.
+        r.insert(
+            1,
+            sub(
+                "a",
+                &[TopicSelector::exact("t1"), tpl("https://ex.net/{id}")],
+            ),
+            tx(),
+        );
+        // Two selectors that both match: still one visit.
+        r.insert(
+            2,
+            sub(
+                "b",
+                &[pat("https://ex.net/:id"), tpl("https://ex.net/{id}")],
+            ),
+            tx(),
+        );
+        r.insert(3, sub("c", &[pat("https://ex.net/books/:id")]), tx());
+        assert_eq!(candidates(&r, &["t1"]), [1]);
+        assert_eq!(candidates(&r, &["https://ex.net/1"]), [1, 2]);
+        assert_eq!(candidates(&r, &["https://ex.net/books/1"]), [3]);
+        assert_eq!(candidates(&r, &["t1", "https://ex.net/2"]), [1, 2]);
+        assert_eq!(candidates(&r, &["nothing"]), Vec::<u64>::new());
+        r.remove(1);
+        assert_eq!(candidates(&r, &["t1"]), Vec::<u64>::new());
+        assert_eq!(candidates(&r, &["https://ex.net/1"]), [2]);
+        r.remove(2);
+        r.remove(3);
+        assert_eq!(r.pattern_groups(), 0, "empty groups are dropped");
+        assert!(r.by_topic.is_empty() && r.any.is_empty());
+    }
+
+    #[test]
+    fn subscribers_of_one_pattern_share_one_group() {
+        let mut r = Registry::default();
+        let tx = || super::super::queue::queue(1).0;
+        for k in 0..1000u64 {
+            r.insert(
+                k,
+                sub(&k.to_string(), &[pat("https://shared.test/users/:id")]),
+                tx(),
+            );
+        }
+        r.insert(
+            5000,
+            sub("x", &[pat("https://shared.test/other/:id")]),
+            tx(),
+        );
+        assert_eq!(r.pattern_groups(), 2);
+        assert_eq!(candidates(&r, &["https://shared.test/users/7"]).len(), 1000);
+        assert_eq!(candidates(&r, &["https://shared.test/other/7"]), [5000]);
+        for k in 0..1000u64 {
+            r.remove(k);
+        }
+        assert_eq!(r.pattern_groups(), 1);
     }
 
     #[test]
