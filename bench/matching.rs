@@ -112,7 +112,7 @@ async fn run(s: &Scenario) {
             private_access: Vec::new(),
             payload: None,
         };
-        let (mut stream, _, _) = hub.subscribe(sub, None).expect("subscribe");
+        let mut stream = hub.subscribe(sub, None).await.expect("subscribe").stream;
         drains.push(tokio::spawn(async move {
             let mut events = 0usize;
             while let Some(Ok(chunk)) = stream.next().await {
