@@ -153,6 +153,8 @@ pub struct Hub {
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Why the hub cannot store updates right now, if it cannot.
     fault: Mutex<Option<String>>,
+    /// Bounds replay pages read at once (see `stream`).
+    replay_reads: Arc<tokio::sync::Semaphore>,
     next_key: AtomicU64,
     closed: AtomicBool,
     pub stats: HubStats,
@@ -232,6 +234,7 @@ impl Hub {
             commits: Mutex::new(Some(tx)),
             committer: Mutex::new(None),
             fault: Mutex::new(None),
+            replay_reads: Arc::new(tokio::sync::Semaphore::new(stream::CONCURRENT_REPLAY_READS)),
             next_key: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             stats: HubStats::default(),

@@ -25,7 +25,6 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures_util::Stream;
-use tokio::task::JoinHandle;
 
 use super::queue::{coalesce, QueueReceiver};
 use super::{Hub, Subscription};
@@ -36,7 +35,13 @@ use crate::update::Update;
 pub const MAX_CHUNK: usize = 64 * 1024;
 
 /// Updates read from history per page of a replay.
-pub const REPLAY_PAGE: usize = 128;
+pub const REPLAY_PAGE: usize = 64;
+
+/// Replay pages read from history at the same time, hub-wide. A storm of
+/// resuming clients (every browser of a site reconnecting after a deploy)
+/// then costs at most this many blocking threads decoding history, and
+/// leaves the cores to live delivery; each waiting client holds no page.
+pub const CONCURRENT_REPLAY_READS: usize = 4;
 
 /// What is left to replay: sequence numbers `next..=upto`.
 #[derive(Debug, Clone, Copy)]
@@ -52,13 +57,16 @@ pub(super) struct ReplayCursor {
 
 type Page = Result<Vec<(u64, Arc<Update>)>, HistoryError>;
 
+/// A page being read: a permit, then the read on the blocking pool.
+type Fetch = Pin<Box<dyn Future<Output = Result<Page, tokio::task::JoinError>> + Send>>;
+
 pub struct SubscriberStream {
     hub: Arc<Hub>,
     key: u64,
     subscription: Arc<Subscription>,
     backlog: VecDeque<Bytes>,
     replay: Option<ReplayCursor>,
-    fetching: Option<JoinHandle<Page>>,
+    fetching: Option<Fetch>,
     rx: QueueReceiver,
     ended: bool,
 }
@@ -151,11 +159,19 @@ impl Stream for SubscriberStream {
             let Some(cursor) = this.replay else { break };
             let fetch = this.fetching.get_or_insert_with(|| {
                 let history = this.hub.history().clone();
-                tokio::task::spawn_blocking(move || {
-                    history.read_range(cursor.next, cursor.upto, REPLAY_PAGE)
+                let reads = this.hub.replay_reads.clone();
+                Box::pin(async move {
+                    // The semaphore is never closed, so this never fails.
+                    let permit = reads.acquire_owned().await.ok();
+                    let page = tokio::task::spawn_blocking(move || {
+                        history.read_range(cursor.next, cursor.upto, REPLAY_PAGE)
+                    })
+                    .await;
+                    drop(permit);
+                    page
                 })
             });
-            let page = ready!(Pin::new(fetch).poll(cx));
+            let page = ready!(fetch.as_mut().poll(cx));
             this.fetching = None;
             if !this.accept_page(page) {
                 this.ended = true;
@@ -167,9 +183,6 @@ impl Stream for SubscriberStream {
 
 impl Drop for SubscriberStream {
     fn drop(&mut self) {
-        if let Some(fetch) = self.fetching.take() {
-            fetch.abort();
-        }
         self.hub.unsubscribe(self.key);
     }
 }
