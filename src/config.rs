@@ -547,4 +547,266 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("http://"));
     }
+
+    /// `ServeArgs` as the binary parses it (flags, and env: none set here).
+    fn parse(flags: &[&str]) -> ServeArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let argv = std::iter::once("herald").chain(flags.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{flags:?}: {e}"))
+            .serve
+    }
+
+    /// Every flag of `herald serve` but --config (and clap's own).
+    fn settings() -> Vec<clap::Arg> {
+        ServeArgs::augment_args(clap::Command::new("herald"))
+            .get_arguments()
+            .filter(|a| !matches!(a.get_long(), Some("config" | "help" | "version")))
+            .cloned()
+            .collect()
+    }
+
+    fn write(dir: &tempfile::TempDir, toml: &str) -> PathBuf {
+        let path = dir.path().join("herald.toml");
+        std::fs::write(&path, toml).unwrap();
+        path
+    }
+
+    #[test]
+    fn every_setting_has_its_env_variable_and_file_key() {
+        for arg in settings() {
+            let long = arg.get_long().unwrap();
+            let env = format!("HERALD_{}", long.replace('-', "_").to_uppercase());
+            assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new(&env)), "--{long}");
+        }
+        // Names the file would refuse: every flag is also a file key.
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "not_a_setting = 1\n");
+        let err = Config::load(&ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        let err = format!("{err:#}");
+        for arg in settings() {
+            let key = arg.get_long().unwrap().replace('-', "_");
+            assert!(
+                err.contains(&format!("`{key}`")),
+                "{key} not a file key: {err}"
+            );
+        }
+    }
+
+    /// A file with every key set parses, and each value beats the default.
+    #[test]
+    fn a_file_with_every_key_parses() {
+        let toml = r#"
+            listen = "0.0.0.0:9"
+            jwt_key = "shared"
+            publisher_jwt_key = "pub"
+            subscriber_jwt_key = "sub"
+            jwt_public_key_file = "shared.pem"
+            publisher_jwt_public_key_file = "pub.pem"
+            subscriber_jwt_public_key_file = "sub.pem"
+            allow_anonymous = false
+            cors_origins = ["https://a.example/", " http://b.example "]
+            heartbeat = "2s"
+            data_dir = "/var/lib/herald"
+            history_size = 11
+            history = "memory"
+            history_max_age = "7d"
+            durability = "relaxed"
+            max_body = 4096
+            queue_capacity = 12
+            subscriptions = true
+            max_selectors = 13
+            max_selector_len = 14
+            max_patterns = 15
+            jwt_leeway = "500ms"
+            max_token_len = 16
+            demo = false
+            header_timeout = "3s"
+            body_timeout = "4s"
+            write_timeout = "5m"
+            max_connections = 17
+            max_connections_per_ip = 18
+        "#;
+        let keys: std::collections::BTreeSet<String> = toml
+            .lines()
+            .filter_map(|l| l.split_once(" = "))
+            .map(|(k, _)| k.trim().to_string())
+            .collect();
+        let flags: std::collections::BTreeSet<String> = settings()
+            .iter()
+            .map(|a| a.get_long().unwrap().replace('-', "_"))
+            .collect();
+        assert_eq!(keys, flags, "this test must set every setting");
+
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&ServeArgs {
+            config: Some(write(&dir, toml)),
+            ..Default::default()
+        })
+        .unwrap();
+        let pem = |p: &str| Some(KeySource::PublicKeyFile(p.into()));
+        assert_eq!(c.listen, "0.0.0.0:9");
+        assert_eq!(c.publisher_key, pem("pub.pem"));
+        assert_eq!(c.subscriber_key, pem("sub.pem"));
+        assert!(!c.allow_anonymous);
+        assert_eq!(c.cors_origins, ["https://a.example", "http://b.example"]);
+        assert_eq!(c.heartbeat, Duration::from_secs(2));
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/herald"));
+        assert_eq!(c.history_size, 11);
+        assert_eq!(c.history, HistoryBackend::Memory);
+        assert_eq!(c.history_max_age, Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(c.durability, DurabilityMode::Relaxed);
+        assert_eq!(c.max_body, 4096);
+        assert_eq!(c.queue_capacity, 12);
+        assert!(c.subscriptions);
+        assert_eq!(c.max_selectors, 13);
+        assert_eq!(c.max_selector_len, 14);
+        assert_eq!(c.max_patterns, 15);
+        assert_eq!(c.jwt_leeway, Duration::from_millis(500));
+        assert_eq!(c.max_token_len, 16);
+        assert!(!c.demo);
+        assert_eq!(c.header_timeout, Duration::from_secs(3));
+        assert_eq!(c.body_timeout, Duration::from_secs(4));
+        assert_eq!(c.write_timeout, Duration::from_secs(300));
+        assert_eq!(c.max_connections, 17);
+        assert_eq!(c.max_connections_per_ip, 18);
+    }
+
+    /// For settings of each kind: the default, else the file, else the flag.
+    #[test]
+    fn flag_beats_file_beats_default_for_each_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            r#"
+            listen = "127.0.0.1:1"
+            data_dir = "from-file"
+            history_size = 1
+            max_connections = 1
+            allow_anonymous = false
+            subscriptions = true
+            heartbeat = "1s"
+            header_timeout = "1s"
+            history_max_age = "1h"
+            cors_origins = ["https://file.example"]
+            history = "memory"
+            durability = "relaxed"
+            "#,
+        );
+        let path = path.to_str().unwrap();
+        let none = Config::load(&parse(&[])).unwrap();
+        let file = Config::load(&parse(&["--config", path])).unwrap();
+        let flag = Config::load(&parse(&[
+            "--config",
+            path,
+            "--listen=127.0.0.1:2",
+            "--data-dir=from-flag",
+            "--history-size=2",
+            "--max-connections=2",
+            "--allow-anonymous",
+            "--subscriptions=false",
+            "--heartbeat=2s",
+            "--header-timeout=2s",
+            "--history-max-age=0",
+            "--cors-origins=https://a.example,https://b.example",
+            "--history=disk",
+            "--durability=sync",
+        ]))
+        .unwrap();
+        let d = Config::default();
+
+        assert_eq!(none.listen, d.listen);
+        assert_eq!(file.listen, "127.0.0.1:1");
+        assert_eq!(flag.listen, "127.0.0.1:2");
+
+        assert_eq!(none.data_dir, d.data_dir);
+        assert_eq!(file.data_dir, PathBuf::from("from-file"));
+        assert_eq!(flag.data_dir, PathBuf::from("from-flag"));
+
+        assert_eq!(none.history_size, d.history_size);
+        assert_eq!(file.history_size, 1);
+        assert_eq!(flag.history_size, 2);
+        assert_eq!(none.max_connections, d.max_connections);
+        assert_eq!(file.max_connections, 1);
+        assert_eq!(flag.max_connections, 2);
+
+        assert!(none.allow_anonymous);
+        assert!(!file.allow_anonymous);
+        assert!(flag.allow_anonymous, "a bare boolean flag means true");
+        assert!(!none.subscriptions);
+        assert!(file.subscriptions);
+        assert!(!flag.subscriptions);
+
+        assert_eq!(none.heartbeat, d.heartbeat);
+        assert_eq!(file.heartbeat, Duration::from_secs(1));
+        assert_eq!(flag.heartbeat, Duration::from_secs(2));
+        assert_eq!(none.header_timeout, d.header_timeout);
+        assert_eq!(file.header_timeout, Duration::from_secs(1));
+        assert_eq!(flag.header_timeout, Duration::from_secs(2));
+        assert_eq!(none.history_max_age, None);
+        assert_eq!(file.history_max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(flag.history_max_age, None, "0 on the flag beats the file");
+
+        assert!(none.cors_origins.is_empty());
+        assert_eq!(file.cors_origins, ["https://file.example"]);
+        assert_eq!(
+            flag.cors_origins,
+            ["https://a.example", "https://b.example"]
+        );
+
+        assert_eq!(none.history, HistoryBackend::Disk);
+        assert_eq!(file.history, HistoryBackend::Memory);
+        assert_eq!(flag.history, HistoryBackend::Disk);
+        assert_eq!(none.durability, DurabilityMode::Sync);
+        assert_eq!(file.durability, DurabilityMode::Relaxed);
+        assert_eq!(flag.durability, DurabilityMode::Sync);
+    }
+
+    /// The `[default: X]` in each flag's help is what an unset setting gets.
+    #[test]
+    fn documented_defaults_are_the_defaults() {
+        let default = format!("{:?}", Config::load(&parse(&[])).unwrap());
+        assert_eq!(default, format!("{:?}", Config::default()));
+        let mut documented = 0;
+        for arg in settings() {
+            let long = arg.get_long().unwrap();
+            let help = arg.get_long_help().or(arg.get_help()).unwrap().to_string();
+            let Some((_, rest)) = help.split_once("[default: ") else {
+                continue;
+            };
+            let value = &rest[..rest.find(']').unwrap()];
+            let flag = format!("--{long}={value}");
+            let c = Config::load(&parse(&[&flag])).unwrap();
+            assert_eq!(format!("{c:?}"), default, "{flag}");
+            documented += 1;
+        }
+        assert!(documented >= 20, "only {documented} documented defaults");
+    }
+
+    #[test]
+    fn bad_values_in_the_file_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |toml: &str| {
+            let err = Config::load(&ServeArgs {
+                config: Some(write(&dir, toml)),
+                ..Default::default()
+            })
+            .unwrap_err();
+            format!("{err:#}")
+        };
+        let err = load("write_timeout = \"soon\"\n");
+        assert!(err.contains("config file: write_timeout"), "{err}");
+        let err = load("body_timeout = \"0s\"\n");
+        assert!(err.contains("body_timeout must be longer than 0"), "{err}");
+        let err = load("history = \"tape\"\n");
+        assert!(err.contains("history"), "{err}");
+    }
 }
