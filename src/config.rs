@@ -5,6 +5,14 @@
 //! every field is optional there, so whatever neither gave is then taken from
 //! the file, and whatever the file does not give either falls back to the
 //! defaults in [`Config::default`].
+//!
+//! Each setting is declared once, in the [`settings!`] invocation below: its
+//! help text, name, type, default, environment variable and clap attributes.
+//! From that list the macro generates the flags ([`ServeArgs`], [`EdgeArgs`]),
+//! the file's keys (`FileConfig`), the resolved [`Config`], its `Default` and
+//! the merge of the three sources. The JWT key settings are only declared
+//! there as flags and file keys: how they combine into [`KeySource`]s is
+//! written by hand in [`Config::load`].
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,160 +21,344 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde::Deserialize;
 
-/// Flags of `herald serve`. Each also reads `HERALD_<NAME>` from the
-/// environment and `<name>` (with underscores) from the config file.
-#[derive(Debug, Clone, Default, Args)]
-pub struct ServeArgs {
-    /// TOML configuration file (keys as the flags, with underscores).
-    #[arg(long, env = "HERALD_CONFIG")]
-    pub config: Option<PathBuf>,
+/// Declares every setting of `herald serve` once; see the invocation below.
+///
+/// Input, in `--help` order:
+///
+/// - `resolved { pub field: Type, ... }`: fields of [`Config`] that are not a
+///   setting of their own (filled in by hand after the merge).
+/// - items, each ending in `;`, one of:
+///   - `name: Type = default, env "VAR" [, arg(clap attrs)] [, then f [=> CfgType]];`
+///     a setting: an `Option<Type>` flag in [`ServeArgs`], a key in the file
+///     (written as `<Type as FileValue>::Repr`), and a `Config` field of
+///     `Type` (or `CfgType`: the merged value goes through `f` first);
+///   - `key name: Type, env "VAR" [, arg(clap attrs)];` a flag and file key
+///     with no `Config` field of its own;
+///   - `edge name: ...` (as a setting): the same, its flag in [`EdgeArgs`].
+///
+/// The doc comments of an item are its `--help` text and document its
+/// `Config` field.
+macro_rules! settings {
+    // Entry: sort the items into accumulators, in order.
+    (resolved { $($extra:tt)* } $($items:tt)*) => {
+        settings!(@munch { $($extra)* } [] [] [] [] [] $($items)*);
+    };
+
+    // A key: a flag and a file key only.
+    (@munch $extra:tt [$($args:tt)*] $edge:tt [$($file:tt)*] $cfg:tt $cfg_edge:tt
+        $(#[doc = $doc:literal])*
+        key $name:ident : $ty:ty, env $env:literal $(, arg($($arg:tt)*))?;
+        $($rest:tt)*
+    ) => {
+        settings!(@munch $extra
+            [$($args)*
+                $(#[doc = $doc])*
+                #[arg(long, env = $env $(, $($arg)*)?)]
+                pub $name: Option<$ty>,
+            ]
+            $edge
+            [$($file)* $name: $ty,]
+            $cfg $cfg_edge
+            $($rest)*);
+    };
+
+    // A setting whose flag is in `EdgeArgs`.
+    (@munch $extra:tt $args:tt [$($edge:tt)*] [$($file:tt)*] $cfg:tt [$($cfg_edge:tt)*]
+        $(#[doc = $doc:literal])*
+        edge $name:ident : $ty:ty = $default:expr, env $env:literal
+            $(, arg($($arg:tt)*))? $(, then $then:path $(=> $cty:ty)?)?;
+        $($rest:tt)*
+    ) => {
+        settings!(@munch $extra $args
+            [$($edge)*
+                $(#[doc = $doc])*
+                #[arg(long, env = $env $(, $($arg)*)?)]
+                pub $name: Option<$ty>,
+            ]
+            [$($file)* $name: $ty,]
+            $cfg
+            [$($cfg_edge)* { $(#[doc = $doc])* $name: $ty $($(=> $cty)?)? = $default $(; $then)? }]
+            $($rest)*);
+    };
+
+    // A setting whose flag is in `ServeArgs`.
+    (@munch $extra:tt [$($args:tt)*] $edge:tt [$($file:tt)*] [$($cfg:tt)*] $cfg_edge:tt
+        $(#[doc = $doc:literal])*
+        $name:ident : $ty:ty = $default:expr, env $env:literal
+            $(, arg($($arg:tt)*))? $(, then $then:path $(=> $cty:ty)?)?;
+        $($rest:tt)*
+    ) => {
+        settings!(@munch $extra
+            [$($args)*
+                $(#[doc = $doc])*
+                #[arg(long, env = $env $(, $($arg)*)?)]
+                pub $name: Option<$ty>,
+            ]
+            $edge
+            [$($file)* $name: $ty,]
+            [$($cfg)* { $(#[doc = $doc])* $name: $ty $($(=> $cty)?)? = $default $(; $then)? }]
+            $cfg_edge
+            $($rest)*);
+    };
+
+    // All items sorted: generate.
+    (@munch
+        { $($(#[$xmeta:meta])* pub $xname:ident : $xty:ty),* $(,)? }
+        [$($args:tt)*]
+        [$($edge:tt)*]
+        [$($fname:ident : $fty:ty,)*]
+        [$({ $(#[doc = $doc:literal])* $name:ident : $ty:ty $(=> $cty:ty)? = $default:expr $(; $then:path)? })*]
+        [$({ $(#[doc = $edoc:literal])* $ename:ident : $ety:ty $(=> $ecty:ty)? = $edefault:expr $(; $ethen:path)? })*]
+    ) => {
+        /// Flags of `herald serve`. Each also reads `HERALD_<NAME>` from the
+        /// environment and `<name>` (with underscores) from the config file.
+        #[derive(Debug, Clone, Default, Args)]
+        pub struct ServeArgs {
+            /// TOML configuration file (keys as the flags, with underscores).
+            #[arg(long, env = "HERALD_CONFIG")]
+            pub config: Option<PathBuf>,
+            $($args)*
+            /// Limits and deadlines of the HTTP edge. Boxed: `ServeArgs` is a
+            /// variant of the CLI's command enum, which should stay small.
+            #[command(flatten)]
+            pub edge: Box<EdgeArgs>,
+        }
+
+        /// Flags of `herald serve` that protect the HTTP edge from slow, stalled
+        /// or too many clients.
+        #[derive(Debug, Clone, Default, Args)]
+        pub struct EdgeArgs {
+            $($edge)*
+        }
+
+        /// The same settings, as read from the TOML file.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct FileConfig {
+            $($fname: Option<<$fty as FileValue>::Repr>,)*
+        }
+
+        /// The resolved configuration.
+        #[derive(Debug, Clone)]
+        pub struct Config {
+            $($(#[$xmeta])* pub $xname: $xty,)*
+            $($(#[doc = $doc])* pub $name: first_ty!($($cty,)? $ty),)*
+            $($(#[doc = $edoc])* pub $ename: first_ty!($($ecty,)? $ety),)*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config {
+                    $($xname: Default::default(),)*
+                    $($name: {
+                        let v: $ty = $default;
+                        $(let v = $then(v);)?
+                        v
+                    },)*
+                    $($ename: {
+                        let v: $ety = $edefault;
+                        $(let v = $ethen(v);)?
+                        v
+                    },)*
+                }
+            }
+        }
+
+        impl Config {
+            /// Each setting from its flag/env value, else the file, else
+            /// the default. The `resolved` fields are left at their
+            /// defaults.
+            fn merge(args: ServeArgs, file: FileConfig) -> anyhow::Result<Config> {
+                let edge = *args.edge;
+                Ok(Config {
+                    $($xname: Default::default(),)*
+                    $($name: {
+                        let v: $ty = pick(stringify!($name), args.$name, file.$name, $default)?;
+                        $(let v = $then(v);)?
+                        v
+                    },)*
+                    $($ename: {
+                        let v: $ety = pick(stringify!($ename), edge.$ename, file.$ename, $edefault)?;
+                        $(let v = $ethen(v);)?
+                        v
+                    },)*
+                })
+            }
+        }
+    };
+}
+
+/// The first of one or two types (a setting's `Config` type if it has one,
+/// else its flag type).
+macro_rules! first_ty {
+    ($t:ty $(, $rest:ty)*) => {
+        $t
+    };
+}
+
+settings! {
+    resolved {
+        /// From the `*jwt_key` and `*jwt_public_key_file` settings; see
+        /// [`Config::load`].
+        pub publisher_key: Option<KeySource>,
+        /// Likewise, for subscriber tokens.
+        pub subscriber_key: Option<KeySource>,
+    }
+
     /// Address to listen on; port 0 picks a free port. [default: 127.0.0.1:8080]
-    #[arg(long, env = "HERALD_LISTEN")]
-    pub listen: Option<String>,
+    listen: String = "127.0.0.1:8080".into(), env "HERALD_LISTEN";
     /// HS256 secret for publisher and subscriber tokens.
-    #[arg(long, env = "HERALD_JWT_KEY", hide_env_values = true)]
-    pub jwt_key: Option<String>,
+    key jwt_key: String, env "HERALD_JWT_KEY", arg(hide_env_values = true);
     /// HS256 secret for publisher tokens (overrides --jwt-key for publishers).
-    #[arg(long, env = "HERALD_PUBLISHER_JWT_KEY", hide_env_values = true)]
-    pub publisher_jwt_key: Option<String>,
+    key publisher_jwt_key: String, env "HERALD_PUBLISHER_JWT_KEY", arg(hide_env_values = true);
     /// HS256 secret for subscriber tokens (overrides --jwt-key for subscribers).
-    #[arg(long, env = "HERALD_SUBSCRIBER_JWT_KEY", hide_env_values = true)]
-    pub subscriber_jwt_key: Option<String>,
+    key subscriber_jwt_key: String, env "HERALD_SUBSCRIBER_JWT_KEY", arg(hide_env_values = true);
     /// PEM public key (RSA or EC: RS256/PS256/ES256...) for both roles.
-    #[arg(long, env = "HERALD_JWT_PUBLIC_KEY_FILE")]
-    pub jwt_public_key_file: Option<PathBuf>,
+    key jwt_public_key_file: PathBuf, env "HERALD_JWT_PUBLIC_KEY_FILE";
     /// PEM public key for publisher tokens.
-    #[arg(long, env = "HERALD_PUBLISHER_JWT_PUBLIC_KEY_FILE")]
-    pub publisher_jwt_public_key_file: Option<PathBuf>,
+    key publisher_jwt_public_key_file: PathBuf, env "HERALD_PUBLISHER_JWT_PUBLIC_KEY_FILE";
     /// PEM public key for subscriber tokens.
-    #[arg(long, env = "HERALD_SUBSCRIBER_JWT_PUBLIC_KEY_FILE")]
-    pub subscriber_jwt_public_key_file: Option<PathBuf>,
+    key subscriber_jwt_public_key_file: PathBuf, env "HERALD_SUBSCRIBER_JWT_PUBLIC_KEY_FILE";
     /// Let subscribers without a token receive public updates. [default: true]
-    #[arg(long, env = "HERALD_ALLOW_ANONYMOUS", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
-    pub allow_anonymous: Option<bool>,
+    allow_anonymous: bool = true, env "HERALD_ALLOW_ANONYMOUS",
+        arg(num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new());
     /// Origins allowed to make credentialed cross-origin requests (comma
     /// list, e.g. https://app.example.com). `*` allows any origin without
     /// credentials (cookies are then not sent by browsers).
-    #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',')]
-    pub cors_origins: Option<Vec<String>>,
+    cors_origins: Vec<String> = Vec::new(), env "HERALD_CORS_ORIGINS",
+        arg(value_delimiter = ','), then normalize_origins;
     /// Keep-alive comment interval (e.g. 15s, 500ms, 1m; 0 disables). [default: 15s]
-    #[arg(long, env = "HERALD_HEARTBEAT", value_parser = parse_duration)]
-    pub heartbeat: Option<Duration>,
+    heartbeat: Duration = Duration::from_secs(15), env "HERALD_HEARTBEAT",
+        arg(value_parser = parse_duration);
     /// Directory for durable data. [default: ./herald-data]
-    #[arg(long, env = "HERALD_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    data_dir: PathBuf = PathBuf::from("./herald-data"), env "HERALD_DATA_DIR";
     /// Updates kept for resume (Last-Event-ID). [default: 100000]
-    #[arg(long, env = "HERALD_HISTORY_SIZE")]
-    pub history_size: Option<usize>,
+    history_size: usize = 100_000, env "HERALD_HISTORY_SIZE";
     /// Where history lives: `disk` (durable, a file under --data-dir) or
     /// `memory` (lost on restart). [default: disk]
-    #[arg(long, env = "HERALD_HISTORY")]
-    pub history: Option<HistoryBackend>,
+    history: HistoryBackend = HistoryBackend::Disk, env "HERALD_HISTORY";
     /// Drop updates older than this from history (e.g. 24h, 7d; 0 keeps
     /// them until --history-size pushes them out). [default: 0]
-    #[arg(long, env = "HERALD_HISTORY_MAX_AGE", value_parser = parse_duration)]
-    pub history_max_age: Option<Duration>,
+    history_max_age: Duration = Duration::ZERO, env "HERALD_HISTORY_MAX_AGE",
+        arg(value_parser = parse_duration), then zero_is_none => Option<Duration>;
     /// `sync`: a 200 answer to a publish means the update is on disk
     /// (one fsync per batch of concurrent publishes). `relaxed`: fsync at
     /// most once a second; a crash may lose that last second.
     /// [default: sync]
-    #[arg(long, env = "HERALD_DURABILITY")]
-    pub durability: Option<DurabilityMode>,
+    durability: DurabilityMode = DurabilityMode::Sync, env "HERALD_DURABILITY";
     /// Largest accepted publish body in bytes. [default: 1048576]
-    #[arg(long, env = "HERALD_MAX_BODY")]
-    pub max_body: Option<usize>,
+    max_body: usize = 1024 * 1024, env "HERALD_MAX_BODY";
     /// Events queued per subscriber before it is cut off as too slow (it
     /// then resumes from history). [default: 1024]
-    #[arg(long, env = "HERALD_QUEUE_CAPACITY")]
-    pub queue_capacity: Option<usize>,
+    queue_capacity: usize = 1024, env "HERALD_QUEUE_CAPACITY";
     /// Publish subscription events and serve the subscriptions API. [default: false]
-    #[arg(long, env = "HERALD_SUBSCRIPTIONS", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
-    pub subscriptions: Option<bool>,
+    subscriptions: bool = false, env "HERALD_SUBSCRIPTIONS",
+        arg(num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new());
     /// Most topic selectors in one subscribe request. [default: 100]
-    #[arg(long, env = "HERALD_MAX_SELECTORS")]
-    pub max_selectors: Option<usize>,
+    max_selectors: usize = 100, env "HERALD_MAX_SELECTORS";
     /// Longest topic selector or topic, in bytes. [default: 2048]
-    #[arg(long, env = "HERALD_MAX_SELECTOR_LEN")]
-    pub max_selector_len: Option<usize>,
+    max_selector_len: usize = 2048, env "HERALD_MAX_SELECTOR_LEN";
     /// Most pattern selectors (URL Patterns, URI templates) in one
     /// subscribe request; each is evaluated on every publish. Exact topics
     /// and `*` count only toward --max-selectors. [default: 20]
-    #[arg(long, env = "HERALD_MAX_PATTERNS")]
-    pub max_patterns: Option<usize>,
+    max_patterns: usize = 20, env "HERALD_MAX_PATTERNS";
     /// Clock skew tolerated when checking a token's exp and nbf (e.g. 5s,
     /// 500ms, 0). [default: 5s]
-    #[arg(long, env = "HERALD_JWT_LEEWAY", value_parser = parse_duration)]
-    pub jwt_leeway: Option<Duration>,
+    jwt_leeway: Duration = crate::auth::DEFAULT_LEEWAY, env "HERALD_JWT_LEEWAY",
+        arg(value_parser = parse_duration);
     /// Longest accepted JWT in bytes; a longer one is refused (401) unparsed. [default: 16384]
-    #[arg(long, env = "HERALD_MAX_TOKEN_LEN")]
-    pub max_token_len: Option<usize>,
+    max_token_len: usize = crate::auth::DEFAULT_MAX_TOKEN_LEN, env "HERALD_MAX_TOKEN_LEN";
     /// Serve the demo pages under /demo/. [default: true]
-    #[arg(long, env = "HERALD_DEMO", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
-    pub demo: Option<bool>,
-    /// Limits and deadlines of the HTTP edge. Boxed: `ServeArgs` is a
-    /// variant of the CLI's command enum, which should stay small.
-    #[command(flatten)]
-    pub edge: Box<EdgeArgs>,
-}
+    demo: bool = true, env "HERALD_DEMO",
+        arg(num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new());
 
-/// Flags of `herald serve` that protect the HTTP edge from slow, stalled
-/// or too many clients.
-#[derive(Debug, Clone, Default, Args)]
-pub struct EdgeArgs {
     /// A client must send a whole request head within this time, or the
     /// connection is closed (408 if it had started one). [default: 10s]
-    #[arg(long, env = "HERALD_HEADER_TIMEOUT", value_parser = parse_duration)]
-    pub header_timeout: Option<Duration>,
+    edge header_timeout: Duration = Duration::from_secs(10), env "HERALD_HEADER_TIMEOUT",
+        arg(value_parser = parse_duration);
     /// A publish body must arrive whole within this time (408). [default: 30s]
-    #[arg(long, env = "HERALD_BODY_TIMEOUT", value_parser = parse_duration)]
-    pub body_timeout: Option<Duration>,
+    edge body_timeout: Duration = Duration::from_secs(30), env "HERALD_BODY_TIMEOUT",
+        arg(value_parser = parse_duration);
     /// A write to a client that makes no progress for this long closes the
     /// connection (a client that stopped reading). [default: 30s]
-    #[arg(long, env = "HERALD_WRITE_TIMEOUT", value_parser = parse_duration)]
-    pub write_timeout: Option<Duration>,
+    edge write_timeout: Duration = Duration::from_secs(30), env "HERALD_WRITE_TIMEOUT",
+        arg(value_parser = parse_duration);
+    // Fixed rather than derived from RLIMIT_NOFILE: a predictable number,
+    // and with the common 20,000 open-files limit it leaves ~5,000
+    // descriptors for history, logs and refused sockets.
     /// Most client connections open at once; more are answered 503 and
     /// closed (0: no limit). [default: 15000]
-    #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
+    edge max_connections: usize = 15_000, env "HERALD_MAX_CONNECTIONS";
     /// Most client connections open at once from one IP address; more are
     /// answered 429 and closed (0: no limit). [default: 4096]
-    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP")]
-    pub max_connections_per_ip: Option<usize>,
+    edge max_connections_per_ip: usize = 4096, env "HERALD_MAX_CONNECTIONS_PER_IP";
 }
 
-/// The same settings, as read from the TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<String>,
-    jwt_key: Option<String>,
-    publisher_jwt_key: Option<String>,
-    subscriber_jwt_key: Option<String>,
-    jwt_public_key_file: Option<PathBuf>,
-    publisher_jwt_public_key_file: Option<PathBuf>,
-    subscriber_jwt_public_key_file: Option<PathBuf>,
-    allow_anonymous: Option<bool>,
-    cors_origins: Option<Vec<String>>,
-    heartbeat: Option<String>,
-    data_dir: Option<PathBuf>,
-    history_size: Option<usize>,
-    history: Option<HistoryBackend>,
-    history_max_age: Option<String>,
-    durability: Option<DurabilityMode>,
-    max_body: Option<usize>,
-    queue_capacity: Option<usize>,
-    subscriptions: Option<bool>,
-    max_selectors: Option<usize>,
-    max_selector_len: Option<usize>,
-    max_patterns: Option<usize>,
-    jwt_leeway: Option<String>,
-    max_token_len: Option<usize>,
-    demo: Option<bool>,
-    header_timeout: Option<String>,
-    body_timeout: Option<String>,
-    write_timeout: Option<String>,
-    max_connections: Option<usize>,
-    max_connections_per_ip: Option<usize>,
+/// How a setting's value is written in the TOML file, and how it is read
+/// from there.
+trait FileValue: Sized {
+    type Repr: for<'de> Deserialize<'de>;
+    fn from_file(repr: Self::Repr) -> Result<Self, String>;
+}
+
+/// Types written in the file as themselves.
+macro_rules! file_value_as_is {
+    ($($t:ty),*) => {$(
+        impl FileValue for $t {
+            type Repr = $t;
+            fn from_file(repr: $t) -> Result<$t, String> {
+                Ok(repr)
+            }
+        }
+    )*};
+}
+
+file_value_as_is!(
+    String,
+    PathBuf,
+    bool,
+    usize,
+    Vec<String>,
+    HistoryBackend,
+    DurabilityMode
+);
+
+/// Durations are strings in the file: `"15s"`, `"500ms"`, `"7d"`.
+impl FileValue for Duration {
+    type Repr = String;
+    fn from_file(repr: String) -> Result<Duration, String> {
+        parse_duration(&repr)
+    }
+}
+
+/// A setting from its flag/env value, else the file, else the default.
+fn pick<T: FileValue>(
+    name: &str,
+    arg: Option<T>,
+    file: Option<T::Repr>,
+    default: T,
+) -> anyhow::Result<T> {
+    match (arg, file) {
+        (Some(v), _) => Ok(v),
+        (None, Some(repr)) => {
+            T::from_file(repr).map_err(|e| anyhow::anyhow!("config file: {name}: {e}"))
+        }
+        (None, None) => Ok(default),
+    }
+}
+
+/// Origins without surrounding blanks or a trailing slash; empty ones dropped.
+fn normalize_origins(origins: Vec<String>) -> Vec<String> {
+    origins
+        .into_iter()
+        .map(|o| o.trim().trim_end_matches('/').to_string())
+        .filter(|o| !o.is_empty())
+        .collect()
+}
+
+/// A zero duration means "off".
+fn zero_is_none(d: Duration) -> Option<Duration> {
+    Some(d).filter(|d| !d.is_zero())
 }
 
 /// Where history lives.
@@ -196,73 +388,6 @@ pub enum KeySource {
     PublicKeyFile(PathBuf),
 }
 
-/// The resolved configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub listen: String,
-    pub publisher_key: Option<KeySource>,
-    pub subscriber_key: Option<KeySource>,
-    pub allow_anonymous: bool,
-    pub cors_origins: Vec<String>,
-    pub heartbeat: Duration,
-    pub data_dir: PathBuf,
-    pub history_size: usize,
-    pub history: HistoryBackend,
-    pub history_max_age: Option<Duration>,
-    pub durability: DurabilityMode,
-    pub max_body: usize,
-    pub queue_capacity: usize,
-    pub subscriptions: bool,
-    pub max_selectors: usize,
-    pub max_selector_len: usize,
-    pub max_patterns: usize,
-    pub jwt_leeway: Duration,
-    pub max_token_len: usize,
-    pub demo: bool,
-    pub header_timeout: Duration,
-    pub body_timeout: Duration,
-    pub write_timeout: Duration,
-    /// 0: no limit.
-    pub max_connections: usize,
-    /// 0: no limit.
-    pub max_connections_per_ip: usize,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: "127.0.0.1:8080".into(),
-            publisher_key: None,
-            subscriber_key: None,
-            allow_anonymous: true,
-            cors_origins: Vec::new(),
-            heartbeat: Duration::from_secs(15),
-            data_dir: PathBuf::from("./herald-data"),
-            history_size: 100_000,
-            history: HistoryBackend::Disk,
-            history_max_age: None,
-            durability: DurabilityMode::Sync,
-            max_body: 1024 * 1024,
-            queue_capacity: 1024,
-            subscriptions: false,
-            max_selectors: 100,
-            max_selector_len: 2048,
-            max_patterns: 20,
-            jwt_leeway: crate::auth::DEFAULT_LEEWAY,
-            max_token_len: crate::auth::DEFAULT_MAX_TOKEN_LEN,
-            demo: true,
-            header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(30),
-            write_timeout: Duration::from_secs(30),
-            // Fixed rather than derived from RLIMIT_NOFILE: a predictable
-            // number, and with the common 20,000 open-files limit it leaves
-            // ~5,000 descriptors for history, logs and refused sockets.
-            max_connections: 15_000,
-            max_connections_per_ip: 4096,
-        }
-    }
-}
-
 impl Config {
     /// Resolve flags/env over the file over defaults.
     pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
@@ -275,27 +400,9 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        let d = Config::default();
-        let heartbeat = match (args.heartbeat, &file.heartbeat) {
-            (Some(h), _) => h,
-            (None, Some(s)) => {
-                parse_duration(s).map_err(|e| anyhow::anyhow!("config file: heartbeat: {e}"))?
-            }
-            (None, None) => d.heartbeat,
-        };
-        let history_max_age = match (args.history_max_age, &file.history_max_age) {
-            (Some(a), _) => a,
-            (None, Some(s)) => parse_duration(s)
-                .map_err(|e| anyhow::anyhow!("config file: history_max_age: {e}"))?,
-            (None, None) => Duration::ZERO,
-        };
-        let jwt_leeway = match (args.jwt_leeway, &file.jwt_leeway) {
-            (Some(l), _) => l,
-            (None, Some(s)) => {
-                parse_duration(s).map_err(|e| anyhow::anyhow!("config file: jwt_leeway: {e}"))?
-            }
-            (None, None) => d.jwt_leeway,
-        };
+        // A role's key: its own (flag/env, else file), else the shared one
+        // (flag/env, else file). At each step a public key file beats a
+        // secret given at the same step.
         let key = |secret: &Option<String>, pem: &Option<PathBuf>| -> Option<KeySource> {
             pem.clone()
                 .map(KeySource::PublicKeyFile)
@@ -317,97 +424,25 @@ impl Config {
             )
         })
         .or(shared);
-        let cfg = Config {
-            listen: args.listen.clone().or(file.listen).unwrap_or(d.listen),
-            publisher_key,
-            subscriber_key,
-            allow_anonymous: args
-                .allow_anonymous
-                .or(file.allow_anonymous)
-                .unwrap_or(d.allow_anonymous),
-            cors_origins: args
-                .cors_origins
-                .clone()
-                .or(file.cors_origins)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|o| o.trim().trim_end_matches('/').to_string())
-                .filter(|o| !o.is_empty())
-                .collect(),
-            heartbeat,
-            data_dir: args
-                .data_dir
-                .clone()
-                .or(file.data_dir)
-                .unwrap_or(d.data_dir),
-            history_size: args
-                .history_size
-                .or(file.history_size)
-                .unwrap_or(d.history_size),
-            history: args.history.or(file.history).unwrap_or(d.history),
-            history_max_age: Some(history_max_age).filter(|a| !a.is_zero()),
-            durability: args.durability.or(file.durability).unwrap_or(d.durability),
-            max_body: args.max_body.or(file.max_body).unwrap_or(d.max_body),
-            queue_capacity: args
-                .queue_capacity
-                .or(file.queue_capacity)
-                .unwrap_or(d.queue_capacity),
-            subscriptions: args
-                .subscriptions
-                .or(file.subscriptions)
-                .unwrap_or(d.subscriptions),
-            max_selectors: args
-                .max_selectors
-                .or(file.max_selectors)
-                .unwrap_or(d.max_selectors),
-            max_selector_len: args
-                .max_selector_len
-                .or(file.max_selector_len)
-                .unwrap_or(d.max_selector_len),
-            max_patterns: args
-                .max_patterns
-                .or(file.max_patterns)
-                .unwrap_or(d.max_patterns),
-            jwt_leeway,
-            max_token_len: args
-                .max_token_len
-                .or(file.max_token_len)
-                .unwrap_or(d.max_token_len),
-            demo: args.demo.or(file.demo).unwrap_or(d.demo),
-            header_timeout: timeout(
-                args.edge.header_timeout,
-                &file.header_timeout,
-                "header_timeout",
-                d.header_timeout,
-            )?,
-            body_timeout: timeout(
-                args.edge.body_timeout,
-                &file.body_timeout,
-                "body_timeout",
-                d.body_timeout,
-            )?,
-            write_timeout: timeout(
-                args.edge.write_timeout,
-                &file.write_timeout,
-                "write_timeout",
-                d.write_timeout,
-            )?,
-            max_connections: args
-                .edge
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(d.max_connections),
-            max_connections_per_ip: args
-                .edge
-                .max_connections_per_ip
-                .or(file.max_connections_per_ip)
-                .unwrap_or(d.max_connections_per_ip),
-        };
+        let mut cfg = Config::merge(args.clone(), file)?;
+        cfg.publisher_key = publisher_key;
+        cfg.subscriber_key = subscriber_key;
         cfg.validate()?;
         Ok(cfg)
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        // Zero is refused: a timeout that fires at once would refuse every
+        // client.
+        for (name, value) in [
+            ("header_timeout", self.header_timeout),
+            ("body_timeout", self.body_timeout),
+            ("write_timeout", self.write_timeout),
+        ] {
+            if value.is_zero() {
+                bail!("{name} must be longer than 0 (e.g. 10s)");
+            }
+        }
         if self.queue_capacity == 0 {
             bail!("queue_capacity must be at least 1");
         }
@@ -424,27 +459,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// A timeout from a flag/env value, else the file, else the default. Zero
-/// is refused: a timeout that fires at once would refuse every client.
-fn timeout(
-    arg: Option<Duration>,
-    file: &Option<String>,
-    name: &str,
-    default: Duration,
-) -> anyhow::Result<Duration> {
-    let value = match (arg, file) {
-        (Some(t), _) => t,
-        (None, Some(s)) => {
-            parse_duration(s).map_err(|e| anyhow::anyhow!("config file: {name}: {e}"))?
-        }
-        (None, None) => default,
-    };
-    if value.is_zero() {
-        bail!("{name} must be longer than 0 (e.g. 10s)");
-    }
-    Ok(value)
 }
 
 /// Parse `15s`, `500ms`, `2m`, `1h`, `7d` or plain seconds (`15`).
@@ -532,5 +546,267 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("http://"));
+    }
+
+    /// `ServeArgs` as the binary parses it (flags, and env: none set here).
+    fn parse(flags: &[&str]) -> ServeArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let argv = std::iter::once("herald").chain(flags.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{flags:?}: {e}"))
+            .serve
+    }
+
+    /// Every flag of `herald serve` but --config (and clap's own).
+    fn settings() -> Vec<clap::Arg> {
+        ServeArgs::augment_args(clap::Command::new("herald"))
+            .get_arguments()
+            .filter(|a| !matches!(a.get_long(), Some("config" | "help" | "version")))
+            .cloned()
+            .collect()
+    }
+
+    fn write(dir: &tempfile::TempDir, toml: &str) -> PathBuf {
+        let path = dir.path().join("herald.toml");
+        std::fs::write(&path, toml).unwrap();
+        path
+    }
+
+    #[test]
+    fn every_setting_has_its_env_variable_and_file_key() {
+        for arg in settings() {
+            let long = arg.get_long().unwrap();
+            let env = format!("HERALD_{}", long.replace('-', "_").to_uppercase());
+            assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new(&env)), "--{long}");
+        }
+        // Names the file would refuse: every flag is also a file key.
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "not_a_setting = 1\n");
+        let err = Config::load(&ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        let err = format!("{err:#}");
+        for arg in settings() {
+            let key = arg.get_long().unwrap().replace('-', "_");
+            assert!(
+                err.contains(&format!("`{key}`")),
+                "{key} not a file key: {err}"
+            );
+        }
+    }
+
+    /// A file with every key set parses, and each value beats the default.
+    #[test]
+    fn a_file_with_every_key_parses() {
+        let toml = r#"
+            listen = "0.0.0.0:9"
+            jwt_key = "shared"
+            publisher_jwt_key = "pub"
+            subscriber_jwt_key = "sub"
+            jwt_public_key_file = "shared.pem"
+            publisher_jwt_public_key_file = "pub.pem"
+            subscriber_jwt_public_key_file = "sub.pem"
+            allow_anonymous = false
+            cors_origins = ["https://a.example/", " http://b.example "]
+            heartbeat = "2s"
+            data_dir = "/var/lib/herald"
+            history_size = 11
+            history = "memory"
+            history_max_age = "7d"
+            durability = "relaxed"
+            max_body = 4096
+            queue_capacity = 12
+            subscriptions = true
+            max_selectors = 13
+            max_selector_len = 14
+            max_patterns = 15
+            jwt_leeway = "500ms"
+            max_token_len = 16
+            demo = false
+            header_timeout = "3s"
+            body_timeout = "4s"
+            write_timeout = "5m"
+            max_connections = 17
+            max_connections_per_ip = 18
+        "#;
+        let keys: std::collections::BTreeSet<String> = toml
+            .lines()
+            .filter_map(|l| l.split_once(" = "))
+            .map(|(k, _)| k.trim().to_string())
+            .collect();
+        let flags: std::collections::BTreeSet<String> = settings()
+            .iter()
+            .map(|a| a.get_long().unwrap().replace('-', "_"))
+            .collect();
+        assert_eq!(keys, flags, "this test must set every setting");
+
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&ServeArgs {
+            config: Some(write(&dir, toml)),
+            ..Default::default()
+        })
+        .unwrap();
+        let pem = |p: &str| Some(KeySource::PublicKeyFile(p.into()));
+        assert_eq!(c.listen, "0.0.0.0:9");
+        assert_eq!(c.publisher_key, pem("pub.pem"));
+        assert_eq!(c.subscriber_key, pem("sub.pem"));
+        assert!(!c.allow_anonymous);
+        assert_eq!(c.cors_origins, ["https://a.example", "http://b.example"]);
+        assert_eq!(c.heartbeat, Duration::from_secs(2));
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/herald"));
+        assert_eq!(c.history_size, 11);
+        assert_eq!(c.history, HistoryBackend::Memory);
+        assert_eq!(c.history_max_age, Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(c.durability, DurabilityMode::Relaxed);
+        assert_eq!(c.max_body, 4096);
+        assert_eq!(c.queue_capacity, 12);
+        assert!(c.subscriptions);
+        assert_eq!(c.max_selectors, 13);
+        assert_eq!(c.max_selector_len, 14);
+        assert_eq!(c.max_patterns, 15);
+        assert_eq!(c.jwt_leeway, Duration::from_millis(500));
+        assert_eq!(c.max_token_len, 16);
+        assert!(!c.demo);
+        assert_eq!(c.header_timeout, Duration::from_secs(3));
+        assert_eq!(c.body_timeout, Duration::from_secs(4));
+        assert_eq!(c.write_timeout, Duration::from_secs(300));
+        assert_eq!(c.max_connections, 17);
+        assert_eq!(c.max_connections_per_ip, 18);
+    }
+
+    /// For settings of each kind: the default, else the file, else the flag.
+    #[test]
+    fn flag_beats_file_beats_default_for_each_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            r#"
+            listen = "127.0.0.1:1"
+            data_dir = "from-file"
+            history_size = 1
+            max_connections = 1
+            allow_anonymous = false
+            subscriptions = true
+            heartbeat = "1s"
+            header_timeout = "1s"
+            history_max_age = "1h"
+            cors_origins = ["https://file.example"]
+            history = "memory"
+            durability = "relaxed"
+            "#,
+        );
+        let path = path.to_str().unwrap();
+        let none = Config::load(&parse(&[])).unwrap();
+        let file = Config::load(&parse(&["--config", path])).unwrap();
+        let flag = Config::load(&parse(&[
+            "--config",
+            path,
+            "--listen=127.0.0.1:2",
+            "--data-dir=from-flag",
+            "--history-size=2",
+            "--max-connections=2",
+            "--allow-anonymous",
+            "--subscriptions=false",
+            "--heartbeat=2s",
+            "--header-timeout=2s",
+            "--history-max-age=0",
+            "--cors-origins=https://a.example,https://b.example",
+            "--history=disk",
+            "--durability=sync",
+        ]))
+        .unwrap();
+        let d = Config::default();
+
+        assert_eq!(none.listen, d.listen);
+        assert_eq!(file.listen, "127.0.0.1:1");
+        assert_eq!(flag.listen, "127.0.0.1:2");
+
+        assert_eq!(none.data_dir, d.data_dir);
+        assert_eq!(file.data_dir, PathBuf::from("from-file"));
+        assert_eq!(flag.data_dir, PathBuf::from("from-flag"));
+
+        assert_eq!(none.history_size, d.history_size);
+        assert_eq!(file.history_size, 1);
+        assert_eq!(flag.history_size, 2);
+        assert_eq!(none.max_connections, d.max_connections);
+        assert_eq!(file.max_connections, 1);
+        assert_eq!(flag.max_connections, 2);
+
+        assert!(none.allow_anonymous);
+        assert!(!file.allow_anonymous);
+        assert!(flag.allow_anonymous, "a bare boolean flag means true");
+        assert!(!none.subscriptions);
+        assert!(file.subscriptions);
+        assert!(!flag.subscriptions);
+
+        assert_eq!(none.heartbeat, d.heartbeat);
+        assert_eq!(file.heartbeat, Duration::from_secs(1));
+        assert_eq!(flag.heartbeat, Duration::from_secs(2));
+        assert_eq!(none.header_timeout, d.header_timeout);
+        assert_eq!(file.header_timeout, Duration::from_secs(1));
+        assert_eq!(flag.header_timeout, Duration::from_secs(2));
+        assert_eq!(none.history_max_age, None);
+        assert_eq!(file.history_max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(flag.history_max_age, None, "0 on the flag beats the file");
+
+        assert!(none.cors_origins.is_empty());
+        assert_eq!(file.cors_origins, ["https://file.example"]);
+        assert_eq!(
+            flag.cors_origins,
+            ["https://a.example", "https://b.example"]
+        );
+
+        assert_eq!(none.history, HistoryBackend::Disk);
+        assert_eq!(file.history, HistoryBackend::Memory);
+        assert_eq!(flag.history, HistoryBackend::Disk);
+        assert_eq!(none.durability, DurabilityMode::Sync);
+        assert_eq!(file.durability, DurabilityMode::Relaxed);
+        assert_eq!(flag.durability, DurabilityMode::Sync);
+    }
+
+    /// The `[default: X]` in each flag's help is what an unset setting gets.
+    #[test]
+    fn documented_defaults_are_the_defaults() {
+        let default = format!("{:?}", Config::load(&parse(&[])).unwrap());
+        assert_eq!(default, format!("{:?}", Config::default()));
+        let mut documented = 0;
+        for arg in settings() {
+            let long = arg.get_long().unwrap();
+            let help = arg.get_long_help().or(arg.get_help()).unwrap().to_string();
+            let Some((_, rest)) = help.split_once("[default: ") else {
+                continue;
+            };
+            let value = &rest[..rest.find(']').unwrap()];
+            let flag = format!("--{long}={value}");
+            let c = Config::load(&parse(&[&flag])).unwrap();
+            assert_eq!(format!("{c:?}"), default, "{flag}");
+            documented += 1;
+        }
+        assert!(documented >= 20, "only {documented} documented defaults");
+    }
+
+    #[test]
+    fn bad_values_in_the_file_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |toml: &str| {
+            let err = Config::load(&ServeArgs {
+                config: Some(write(&dir, toml)),
+                ..Default::default()
+            })
+            .unwrap_err();
+            format!("{err:#}")
+        };
+        let err = load("write_timeout = \"soon\"\n");
+        assert!(err.contains("config file: write_timeout"), "{err}");
+        let err = load("body_timeout = \"0s\"\n");
+        assert!(err.contains("body_timeout must be longer than 0"), "{err}");
+        let err = load("history = \"tape\"\n");
+        assert!(err.contains("history"), "{err}");
     }
 }
