@@ -108,9 +108,18 @@ pub fn source_ips(first: u32, count: u32) -> Vec<Ipv4Addr> {
 
 /// Connect to `dst` from `src`:0. IP_BIND_ADDRESS_NO_PORT lets the kernel
 /// pick the port at connect time per 4-tuple (so ports are not reserved by
-/// the bind and loopback TIME_WAIT reuse applies).
-pub async fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+/// the bind and loopback TIME_WAIT reuse applies). `rcvbuf` > 0 sets
+/// SO_RCVBUF before connecting (a small window: a reader that stops
+/// reading backs the server up quickly).
+pub async fn connect_from(
+    src: Ipv4Addr,
+    dst: SocketAddr,
+    rcvbuf: u32,
+) -> std::io::Result<TcpStream> {
     let sock = TcpSocket::new_v4()?;
+    if rcvbuf > 0 {
+        sock.set_recv_buffer_size(rcvbuf)?;
+    }
     unsafe {
         let one: libc::c_int = 1;
         libc::setsockopt(
