@@ -110,6 +110,10 @@ enum Cmd {
         /// process (e.g. churn --publish-rate with the same --run-id).
         #[arg(long, default_value_t = 1)]
         topics: u64,
+        /// Herald: each connection subscribes to this many consecutive topics
+        /// (i % T, i+1 % T, ...), so it receives more than one topic's rate.
+        #[arg(long, default_value_t = 1)]
+        topics_per_conn: u64,
         /// Share of the connections that stop reading entirely; the others trickle.
         #[arg(long, default_value_t = 0.5)]
         stalled_fraction: f64,
@@ -119,15 +123,14 @@ enum Cmd {
         /// ...every this many ms.
         #[arg(long, default_value_t = 1000)]
         read_interval_ms: u64,
-        /// A trickling session the server has not ended after this many seconds is closed
-        /// by the client (counted as `survived`) and reopened.
-        #[arg(long, default_value_t = 120)]
+        /// A trickling reader trickles for this many seconds, then drains.
+        #[arg(long, default_value_t = 60)]
         max_life: u64,
         /// A stalled reader reads nothing for this many seconds...
         #[arg(long, default_value_t = 45)]
         stall: u64,
-        /// ...then drains for up to this many seconds: the server ended the stream
-        /// (`cut_off`) or it is still being served (`survived`).
+        /// After its stall or trickle a reader drains for up to this many seconds: the
+        /// server ended the stream (`cut_off`) or it is still being served (`survived`).
         #[arg(long, default_value_t = 10)]
         drain: u64,
         #[command(flatten)]
@@ -230,6 +233,9 @@ struct Common {
     /// SO_RCVBUF of subscriber sockets, bytes (0: kernel default; slow-readers: 4096).
     #[arg(long, default_value_t = 0)]
     rcvbuf: u32,
+    /// TCP_MAXSEG of subscriber sockets, bytes (0: kernel default; slow-readers: 1024).
+    #[arg(long, default_value_t = 0)]
+    mss: u32,
 }
 
 fn parse_shard(s: &str) -> Result<(u64, u64), String> {
@@ -348,6 +354,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             connections,
             duration,
             topics,
+            topics_per_conn,
             stalled_fraction,
             read_bytes,
             read_interval_ms,
@@ -359,7 +366,13 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             if common.rcvbuf == 0 {
                 common.rcvbuf = 4096;
             }
+            if common.mss == 0 {
+                common.mss = 1024;
+            }
+            let topics = topics.max(1);
+            let per_conn = topics_per_conn.clamp(1, topics);
             let params = json!({"connections": connections, "duration": duration, "topics": topics,
+                "topics_per_conn": per_conn, "mss": common.mss,
                 "stalled_fraction": stalled_fraction, "read_bytes": read_bytes,
                 "read_interval_ms": read_interval_ms, "max_life": max_life, "stall": stall,
                 "drain": drain, "rcvbuf": common.rcvbuf});
@@ -381,7 +394,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 connections,
                 stalled,
                 duration,
-                topics.max(1),
+                (topics, per_conn),
                 plan,
                 params,
             )
@@ -526,6 +539,7 @@ fn env(c: &Common, total: u64, min_ips: u32, needs_publish: bool) -> Result<Env,
         read_buf: c.read_buf.max(256),
         linger0: c.linger0,
         rcvbuf: c.rcvbuf,
+        mss: c.mss,
         slots: (0..mine.len()).map(|_| Slot::default()).collect(),
     };
     Ok(Env {
@@ -1254,7 +1268,7 @@ async fn run_slow(
     n: u64,
     stalled: u64,
     duration: u64,
-    topics: u64,
+    (topics, per_conn): (u64, u64),
     spec: impl Fn(Instant) -> SlowSpec,
     params: Value,
 ) -> Result<Obj, String> {
@@ -1283,7 +1297,7 @@ async fn run_slow(
         handles.push(tokio::spawn(sub::slow_reader(
             ctx.clone(),
             i,
-            i % topics,
+            (0..per_conn).map(|k| (i + k) % topics).collect(),
             plan,
             counters.clone(),
             stop_rx.clone(),

@@ -28,6 +28,8 @@ pub struct Ctx {
     pub linger0: bool,
     /// SO_RCVBUF for subscriber sockets (0: the kernel default).
     pub rcvbuf: u32,
+    /// TCP_MAXSEG for subscriber sockets (0: the kernel default).
+    pub mss: u32,
     /// One slot per subscriber of this process (long-lived workloads).
     pub slots: Vec<Slot>,
 }
@@ -59,7 +61,7 @@ pub enum OpenError {
 /// Connect from `src`, send the subscribe request and wait for a 200 head.
 pub async fn open_stream(ctx: &Ctx, req: &[u8], src: Ipv4Addr) -> Result<SubStream, OpenError> {
     let fut = async {
-        let mut stream = crate::sys::connect_from(src, ctx.target.sub.addr, ctx.rcvbuf)
+        let mut stream = crate::sys::connect_from(src, ctx.target.sub.addr, ctx.rcvbuf, ctx.mss)
             .await
             .map_err(|_| OpenError::Connect)?;
         stream
@@ -359,13 +361,13 @@ pub async fn churner(
     }
 }
 
-/// How a slow reader misbehaves.
+/// How a slow reader misbehaves. Either way it drains afterwards, to learn
+/// whether the server ended the stream meanwhile.
 #[derive(Clone, Copy, Debug)]
 pub enum Slowness {
-    /// Read at most `bytes` every `every`.
+    /// Read at most `bytes` every `every` (for `max_life`).
     Trickle { bytes: usize, every: Duration },
-    /// Read nothing for `stall`, then drain to learn whether the server
-    /// ended the stream meanwhile.
+    /// Read nothing for `stall`.
     Stall { stall: Duration },
 }
 
@@ -373,9 +375,10 @@ pub enum Slowness {
 #[derive(Clone, Copy, Debug)]
 pub struct SlowPlan {
     pub mode: Slowness,
-    /// A trickling session the server has not ended after this long is closed by us.
+    /// A trickling reader trickles for this long, then drains.
     pub max_life: Duration,
-    /// How long a stalled reader drains before concluding the server kept it.
+    /// How long a reader drains (after its stall or trickle) before concluding
+    /// that the server is still serving it.
     pub drain: Duration,
     /// End of the run.
     pub deadline: Instant,
@@ -442,14 +445,20 @@ async fn slow_session(
         Err(()) => return SlowEnd::CutOffAbort,
     }
     let began = Instant::now();
-    let (chunk, wait, give_up) = match plan.mode {
-        Slowness::Trickle { bytes, every } => (bytes.max(1), every, began + plan.max_life),
-        Slowness::Stall { stall } => (64 * 1024, stall, began + stall + plan.drain),
+    // Slow phase until `slow_until`, then drain as fast as possible until
+    // `give_up`: the server's end of the stream (after whatever it still had
+    // buffered) can only be seen by reading everything before it.
+    let (slow_until, trickle) = match plan.mode {
+        Slowness::Trickle { bytes, every } => (began + plan.max_life, Some((bytes.max(1), every))),
+        Slowness::Stall { stall } => (began + stall, None),
     };
-    let mut buf = vec![0u8; chunk];
-    let mut next = began + wait;
+    let give_up = slow_until + plan.drain;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut next = match trickle {
+        Some((_, every)) => began + every,
+        None => slow_until,
+    };
     loop {
-        // Sleep until the next read (a stalled reader: until the stall ends).
         if next > Instant::now() {
             tokio::select! {
                 _ = tokio::time::sleep_until(next.min(plan.deadline)) => {}
@@ -463,8 +472,13 @@ async fn slow_session(
         if now >= give_up {
             return SlowEnd::Survived;
         }
+        let draining = now >= slow_until;
+        let want = match trickle {
+            Some((bytes, _)) if !draining => bytes.min(buf.len()),
+            _ => buf.len(),
+        };
         let read = tokio::select! {
-            r = sub.stream.read(&mut buf) => r,
+            r = sub.stream.read(&mut buf[..want]) => r,
             _ = tokio::time::sleep_until(give_up.min(plan.deadline)) => continue,
             _ = stop.changed() => return SlowEnd::Deadline,
         };
@@ -476,10 +490,10 @@ async fn slow_session(
                 Err(()) => return SlowEnd::CutOffAbort,
             },
         }
-        if let Slowness::Trickle { every, .. } = plan.mode {
-            next = Instant::now() + every;
-        }
-        // A stalled reader, once its stall is over, drains as fast as it can.
+        next = match trickle {
+            Some((_, every)) if !draining => (Instant::now() + every).min(slow_until),
+            _ => Instant::now(),
+        };
     }
 }
 
@@ -488,12 +502,12 @@ async fn slow_session(
 pub async fn slow_reader(
     ctx: Arc<Ctx>,
     idx: u64,
-    topic: u64,
+    topics: Vec<u64>,
     plan: SlowPlan,
     counters: Arc<SlowCounters>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let req = ctx.target.subscribe_request(topic);
+    let req = ctx.target.subscribe_request_many(&topics);
     let n_ips = ctx.src_ips.len() as u64;
     let mut iter = 0u64;
     while Instant::now() < plan.deadline && !stopped(&stop) {
