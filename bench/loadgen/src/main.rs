@@ -4,7 +4,6 @@
 mod http;
 mod publish;
 mod report;
-mod sse;
 mod stats;
 mod sub;
 mod sys;
@@ -33,6 +32,7 @@ Examples:
   herald-loadgen many-topics --target nchan --url http://127.0.0.1:8081 --subscribers 5000
   herald-loadgen idle --target pushpin --url http://127.0.0.1:7999 --connections 10000 --hold 10 --server-pid 123 --server-pid 124
   herald-loadgen churn --target herald --url http://127.0.0.1:8080 --token $JWT --connections 200 --duration 10 --publish-rate 50
+  herald-loadgen slow-readers --target herald --url http://127.0.0.1:8080 --connections 300 --duration 60 --topics 10
   herald-loadgen merge shard0.json shard1.json --plot merged.svg";
 
 #[derive(Parser)]
@@ -95,6 +95,44 @@ enum Cmd {
         /// Keep each connection open this long (reading events) before closing it.
         #[arg(long, default_value_t = 0)]
         hold_ms: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// N clients that read far too slowly or stop reading, reconnecting each time the
+    /// server ends their stream: exercises slow-subscriber cut-off and write deadlines.
+    SlowReaders {
+        #[arg(long)]
+        connections: u64,
+        /// Seconds to run.
+        #[arg(long)]
+        duration: u64,
+        /// Topics (connection i subscribes to topic i % T). Publish to them from another
+        /// process (e.g. churn --publish-rate with the same --run-id).
+        #[arg(long, default_value_t = 1)]
+        topics: u64,
+        /// Herald: each connection subscribes to this many consecutive topics
+        /// (i % T, i+1 % T, ...), so it receives more than one topic's rate.
+        #[arg(long, default_value_t = 1)]
+        topics_per_conn: u64,
+        /// Share of the connections that stop reading entirely; the others trickle.
+        #[arg(long, default_value_t = 0.5)]
+        stalled_fraction: f64,
+        /// A trickling reader reads at most this many bytes per read...
+        #[arg(long, default_value_t = 64)]
+        read_bytes: usize,
+        /// ...every this many ms.
+        #[arg(long, default_value_t = 1000)]
+        read_interval_ms: u64,
+        /// A trickling reader trickles for this many seconds, then drains.
+        #[arg(long, default_value_t = 60)]
+        max_life: u64,
+        /// A stalled reader reads nothing for this many seconds...
+        #[arg(long, default_value_t = 45)]
+        stall: u64,
+        /// After its stall or trickle a reader drains for up to this many seconds: the
+        /// server ended the stream (`cut_off`) or it is still being served (`survived`).
+        #[arg(long, default_value_t = 10)]
+        drain: u64,
         #[command(flatten)]
         common: Common,
     },
@@ -192,6 +230,12 @@ struct Common {
     /// Per-request publish timeout, ms.
     #[arg(long, default_value_t = 10_000)]
     publish_timeout_ms: u64,
+    /// SO_RCVBUF of subscriber sockets, bytes (0: kernel default; slow-readers: 4096).
+    #[arg(long, default_value_t = 0)]
+    rcvbuf: u32,
+    /// TCP_MAXSEG of subscriber sockets, bytes (0: kernel default; slow-readers: 1024).
+    #[arg(long, default_value_t = 0)]
+    mss: u32,
 }
 
 fn parse_shard(s: &str) -> Result<(u64, u64), String> {
@@ -210,7 +254,8 @@ fn main() {
         Cmd::Fanout { common, .. }
         | Cmd::ManyTopics { common, .. }
         | Cmd::Idle { common, .. }
-        | Cmd::Churn { common, .. } => common.threads,
+        | Cmd::Churn { common, .. }
+        | Cmd::SlowReaders { common, .. } => common.threads,
         Cmd::Merge { .. } => Some(1),
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -304,6 +349,57 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             )
             .await?;
             (r, Some(h), s, common)
+        }
+        Cmd::SlowReaders {
+            connections,
+            duration,
+            topics,
+            topics_per_conn,
+            stalled_fraction,
+            read_bytes,
+            read_interval_ms,
+            max_life,
+            stall,
+            drain,
+            mut common,
+        } => {
+            if common.rcvbuf == 0 {
+                common.rcvbuf = 4096;
+            }
+            if common.mss == 0 {
+                common.mss = 1024;
+            }
+            let topics = topics.max(1);
+            let per_conn = topics_per_conn.clamp(1, topics);
+            let params = json!({"connections": connections, "duration": duration, "topics": topics,
+                "topics_per_conn": per_conn, "mss": common.mss,
+                "stalled_fraction": stalled_fraction, "read_bytes": read_bytes,
+                "read_interval_ms": read_interval_ms, "max_life": max_life, "stall": stall,
+                "drain": drain, "rcvbuf": common.rcvbuf});
+            let stalled = (connections as f64 * stalled_fraction.clamp(0.0, 1.0)).round() as u64;
+            let plan = |deadline| SlowSpec {
+                trickle: sub::Slowness::Trickle {
+                    bytes: read_bytes,
+                    every: Duration::from_millis(read_interval_ms),
+                },
+                stall: sub::Slowness::Stall {
+                    stall: Duration::from_secs(stall),
+                },
+                max_life: Duration::from_secs(max_life),
+                drain: Duration::from_secs(drain),
+                deadline,
+            };
+            let r = run_slow(
+                &common,
+                connections,
+                stalled,
+                duration,
+                (topics, per_conn),
+                plan,
+                params,
+            )
+            .await?;
+            (r, None, Vec::new(), common)
         }
         Cmd::Merge {
             files,
@@ -442,6 +538,8 @@ fn env(c: &Common, total: u64, min_ips: u32, needs_publish: bool) -> Result<Env,
         retries: c.retries,
         read_buf: c.read_buf.max(256),
         linger0: c.linger0,
+        rcvbuf: c.rcvbuf,
+        mss: c.mss,
         slots: (0..mine.len()).map(|_| Slot::default()).collect(),
     };
     Ok(Env {
@@ -1024,6 +1122,7 @@ async fn run_idle(c: &Common, n: u64, hold: u64, topics: u64) -> Result<Obj, Str
     r.insert("hold_s".into(), json!(round2(held)));
     r.insert("dropped_during_hold".into(), json!(dropped_hold));
     r.insert("comments".into(), json!(s.comments.load(Relaxed)));
+    r.insert("received".into(), json!(s.received.load(Relaxed)));
     rss_figures(
         &mut r,
         &before,
@@ -1153,4 +1252,110 @@ async fn run_churn(
     let hist = s.latency.snapshot();
     derive(&mut r, &hist);
     Ok((r, hist, s.series()))
+}
+
+/// What slow-readers needs, given the run's deadline.
+struct SlowSpec {
+    trickle: sub::Slowness,
+    stall: sub::Slowness,
+    max_life: Duration,
+    drain: Duration,
+    deadline: Instant,
+}
+
+async fn run_slow(
+    c: &Common,
+    n: u64,
+    stalled: u64,
+    duration: u64,
+    (topics, per_conn): (u64, u64),
+    spec: impl Fn(Instant) -> SlowSpec,
+    params: Value,
+) -> Result<Obj, String> {
+    let e = env(c, n, 1, false)?;
+    let ctx = e.ctx.clone();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    if let Some(wait) = c.start_at.and_then(sleep_until_unix_ms) {
+        sleep(wait).await;
+    }
+    let before = snapshot(c);
+    let t0 = Instant::now();
+    let spec = spec(t0 + Duration::from_secs(duration));
+    let counters = Arc::new(sub::SlowCounters::default());
+    let mut handles = Vec::with_capacity(e.mine.len());
+    let mut n_stalled = 0u64;
+    for &i in &e.mine {
+        // Stalled and trickling readers interleave, so every topic gets both kinds.
+        let stalls = stalled > 0 && (i * stalled) % n < stalled;
+        n_stalled += stalls as u64;
+        let plan = sub::SlowPlan {
+            mode: if stalls { spec.stall } else { spec.trickle },
+            max_life: spec.max_life,
+            drain: spec.drain,
+            deadline: spec.deadline,
+        };
+        handles.push(tokio::spawn(sub::slow_reader(
+            ctx.clone(),
+            i,
+            (0..per_conn).map(|k| (i + k) % topics).collect(),
+            plan,
+            counters.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    let p = {
+        let ctx = ctx.clone();
+        let counters = counters.clone();
+        Progress::start(e.progress, "slow-readers", duration, move || {
+            let cut = counters.cut_off_clean.load(Relaxed) + counters.cut_off_abort.load(Relaxed);
+            (
+                t0.elapsed().as_secs(),
+                format!(
+                    "s | sessions {} cut off {} survived {} open {}",
+                    counters.sessions.load(Relaxed),
+                    cut,
+                    counters.survived.load(Relaxed),
+                    ctx.stats.connected.load(Relaxed) - ctx.stats.disconnects.load(Relaxed)
+                ),
+            )
+        })
+    };
+    tokio::time::sleep_until(spec.deadline).await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let end = snapshot(c);
+    stop_and_join(stop_tx, handles).await;
+    let k = &counters;
+    let cut = k.cut_off_clean.load(Relaxed) + k.cut_off_abort.load(Relaxed);
+    p.finish(format!(
+        "{} sessions, {cut} cut off by the server",
+        k.sessions.load(Relaxed)
+    ))
+    .await;
+    let s = &ctx.stats;
+    let mut r = base_result(c, &e, "slow-readers", params);
+    conn_figures(&mut r, s);
+    r.insert("stalled_readers".into(), json!(n_stalled));
+    r.insert("duration_s".into(), json!(round2(elapsed)));
+    r.insert("sessions".into(), json!(k.sessions.load(Relaxed)));
+    r.insert("cut_off".into(), json!(cut));
+    r.insert("cut_off_clean".into(), json!(k.cut_off_clean.load(Relaxed)));
+    r.insert("cut_off_abort".into(), json!(k.cut_off_abort.load(Relaxed)));
+    r.insert("survived".into(), json!(k.survived.load(Relaxed)));
+    r.insert("open_at_end".into(), json!(k.at_deadline.load(Relaxed)));
+    if cut > 0 {
+        r.insert(
+            "cut_off_after_s_mean".into(),
+            json!(round2(
+                k.cut_off_life_ms.load(Relaxed) as f64 / cut as f64 / 1000.0
+            )),
+        );
+    }
+    r.insert("bytes_read".into(), json!(k.bytes.load(Relaxed)));
+    r.insert("events_read".into(), json!(k.events.load(Relaxed)));
+    cpu_figures(&mut r, &before, &end);
+    if let Some(rss) = end.rss {
+        r.insert("server_rss_end".into(), json!(rss));
+    }
+    r.insert("latency_ms".into(), Value::Null);
+    Ok(r)
 }

@@ -114,7 +114,7 @@ pub async fn run(ctx: Arc<Ctx>, cfg: PubConfig, counters: Arc<PubCounters>) -> P
                     let src = Ipv4Addr::new(127, 0, 0, 1);
                     match timeout(
                         cfg.request_timeout,
-                        crate::sys::connect_from(src, ctx.target.publ.addr),
+                        crate::sys::connect_from(src, ctx.target.publ.addr, 0, 0),
                     )
                     .await
                     {

@@ -108,9 +108,36 @@ pub fn source_ips(first: u32, count: u32) -> Vec<Ipv4Addr> {
 
 /// Connect to `dst` from `src`:0. IP_BIND_ADDRESS_NO_PORT lets the kernel
 /// pick the port at connect time per 4-tuple (so ports are not reserved by
-/// the bind and loopback TIME_WAIT reuse applies).
-pub async fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+/// the bind and loopback TIME_WAIT reuse applies). `rcvbuf` > 0 sets
+/// SO_RCVBUF and `mss` > 0 sets TCP_MAXSEG before connecting: a small
+/// window and a small segment size keep the server's send buffer small
+/// (on loopback the MSS is ~64 KiB and the kernel sizes the send buffer
+/// from it), so a reader that stops reading backs the server up quickly.
+pub async fn connect_from(
+    src: Ipv4Addr,
+    dst: SocketAddr,
+    rcvbuf: u32,
+    mss: u32,
+) -> std::io::Result<TcpStream> {
     let sock = TcpSocket::new_v4()?;
+    if rcvbuf > 0 {
+        sock.set_recv_buffer_size(rcvbuf)?;
+    }
+    if mss > 0 {
+        let v = mss as libc::c_int;
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_MAXSEG,
+                &v as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
     unsafe {
         let one: libc::c_int = 1;
         libc::setsockopt(

@@ -35,10 +35,22 @@ impl Target {
 
     /// The raw GET request that opens an SSE stream on topic `n`.
     pub fn subscribe_request(&self, n: u64) -> Vec<u8> {
-        let topic = self.topic(n);
+        self.subscribe_request_many(&[n])
+    }
+
+    /// One SSE stream on several topics (Herald: one `topic=` parameter each;
+    /// nchan and Pushpin: the first topic only).
+    pub fn subscribe_request_many(&self, topics: &[u64]) -> Vec<u8> {
+        let topic = self.topic(topics.first().copied().unwrap_or(0));
         let base = &self.sub.base_path;
         let path = match self.kind {
-            Kind::Herald => format!("{base}/.well-known/mercure?topic={}", pct_encode(&topic)),
+            Kind::Herald => {
+                let query: Vec<String> = topics
+                    .iter()
+                    .map(|&n| format!("topic={}", pct_encode(&self.topic(n))))
+                    .collect();
+                format!("{base}/.well-known/mercure?{}", query.join("&"))
+            }
             Kind::Nchan => format!("{base}/sub/{}", pct_encode(&topic)),
             Kind::Pushpin => format!("{base}/stream/{}", pct_encode(&topic)),
         };
