@@ -29,6 +29,8 @@ echo "==> cargo test (unit + integration + browser)"
 cargo test --release --locked --all-targets
 
 echo "==> load generator (bench/loadgen): fmt, clippy, unit tests"
-(cd bench/loadgen && export CARGO_TARGET_DIR="$PWD/target" \
+# It builds herald's library as a dependency: the shared target dir lets it
+# reuse what the main build compiled.
+(cd bench/loadgen \
   && cargo fmt --check && cargo clippy --release --locked --all-targets -- -D warnings \
   && cargo test --release --locked)

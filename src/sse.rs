@@ -148,6 +148,12 @@ impl SseParser {
     /// Feed bytes; returns the events completed by them.
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         let mut events = Vec::new();
+        // An empty read carries nothing, and must not make the parser forget
+        // that the previous one ended in CR (a CR, nothing, then LF is one
+        // line ending, not two).
+        if chunk.is_empty() {
+            return events;
+        }
         let mut chunk = chunk;
         if !self.started {
             // Hold back until we know whether a BOM is present.
@@ -364,4 +370,15 @@ mod tests {
         assert_eq!(v, ["a", "", "b", ""]);
         assert_eq!(split_lines("").collect::<Vec<_>>(), [""]);
     }
+
+    #[test]
+    fn an_empty_read_between_cr_and_lf_is_one_line_ending() {
+        let mut p = SseParser::new();
+        let mut got = p.feed(b"data: a\r");
+        got.extend(p.feed(b""));
+        got.extend(p.feed(b"\ndata: b\n\n"));
+        assert_eq!(got.len(), 1, "the event ended early: {got:?}");
+        assert_eq!(got[0].data, "a\nb");
+    }
+
 }
