@@ -148,22 +148,28 @@ async fn open(state: &AppState, headers: &HeaderMap, query: &str) -> Result<Resp
         ));
     }
     let cfg = &state.config;
-    // Compiling patterns is CPU a client controls: keep it off the async
-    // workers.
+    // Compiling patterns (from the query and from the token's grants) is
+    // CPU a client controls: keep it off the async workers.
     let (raw, limits) = (
         query.to_owned(),
         (cfg.max_selectors, cfg.max_selector_len, cfg.max_patterns),
     );
-    let req = tokio::task::spawn_blocking(move || {
-        parse_query(raw.as_bytes(), limits.0, limits.1, limits.2)
+    let (headers_owned, verifier, allow_anonymous) = (
+        headers.clone(),
+        state.subscriber.clone(),
+        cfg.allow_anonymous,
+    );
+    let (req, grants) = tokio::task::spawn_blocking(move || -> Result<_, HttpError> {
+        let req = parse_query(raw.as_bytes(), limits.0, limits.1, limits.2)?;
+        let grants = match find_token(&headers_owned, req.query_token.as_deref())? {
+            Some(token) => verify(&verifier, &token)?,
+            None if allow_anonymous => Grants::default(),
+            None => return Err(AuthError::Missing.into()),
+        };
+        Ok((req, grants))
     })
     .await
     .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    let grants = match find_token(headers, req.query_token.as_deref())? {
-        Some(token) => verify(&state.subscriber, &token)?,
-        None if cfg.allow_anonymous => Grants::default(),
-        None => return Err(AuthError::Missing.into()),
-    };
 
     let header_id = headers
         .get("last-event-id")
