@@ -268,7 +268,7 @@ settings! {
         arg(value_parser = parse_duration);
     /// Longest accepted JWT in bytes; a longer one is refused (401) unparsed. [default: 16384]
     max_token_len: usize = crate::auth::DEFAULT_MAX_TOKEN_LEN, env "HERALD_MAX_TOKEN_LEN";
-    /// Serve the demo pages under /demo/. [default: true]
+    /// Serve the demo page at /. [default: true]
     demo: bool = true, env "HERALD_DEMO",
         arg(num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new());
 
