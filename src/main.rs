@@ -70,6 +70,11 @@ enum Command {
         #[arg(long)]
         private: bool,
     },
+    /// Work on a durable history file offline.
+    History {
+        #[command(subcommand)]
+        command: HistoryCommand,
+    },
     /// Print events as they arrive; resumes with Last-Event-ID after a drop.
     Subscribe {
         #[arg(long, env = "HERALD_HUB_URL", default_value = DEFAULT_HUB)]
@@ -94,6 +99,17 @@ enum Command {
         /// Print each event as a JSON line instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum HistoryCommand {
+    /// Read every record of history.redb and report what it holds, or the
+    /// first damage found (exit code 1). Run it while herald is stopped.
+    Check {
+        /// The data dir herald serve uses.
+        #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
+        data_dir: std::path::PathBuf,
     },
 }
 
@@ -125,6 +141,13 @@ fn main() {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => herald::server::run(Config::load(&args)?).await,
+        Command::History {
+            command: HistoryCommand::Check { data_dir },
+        } => {
+            let report = herald::history::DiskHistory::check(&data_dir)?;
+            println!("{report}");
+            Ok(())
+        }
         Command::Token {
             jwt_key,
             publish,

@@ -380,5 +380,4 @@ mod tests {
         assert_eq!(got.len(), 1, "the event ended early: {got:?}");
         assert_eq!(got[0].data, "a\nb");
     }
-
 }

@@ -188,6 +188,49 @@ async fn a_damaged_history_file_is_a_clear_error_not_a_panic() {
     );
 }
 
+fn history_check(dir: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["history", "check", "--data-dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run herald history check")
+}
+
+#[tokio::test]
+async fn history_check_reads_every_record_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = serve_on(dir.path(), &[]);
+        for i in 0..25 {
+            publish(&s.hub(), &[("topic", "t"), ("data", &i.to_string())]).await;
+        }
+        assert!(s.terminate().success());
+    }
+    let out = history_check(dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("25 updates, sequence 1 to 25"), "{stdout}");
+
+    let missing = history_check(&dir.path().join("nope"));
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no such file"));
+
+    let damaged = tempfile::tempdir().unwrap();
+    damaged_history(damaged.path()).await;
+    let out = history_check(damaged.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("history.redb") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn private_ids_are_never_revealed_to_those_who_may_not_see_them() {
     let s = Server::start(&[]);

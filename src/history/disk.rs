@@ -21,6 +21,7 @@
 //! number of old entries (count limit), and the age limit is enforced by
 //! [`HistoryStore::trim`] in bounded steps between batches.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -488,6 +489,107 @@ impl HistoryStore for DiskHistory {
         txn.commit().map_err(storage)?;
         self.committed(synced);
         Ok(())
+    }
+}
+
+/// What `herald history check` found in a history file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    pub path: PathBuf,
+    pub updates: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+impl std::fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.updates == 0 {
+            write!(
+                f,
+                "{}: ok, no updates held (sequence at {})",
+                self.path.display(),
+                self.last_seq
+            )
+        } else {
+            write!(
+                f,
+                "{}: ok, {} updates, sequence {} to {}, every record readable",
+                self.path.display(),
+                self.updates,
+                self.first_seq,
+                self.last_seq
+            )
+        }
+    }
+}
+
+impl DiskHistory {
+    /// Read every record of the history under `data_dir` (not only the
+    /// recent ones startup reads), checking that sequence numbers are
+    /// contiguous and every record decodes. The file must exist.
+    pub fn check(data_dir: &Path) -> Result<CheckReport, OpenError> {
+        let path = data_dir.join(FILE_NAME);
+        let fail = |reason: String| OpenError::File {
+            path: path.clone(),
+            reason,
+        };
+        if !path.is_file() {
+            return Err(fail("there is no such file (is --data-dir right?)".into()));
+        }
+        let history = DiskHistory::open(
+            data_dir,
+            Retention {
+                max_len: usize::MAX,
+                max_age: None,
+            },
+            Durability::Sync,
+        )?;
+        let quiet = QuietPanics::install();
+        let walked = std::panic::catch_unwind(AssertUnwindSafe(|| history.walk()));
+        drop(quiet);
+        let (updates, first_seq, last_seq) = walked
+            .map_err(|_| {
+                fail("the file is damaged (the storage engine failed while reading it)".into())
+            })?
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(CheckReport {
+            path: path.clone(),
+            updates,
+            first_seq,
+            last_seq,
+        })
+    }
+
+    /// Decode every record in sequence order.
+    fn walk(&self) -> Result<(u64, u64, u64), HistoryError> {
+        let first = self.first_seq.load(Ordering::Relaxed);
+        let last = self.cache.read().last_seq();
+        let mut next = first;
+        let mut count = 0u64;
+        while next <= last {
+            let page = self.read_range_from_file(next, last, 4096)?;
+            let Some((last_read, _)) = page.last() else {
+                break;
+            };
+            for (seq, _) in &page {
+                if *seq != next {
+                    return Err(HistoryError::Corrupt {
+                        seq: next,
+                        reason: format!("missing (the next record is {seq})"),
+                    });
+                }
+                next += 1;
+            }
+            count += page.len() as u64;
+            next = last_read + 1;
+        }
+        if count != self.len.load(Ordering::Relaxed) {
+            return Err(HistoryError::Storage(format!(
+                "{count} records read, {} expected",
+                self.len.load(Ordering::Relaxed)
+            )));
+        }
+        Ok((count, first, last))
     }
 }
 
