@@ -11,52 +11,16 @@
 //! storm: the replay must stay bounded in memory (one page per subscriber,
 //! read on the blocking pool) and must not stall live delivery.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use herald::sse::SseParser;
+use support::{publish_load, start, KEY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const KEY: &str = "bench-secret";
-
-struct Hub {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(data_dir: &std::path::Path) -> Hub {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--jwt-key", KEY])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--history-size", "200000"])
-        .args(["--max-connections", "0", "--max-connections-per-ip", "0"])
-        .env("HERALD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start herald");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let base = loop {
-        let line = lines.next().expect("herald exited").expect("stdout");
-        if let Some(a) = line.strip_prefix("listening on ") {
-            break a.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Hub { child, base }
-}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -78,40 +42,6 @@ fn open_files_limit() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(3).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(1024)
-}
-
-async fn publish_many(base: &str, total: usize, token: &str) {
-    let hub = format!("{base}/.well-known/mercure");
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..64 {
-        let (hub, token, next) = (hub.clone(), token.to_string(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    return;
-                }
-                let body = format!(
-                    "topic=https%3A%2F%2Fbench.example%2Fusers%2F{}&data=%7B%22n%22%3A{i}%2C%22status%22%3A%22UNREAD%22%2C%22body%22%3A%22your+export+is+ready%22%7D",
-                    i % 1000
-                );
-                let resp = client
-                    .post(&hub)
-                    .bearer_auth(&token)
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(body)
-                    .send()
-                    .await
-                    .expect("publish");
-                assert_eq!(resp.status(), 200, "publish refused");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("publisher");
-    }
 }
 
 /// Publish to the probe's topic every 50 ms with the send time as data;
@@ -231,13 +161,13 @@ fn main() {
         .expect("runtime");
     rt.block_on(async move {
         let dir = tempfile::tempdir().expect("temp dir");
-        let hub = start(dir.path());
+        let hub = start(dir.path(), &[]);
         let pid = hub.child.id();
         let addr = hub.base.trim_start_matches("http://").to_string();
         let token =
             herald::auth::mint_hs256(KEY, &["*".into()], &[], None, Some(3600)).expect("token");
         println!("publishing {updates} updates (history cache holds the newest 10,000)...");
-        publish_many(&hub.base, updates, &token).await;
+        publish_load(&hub.base, updates, 64, "storm").await;
         let rss_before = rss_kib(pid);
 
         // Live delivery before the storm.

@@ -11,21 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn serve_on(dir: &std::path::Path, extra: &[&str]) -> Server {
-    let dir = dir.to_str().expect("utf-8 temp path");
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--jwt-key",
-        KEY,
-        "--data-dir",
-        dir,
-    ];
-    args.extend_from_slice(extra);
-    Server::start_raw(&args, &[])
-}
-
 fn resume_opts(id: &str) -> SubOpts<'_> {
     SubOpts {
         last_event_id: Some(id),
@@ -38,13 +23,13 @@ async fn history_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut ids = Vec::new();
     {
-        let mut s = serve_on(dir.path(), &[]);
+        let mut s = Server::start_on(dir.path(), &[]);
         for i in 0..5 {
             ids.push(publish(&s.hub(), &[("topic", "r"), ("data", &format!("m{i}"))]).await);
         }
         assert!(s.terminate().success());
     }
-    let s = serve_on(dir.path(), &[]);
+    let s = Server::start_on(dir.path(), &[]);
     let hub = s.hub();
     let mut sub = Sub::open(&hub, "match=r", resume_opts(&ids[1])).await;
     assert_eq!(sub.status, 200);
@@ -84,11 +69,11 @@ async fn memory_history_is_gone_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let id;
     {
-        let mut s = serve_on(dir.path(), &["--history", "memory"]);
+        let mut s = Server::start_on(dir.path(), &["--history", "memory"]);
         id = publish(&s.hub(), &[("topic", "r"), ("data", "m")]).await;
         assert!(s.terminate().success());
     }
-    let s = serve_on(dir.path(), &["--history", "memory"]);
+    let s = Server::start_on(dir.path(), &["--history", "memory"]);
     let mut sub = Sub::open(&s.hub(), "match=r", resume_opts(&id)).await;
     assert_eq!(
         sub.header("mercure-last-event-id").as_deref(),
@@ -103,7 +88,7 @@ async fn memory_history_is_gone_after_a_restart() {
 #[tokio::test]
 async fn kill_9_loses_no_acknowledged_update() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = serve_on(dir.path(), &[]);
+    let mut s = Server::start_on(dir.path(), &[]);
     let hub = s.hub();
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut publishers = Vec::new();
@@ -143,7 +128,7 @@ async fn kill_9_loses_no_acknowledged_update() {
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= 400);
 
-    let s = serve_on(dir.path(), &[]);
+    let s = Server::start_on(dir.path(), &[]);
     let mut sub = Sub::ok(&s.hub(), "match=crash&last_event_id=earliest").await;
     let mut seen = HashSet::new();
     let mut last_of_publisher = std::collections::HashMap::new();
@@ -275,7 +260,7 @@ fn unusable_history_is_a_clear_startup_error() {
 #[tokio::test]
 async fn second_hub_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let _first = serve_on(dir.path(), &[]);
+    let _first = Server::start_on(dir.path(), &[]);
     let d = dir.path().to_str().unwrap();
     let err = start_expecting_failure(&["serve", "--listen", "127.0.0.1:0", "--data-dir", d]);
     assert!(err.contains("another herald"), "{err}");

@@ -10,21 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn serve_on(dir: &std::path::Path, extra: &[&str]) -> Server {
-    let dir = dir.to_str().expect("utf-8 temp path");
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--jwt-key",
-        KEY,
-        "--data-dir",
-        dir,
-    ];
-    args.extend_from_slice(extra);
-    Server::start_raw(&args, &[])
-}
-
 async fn status_of(url: &str) -> (u16, String) {
     let resp = reqwest::get(url).await.expect("request");
     let status = resp.status().as_u16();
@@ -80,7 +65,7 @@ impl Drop for SmallDisk {
 async fn disk_full_answers_503_then_recovers_by_itself_losing_nothing() {
     let disk = SmallDisk::mount("4m");
     let data_dir = disk.path().join("data");
-    let s = serve_on(&data_dir, &[]);
+    let s = Server::start_on(&data_dir, &[]);
     let hub = s.hub();
     let mut acknowledged = Vec::new();
     for i in 0..10 {
@@ -133,7 +118,7 @@ async fn disk_full_answers_503_then_recovers_by_itself_losing_nothing() {
     drop(sub);
     // And the file holds them too: kill -9, start again, replay.
     drop(s);
-    let s = serve_on(&data_dir, &[]);
+    let s = Server::start_on(&data_dir, &[]);
     let mut sub = Sub::ok(&s.hub(), "match=t&last_event_id=earliest").await;
     for id in &acknowledged {
         assert_eq!(&sub.next().await.id, id);
@@ -145,7 +130,7 @@ async fn disk_full_answers_503_then_recovers_by_itself_losing_nothing() {
 /// disk would: a run of garbage in the middle.
 async fn damaged_history(dir: &std::path::Path) {
     {
-        let mut s = serve_on(dir, &[]);
+        let mut s = Server::start_on(dir, &[]);
         let data = "y".repeat(300);
         for i in 0..300 {
             publish(&s.hub(), &[("topic", "t"), ("data", &format!("{i}{data}"))]).await;
@@ -201,7 +186,7 @@ fn history_check(dir: &std::path::Path) -> std::process::Output {
 async fn history_check_reads_every_record_offline() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut s = serve_on(dir.path(), &[]);
+        let mut s = Server::start_on(dir.path(), &[]);
         for i in 0..25 {
             publish(&s.hub(), &[("topic", "t"), ("data", &i.to_string())]).await;
         }

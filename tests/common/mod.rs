@@ -68,6 +68,22 @@ impl Server {
         }
     }
 
+    /// Start on a data dir the test owns (to restart on it, or inspect it).
+    pub fn start_on(dir: &std::path::Path, extra: &[&str]) -> Server {
+        let dir = dir.to_str().expect("utf-8 temp path");
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-key",
+            KEY,
+            "--data-dir",
+            dir,
+        ];
+        args.extend_from_slice(extra);
+        Server::start_raw(&args, &[])
+    }
+
     pub fn hub(&self) -> String {
         format!("{}/.well-known/mercure", self.base)
     }
