@@ -262,6 +262,11 @@ settings! {
     /// subscribe request; each is evaluated on every publish. Exact topics
     /// and `*` count only toward --max-selectors. [default: 20]
     max_patterns: usize = 20, env "HERALD_MAX_PATTERNS";
+    /// Most distinct compiled topic patterns alive in the hub at once, all
+    /// subscribers together (each costs memory and is evaluated on every
+    /// publish); a subscribe that needs a new one beyond it gets 503. Equal
+    /// patterns are shared and count once. 0: no limit. [default: 20000]
+    max_distinct_patterns: usize = crate::topic::DEFAULT_MAX_DISTINCT_PATTERNS, env "HERALD_MAX_DISTINCT_PATTERNS";
     /// Clock skew tolerated when checking a token's exp and nbf (e.g. 5s,
     /// 500ms, 0). [default: 5s]
     jwt_leeway: Duration = crate::auth::DEFAULT_LEEWAY, env "HERALD_JWT_LEEWAY",
@@ -626,6 +631,7 @@ mod tests {
             max_selectors = 13
             max_selector_len = 14
             max_patterns = 15
+            max_distinct_patterns = 17
             jwt_leeway = "500ms"
             max_token_len = 16
             demo = false
@@ -670,6 +676,7 @@ mod tests {
         assert_eq!(c.max_selectors, 13);
         assert_eq!(c.max_selector_len, 14);
         assert_eq!(c.max_patterns, 15);
+        assert_eq!(c.max_distinct_patterns, 17);
         assert_eq!(c.jwt_leeway, Duration::from_millis(500));
         assert_eq!(c.max_token_len, 16);
         assert!(!c.demo);

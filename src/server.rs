@@ -42,6 +42,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         config.subscriber_key = Some(KeySource::Secret(key.clone()));
         dev_key = Some(key);
     }
+    crate::topic::set_pattern_budget(config.max_distinct_patterns);
     let limits = |v: Verifier| v.with_limits(config.jwt_leeway, config.max_token_len);
     let publisher = verifier(&config.publisher_key)
         .context("publisher key")?

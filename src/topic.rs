@@ -16,10 +16,11 @@
 //! and compiled matchers are shared between selectors with the same source.
 
 use parking_lot::Mutex;
-use regex::{Regex, RegexBuilder};
+use regex::bytes::{Regex, RegexBuilder};
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use urlpattern::quirks::{self, MatchInput};
 use urlpattern::{UrlPatternInit, UrlPatternMatchInput, UrlPatternOptions};
@@ -53,8 +54,18 @@ fn hub_base() -> &'static url::Url {
 
 /// Compile a regex within the limits above. Every regex built from client
 /// input goes through here.
+///
+/// Byte-oriented and without Unicode classes: what is matched is a URL's
+/// component (ASCII once parsed: non-ASCII characters are percent-encoded,
+/// hosts are punycode) or a topic string whose literal parts are matched
+/// byte for byte. Unicode classes would add nothing there, and they are
+/// what makes a compiled regex big: `[^/]` alone costs kilobytes as a
+/// Unicode class and a few bytes as a byte class, and `\p{L}` cannot be
+/// asked for at all. Measured: ~60 KB of memory per plain URL pattern
+/// (`https://ex.net/c/:id`) with Unicode classes.
 fn bounded_regex(pattern: &str) -> Result<Regex, String> {
     RegexBuilder::new(pattern)
+        .unicode(false)
         .size_limit(REGEX_SIZE_LIMIT)
         .dfa_size_limit(REGEX_DFA_SIZE_LIMIT)
         .nest_limit(REGEX_NEST_LIMIT)
@@ -62,6 +73,10 @@ fn bounded_regex(pattern: &str) -> Result<Regex, String> {
         .map_err(|e| match e {
             regex::Error::CompiledTooBig(limit) => format!(
                 "it compiles to a regular expression larger than the {limit}-byte limit; use fewer or smaller repetitions and character classes"
+            ),
+            regex::Error::Syntax(msg) if msg.contains("Unicode") => format!(
+                "Unicode classes (\\p{{..}}, Unicode \\w, \\d, \\s) are not supported in topic patterns: topics are matched as URLs, whose non-ASCII characters are percent-encoded; use ASCII classes such as [A-Za-z0-9_] ({})",
+                msg.lines().last().unwrap_or("").trim()
             ),
             other => other.to_string(),
         })
@@ -80,7 +95,61 @@ fn bounded_regex(pattern: &str) -> Result<Regex, String> {
 /// be implemented outside it (it sits in a private module), so its
 /// compilation cannot be bounded.
 pub struct UrlPatternMatcher {
-    components: [Option<Regex>; 8],
+    components: [Component; 8],
+}
+
+/// How one URL component is tested. Most components of real patterns are
+/// literal (`https`, `ex.net`, an empty port) and are compared as strings:
+/// only what really needs a regex pays for one (each compiled regex costs
+/// kilobytes, and a hub may hold thousands of distinct patterns).
+enum Component {
+    Any,
+    Literal(String),
+    Regex(Regex),
+}
+
+impl Component {
+    fn new(regexp: &str) -> Result<Component, String> {
+        if regexp == "^(.*)$" {
+            return Ok(Component::Any);
+        }
+        Ok(match literal_regex(regexp) {
+            Some(text) => Component::Literal(text),
+            None => Component::Regex(bounded_regex(regexp)?),
+        })
+    }
+
+    fn test(&self, part: &str) -> bool {
+        match self {
+            Component::Any => true,
+            Component::Literal(text) => text == part,
+            Component::Regex(re) => re.is_match(part.as_bytes()),
+        }
+    }
+}
+
+/// The text an anchored regex `^…$` matches, if it matches exactly one
+/// string (no metacharacter other than escapes of literal characters).
+fn literal_regex(regexp: &str) -> Option<String> {
+    let body = regexp.strip_prefix('^')?.strip_suffix('$')?;
+    let mut out = String::with_capacity(body.len());
+    let mut chars = body.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let escaped = chars.next()?;
+                if escaped.is_ascii_alphanumeric() {
+                    return None; // \d, \w, \b...: a class or an assertion.
+                }
+                out.push(escaped);
+            }
+            '.' | '^' | '$' | '|' | '?' | '*' | '+' | '(' | ')' | '[' | ']' | '{' | '}' => {
+                return None
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 impl UrlPatternMatcher {
@@ -88,11 +157,12 @@ impl UrlPatternMatcher {
         // The constructor-string parser compiles the protocol part with the
         // regex crate's defaults; refuse oversized groups before it runs.
         check_regex_groups(source)?;
-        let init = UrlPatternInit::parse_constructor_string::<Regex>(source, Some(base.clone()))
-            .map_err(|e| e.to_string())?;
+        let init =
+            UrlPatternInit::parse_constructor_string::<regex::Regex>(source, Some(base.clone()))
+                .map_err(|e| e.to_string())?;
         let p =
             quirks::parse_pattern(init, UrlPatternOptions::default()).map_err(|e| e.to_string())?;
-        let mut components: [Option<Regex>; 8] = Default::default();
+        let mut components: [Component; 8] = std::array::from_fn(|_| Component::Any);
         let sources = [
             &p.pathname,
             &p.hostname,
@@ -104,10 +174,7 @@ impl UrlPatternMatcher {
             &p.password,
         ];
         for (slot, c) in components.iter_mut().zip(sources) {
-            if c.regexp_string != "^(.*)$" {
-                // `(?u)`: the flags the crate itself compiles with.
-                *slot = Some(bounded_regex(&format!("(?u){}", c.regexp_string))?);
-            }
+            *slot = Component::new(&c.regexp_string)?;
         }
         Ok(UrlPatternMatcher { components })
     }
@@ -126,7 +193,7 @@ impl UrlPatternMatcher {
         self.components
             .iter()
             .zip(parts)
-            .all(|(re, part)| re.as_ref().is_none_or(|re| re.is_match(part)))
+            .all(|(component, part)| component.test(part))
     }
 }
 
@@ -163,12 +230,64 @@ fn check_regex_groups(source: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Distinct compiled patterns alive in this process, and how many may be.
+/// Each costs memory (~20-30 KB measured for a URL Pattern) and is
+/// evaluated on every publish, and distinct patterns cannot be shared, so
+/// anonymous clients with many distinct patterns would otherwise grow the
+/// hub without bound (15,000 connections x 20 patterns). Set once at
+/// startup from `--max-distinct-patterns`.
+static LIVE_PATTERNS: AtomicUsize = AtomicUsize::new(0);
+static PATTERN_BUDGET: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_DISTINCT_PATTERNS);
+
+/// Default of `--max-distinct-patterns`.
+pub const DEFAULT_MAX_DISTINCT_PATTERNS: usize = 20_000;
+
+/// Set the hub-wide budget of distinct compiled patterns (0: no limit).
+pub fn set_pattern_budget(max: usize) {
+    PATTERN_BUDGET.store(if max == 0 { usize::MAX } else { max }, Ordering::Relaxed);
+}
+
+/// Distinct compiled patterns alive now (for `/metrics`).
+pub fn live_patterns() -> usize {
+    LIVE_PATTERNS.load(Ordering::Relaxed)
+}
+
+/// A compiled matcher counted against the budget while it lives.
+pub struct Compiled<T>(T);
+
+impl<T> Compiled<T> {
+    fn new(inner: T) -> Compiled<T> {
+        LIVE_PATTERNS.fetch_add(1, Ordering::Relaxed);
+        Compiled(inner)
+    }
+}
+
+impl<T> std::ops::Deref for Compiled<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> Drop for Compiled<T> {
+    fn drop(&mut self) {
+        LIVE_PATTERNS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a pattern was not compiled.
+enum CompileError {
+    Invalid(String),
+    /// The hub-wide budget of distinct patterns is spent.
+    Budget(usize),
+}
+
 /// Compiled matchers shared by every selector with the same source: 10,000
 /// subscribers to one pattern cost one compilation and one copy in memory.
 /// Entries are weak, so a pattern nobody uses any more is freed; dead
 /// entries are swept when the map is full.
 struct SharedCache<T> {
-    map: Mutex<HashMap<String, Weak<T>>>,
+    map: Mutex<HashMap<String, Weak<Compiled<T>>>>,
 }
 
 impl<T> SharedCache<T> {
@@ -182,14 +301,18 @@ impl<T> SharedCache<T> {
         &self,
         key: String,
         compile: impl FnOnce() -> Result<T, String>,
-    ) -> Result<Arc<T>, String> {
+    ) -> Result<Arc<Compiled<T>>, CompileError> {
         if let Some(hit) = self.map.lock().get(&key).and_then(Weak::upgrade) {
             return Ok(hit);
+        }
+        let budget = PATTERN_BUDGET.load(Ordering::Relaxed);
+        if LIVE_PATTERNS.load(Ordering::Relaxed) >= budget {
+            return Err(CompileError::Budget(budget));
         }
         // Compile outside the lock: one slow compilation must not hold up
         // every other subscribe. Two racing compilations of the same source
         // are resolved below: the second one adopts the first's.
-        let fresh = Arc::new(compile()?);
+        let fresh = Arc::new(Compiled::new(compile().map_err(CompileError::Invalid)?));
         let mut map = self.map.lock();
         if let Some(hit) = map.get(&key).and_then(Weak::upgrade) {
             return Ok(hit);
@@ -261,11 +384,11 @@ pub enum TopicSelector {
     Exact(String),
     UriTemplate {
         source: String,
-        regex: Arc<Regex>,
+        regex: Arc<Compiled<Regex>>,
     },
     UrlPattern {
         source: String,
-        pattern: Arc<UrlPatternMatcher>,
+        pattern: Arc<Compiled<UrlPatternMatcher>>,
     },
 }
 
@@ -293,6 +416,17 @@ pub enum SelectorError {
     Template(String, String),
     #[error("invalid URL pattern '{0}': {1}")]
     UrlPattern(String, String),
+    #[error("this hub already holds {0} distinct topic patterns (--max-distinct-patterns); subscribe with exact topics (match=), reuse a pattern others use, or retry later")]
+    TooManyPatterns(usize),
+}
+
+impl SelectorError {
+    fn from_compile(e: CompileError, invalid: impl FnOnce(String) -> SelectorError) -> Self {
+        match e {
+            CompileError::Invalid(reason) => invalid(reason),
+            CompileError::Budget(n) => SelectorError::TooManyPatterns(n),
+        }
+    }
 }
 
 impl TopicSelector {
@@ -317,7 +451,9 @@ impl TopicSelector {
         }
         let regex = template_cache()
             .get_or_compile(s.to_string(), || bounded_regex(&template_to_regex(s)?))
-            .map_err(|e| SelectorError::Template(s.into(), e))?;
+            .map_err(|e| {
+                SelectorError::from_compile(e, |r| SelectorError::Template(s.into(), r))
+            })?;
         Ok(TopicSelector::UriTemplate {
             source: s.to_string(),
             regex,
@@ -337,7 +473,9 @@ impl TopicSelector {
         let key = format!("{base} {s}");
         let pattern = url_pattern_cache()
             .get_or_compile(key, || UrlPatternMatcher::compile(s, base))
-            .map_err(|e| SelectorError::UrlPattern(s.into(), e))?;
+            .map_err(|e| {
+                SelectorError::from_compile(e, |r| SelectorError::UrlPattern(s.into(), r))
+            })?;
         Ok(TopicSelector::UrlPattern {
             source: s.to_string(),
             pattern,
@@ -402,7 +540,9 @@ impl TopicSelector {
         match self {
             TopicSelector::Any => true,
             TopicSelector::Exact(s) => s == raw,
-            TopicSelector::UriTemplate { regex, source } => source == raw || regex.is_match(raw),
+            TopicSelector::UriTemplate { regex, source } => {
+                source == raw || regex.is_match(raw.as_bytes())
+            }
             TopicSelector::UrlPattern { pattern, source } => {
                 source == raw || topic.url_input().is_some_and(|input| pattern.test(input))
             }
@@ -675,15 +815,25 @@ mod tests {
     #[test]
     fn oversized_regexes_are_refused_with_the_selector_named() {
         for src in [
-            r"https://x/:a(\p{L}{200})",
-            r"(\p{L}{200})://x/y",
-            r"https://x/:a(\w{100}\w{100}\w{100})",
+            r"https://x/:a([a-z]{1000}{1000})",
+            r"([a-z]{1000}{1000})://x/y",
+            r"https://x/:a(\w{1000}\w{1000}\w{1000})",
         ] {
             let e = TopicSelector::url_pattern(src, None).expect_err(src);
             let msg = e.to_string();
             assert!(msg.contains(src), "{msg}");
             assert!(msg.contains("limit"), "{msg}");
         }
+        // Unicode classes, what made the attack's regexes big, are refused
+        // with a reason: topics are matched as (ASCII) URLs.
+        for src in [r"https://x/:a(\p{L}{200})", r"(\p{L}{200})://x/y"] {
+            let e = TopicSelector::url_pattern(src, None).expect_err(src);
+            let msg = e.to_string();
+            assert!(msg.contains(src) && msg.contains("Unicode"), "{msg}");
+        }
+        // Non-ASCII literals in templates still match byte for byte.
+        assert!(t("urn:é/{id}").matches("urn:é/1"));
+        assert!(!t("urn:é/{id}").matches("urn:e/1"));
         let deep = format!("https://x/:a({}a{})", "(?:".repeat(100), ")".repeat(100));
         assert!(TopicSelector::url_pattern(&deep, None).is_err());
         // Templates go through the same bounded builder.
@@ -694,6 +844,29 @@ mod tests {
         let s = TopicSelector::url_pattern(r"https://x/books/:id(\d+)", None).unwrap();
         assert!(s.matches("https://x/books/12"));
         assert!(!s.matches("https://x/books/ab"));
+    }
+
+    #[test]
+    fn literal_components_need_no_regex() {
+        assert_eq!(literal_regex("^https$").as_deref(), Some("https"));
+        assert_eq!(literal_regex(r"^ex\.net$").as_deref(), Some("ex.net"));
+        assert_eq!(literal_regex("^$").as_deref(), Some(""));
+        assert_eq!(literal_regex(r"^/a\/b$").as_deref(), Some("/a/b"));
+        for not_literal in [
+            r"^/c(?:/([^/]+?))$",
+            "^a.b$",
+            r"^\d$",
+            "^a|b$",
+            "https",
+            "^(.*)$",
+        ] {
+            assert_eq!(literal_regex(not_literal), None, "{not_literal}");
+        }
+        let s = TopicSelector::url_pattern("https://ex.net/fixed/path", None).unwrap();
+        assert!(s.matches("https://ex.net/fixed/path"));
+        assert!(!s.matches("https://ex.net/fixed/pathX"));
+        assert!(!s.matches("https://ex.org/fixed/path"));
+        assert!(!s.matches("http://ex.net/fixed/path"));
     }
 
     #[test]

@@ -56,8 +56,13 @@ async fn oversized_url_pattern_is_refused_and_the_hub_keeps_serving() {
             body.contains(HOSTILE),
             "the answer names the selector: {body}"
         );
-        assert!(body.contains("limit"), "{body}");
+        assert!(body.contains("Unicode"), "{body}");
     }
+    // Oversized without Unicode classes: the size limit.
+    let big = r"https://x/:a([a-z]{1000}{1000})";
+    let (status, body) = get(&s, &format!("match_urlpattern={}", enc(big)), None).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains(big) && body.contains("limit"), "{body}");
     // Also hidden in the protocol part, which the pattern parser compiles
     // on its own.
     let (status, body) = get(
@@ -83,6 +88,37 @@ async fn oversized_url_pattern_is_refused_and_the_hub_keeps_serving() {
     .await;
     publish(&s.hub(), &[("topic", "https://x/books/12"), ("data", "ok")]).await;
     assert_eq!(sub.next().await.data, "ok");
+}
+
+#[tokio::test]
+async fn distinct_patterns_have_a_hub_wide_budget() {
+    let s = Server::start(&["--max-distinct-patterns", "3"]);
+    let pattern = |i: usize| format!("match_urlpattern={}", enc(&format!("https://x/p{i}/:id")));
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.push(Sub::ok(&s.hub(), &pattern(i)).await);
+    }
+    assert_eq!(metric(&s.base, "herald_distinct_patterns").await, 3);
+    // A fourth distinct pattern: the hub is full (503, not the client's
+    // fault), and says what to do.
+    let (status, body) = get(&s, &pattern(3), None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("--max-distinct-patterns"), "{body}");
+    // A pattern already held is shared and costs nothing.
+    let _shared = Sub::ok(&s.hub(), &pattern(0)).await;
+    // Exact topics are never limited by it.
+    let _exact = Sub::ok(&s.hub(), "match=https://x/p9/1").await;
+    // When its last subscriber leaves, a pattern frees its place.
+    drop(held.pop());
+    let mut freed = false;
+    for _ in 0..50 {
+        if get(&s, &pattern(3), None).await.0 == 200 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "a freed pattern's place was not given back");
 }
 
 #[tokio::test]

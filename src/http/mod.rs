@@ -129,6 +129,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
          # HELP herald_storage_errors_total Commit batches history failed to store.\n# TYPE herald_storage_errors_total counter\nherald_storage_errors_total {}\n\
          # HELP herald_committer_panics_total Commit batches that panicked (the committer carried on).\n# TYPE herald_committer_panics_total counter\nherald_committer_panics_total {}\n\
          # HELP herald_ready Whether the hub can take publishes (see /readyz).\n# TYPE herald_ready gauge\nherald_ready {}\n\
+         # HELP herald_distinct_patterns Distinct compiled topic patterns alive (--max-distinct-patterns).\n# TYPE herald_distinct_patterns gauge\nherald_distinct_patterns {}\n\
          # HELP herald_connections Open client connections.\n# TYPE herald_connections gauge\nherald_connections {}\n\
          # HELP herald_connections_refused_total Connections refused over --max-connections (503).\n# TYPE herald_connections_refused_total counter\nherald_connections_refused_total {}\n\
          # HELP herald_connections_refused_per_ip_total Connections refused over --max-connections-per-ip (429).\n# TYPE herald_connections_refused_per_ip_total counter\nherald_connections_refused_per_ip_total {}\n\
@@ -143,6 +144,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         st.storage_errors.load(Relaxed),
         st.committer_panics.load(Relaxed),
         u8::from(s.hub.readiness().is_ok()),
+        crate::topic::live_patterns(),
         edge.connections.load(Relaxed),
         edge.refused_total.load(Relaxed),
         edge.refused_per_ip.load(Relaxed),

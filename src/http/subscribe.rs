@@ -11,7 +11,7 @@ use crate::auth::{AuthError, Grants};
 use crate::history::ResumeFrom;
 use crate::hub::{Subscription, Update};
 use crate::sse::is_control_or_format;
-use crate::topic::TopicSelector;
+use crate::topic::{SelectorError, TopicSelector};
 
 /// What the query string asks for, validated.
 #[derive(Debug, Default)]
@@ -63,9 +63,9 @@ pub fn parse_query(
         let selector = match name.as_str() {
             "match" | "match_exact" => TopicSelector::exact(&value),
             "match_urlpattern" => {
-                TopicSelector::url_pattern(&value, None).map_err(|e| HttpError::bad_request(e.to_string()))?
+                TopicSelector::url_pattern(&value, None).map_err(selector_error)?
             }
-            "topic" => TopicSelector::uri_template(&value).map_err(|e| HttpError::bad_request(e.to_string()))?,
+            "topic" => TopicSelector::uri_template(&value).map_err(selector_error)?,
             _ if is_selector => {
                 return Err(HttpError::bad_request(format!(
                     "unknown matcher parameter {name:?}: use match (exact), match_exact, match_urlpattern or topic"
@@ -104,6 +104,17 @@ pub fn parse_query(
     }
     req.last_event_id = draft_id.or(legacy_id);
     Ok(req)
+}
+
+/// A selector that does not compile is the client's error (400); a hub
+/// out of room for distinct patterns is the hub's (503, retry later).
+fn selector_error(e: SelectorError) -> HttpError {
+    match e {
+        SelectorError::TooManyPatterns(_) => {
+            HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        other => HttpError::bad_request(other.to_string()),
+    }
 }
 
 /// Does this `Accept` header admit `text/event-stream`? No header means yes.
