@@ -337,3 +337,18 @@ async fn oversized_token_is_401_unparsed() {
     let small = sign(json!({"mercure": {"subscribe": ["*"]}}));
     assert_eq!(get(&s, "match=a", Some(&small)).await.0, 200);
 }
+
+#[tokio::test]
+async fn a_token_past_exp_within_the_leeway_cannot_open_a_stream() {
+    // Default leeway 5 s: this token still verifies (a publish with it is
+    // accepted), but a stream opened with it would end at once and the
+    // client would reconnect in a loop with it.
+    let s = Server::start(&[]);
+    let expired =
+        sign(json!({"mercure": {"publish": ["*"], "subscribe": ["*"]}, "exp": now_secs() - 2.0}));
+    let (status, body) = get(&s, "match=t", Some(&expired)).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("expired"), "{body}");
+    let (status, _) = publish_raw(&s.hub(), Some(&expired), "topic=t&data=x").await;
+    assert_eq!(status, 200, "the leeway still applies to publishing");
+}

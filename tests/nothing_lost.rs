@@ -307,3 +307,59 @@ async fn subscription_churn_never_evicts_published_updates() {
         assert_eq!(&sub.next().await.id, id);
     }
 }
+
+#[tokio::test]
+async fn the_subscriptions_api_never_reveals_a_private_id() {
+    let s = Server::start(&["--subscriptions"]);
+    let hub = s.hub();
+    let public = publish(&hub, &[("topic", "https://ex.net/news"), ("data", "p")]).await;
+    let secret = publish(
+        &hub,
+        &[
+            ("topic", "https://ex.net/users/alice/inbox"),
+            ("data", "s"),
+            ("private", "on"),
+        ],
+    )
+    .await;
+    let ask = |token: String| {
+        let url = format!("{}/.well-known/mercure/subscriptions", s.base);
+        async move {
+            let resp = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("subscriptions API");
+            assert_eq!(resp.status(), 200);
+            let link = resp
+                .headers()
+                .get("link")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let body: serde_json::Value = resp.json().await.expect("json");
+            (
+                link,
+                body["lastEventID"].as_str().unwrap_or_default().to_string(),
+            )
+        }
+    };
+    // A token for the subscriptions topic only: the newest public id.
+    let (link, last) = ask(token(&[], &["/.well-known/mercure/subscriptions"])).await;
+    assert_eq!(
+        last, public,
+        "a private id leaked through the subscriptions API"
+    );
+    assert!(link.contains(&public) && !link.contains(&secret), "{link}");
+    // A token that may read Alice's inbox sees its id.
+    let (_, last) = ask(token(
+        &[],
+        &[
+            "/.well-known/mercure/subscriptions",
+            "https://ex.net/users/alice/inbox",
+        ],
+    ))
+    .await;
+    assert_eq!(last, secret);
+}

@@ -86,6 +86,16 @@ fn storage(e: impl std::fmt::Display) -> HistoryError {
     HistoryError::Storage(e.to_string())
 }
 
+/// `last_seq` as the file records it.
+fn stored_last_seq(txn: &WriteTransaction) -> Result<u64, HistoryError> {
+    let meta = txn.open_table(META).map_err(storage)?;
+    let seq = meta
+        .get(LAST_SEQ)
+        .map_err(storage)?
+        .map_or(0, |v| v.value());
+    Ok(seq)
+}
+
 fn closed() -> HistoryError {
     HistoryError::Storage(
         "the history file is closed after an I/O error and could not be reopened yet".into(),
@@ -190,7 +200,11 @@ impl DiskHistory {
             )));
         }
         let cached_from = last_seq.saturating_sub(self.cache_capacity() as u64) + 1;
-        let mut cache = self.cache.write();
+        // Built aside and swapped in whole: readers (streams replaying,
+        // subscribers resuming) never see an empty or half-filled cache,
+        // and a failed load leaves the previous one, which still matches
+        // what was acknowledged.
+        let mut cache = Ring::default();
         for entry in updates
             .range(cached_from.max(first_seq)..=last_seq)
             .map_err(storage)?
@@ -203,6 +217,7 @@ impl DiskHistory {
         }
         // An emptied file still remembers where sequences stand.
         cache.skip_to(last_seq);
+        *self.cache.write() = cache;
         self.len.store(len, Ordering::Relaxed);
         self.first_seq.store(first_seq, Ordering::Relaxed);
         Ok(())
@@ -225,8 +240,8 @@ impl DiskHistory {
     /// Prove the file takes a durable write: rewrite `last_seq` with an
     /// fsync.
     fn probe_write(&self) -> Result<(), HistoryError> {
-        let last_seq = self.cache.read().last_seq();
         let (txn, synced) = self.begin(true)?;
+        let last_seq = self.cache.read().last_seq().max(stored_last_seq(&txn)?);
         {
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert(LAST_SEQ, last_seq).map_err(storage)?;
@@ -247,7 +262,6 @@ impl DiskHistory {
         let db = Database::create(&self.path).map_err(storage)?;
         *slot = Some(db);
         drop(slot);
-        *self.cache.write() = Ring::default();
         self.load()
     }
 
@@ -363,7 +377,9 @@ impl HistoryStore for DiskHistory {
     fn append_batch(&self, batch: &[Arc<Update>]) -> Result<Vec<AppendResult>, HistoryError> {
         let now = now_ms();
         let (txn, synced) = self.begin(false)?;
-        let mut last_seq = self.cache.read().last_seq();
+        // The file's own counter too: sequence numbers must never go back,
+        // whatever happened to the cache.
+        let mut last_seq = self.cache.read().last_seq().max(stored_last_seq(&txn)?);
         let mut first_seq = self.first_seq.load(Ordering::Relaxed);
         let mut results = Vec::with_capacity(batch.len());
         {
@@ -773,5 +789,45 @@ mod tests {
         }
         let h = DiskHistory::open(dir.path(), keep(10), Durability::Sync).unwrap();
         assert_eq!(h.head(), (2, Some("b".into())));
+    }
+
+    /// A probe reopens the file after an I/O error while streams keep
+    /// reading: a reader may get an error (the stream then ends and the
+    /// client resumes), but never an empty page or a head of 0, which
+    /// would make a replay skip updates silently.
+    #[test]
+    fn readers_never_see_an_empty_history_while_it_is_reopened() {
+        use std::sync::atomic::AtomicBool;
+        let dir = tempfile::tempdir().unwrap();
+        let h = Arc::new(DiskHistory::open(dir.path(), keep(100), Durability::Sync).unwrap());
+        let batch: Vec<_> = (0..50).map(|i| up(&format!("u{i}"))).collect();
+        h.append_batch(&batch).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (reader_history, reader_stop) = (h.clone(), stop.clone());
+        let reader = std::thread::spawn(move || {
+            let (mut reads, mut empty, mut head_zero) = (0, 0, 0);
+            while !reader_stop.load(Ordering::Relaxed) {
+                reads += 1;
+                if matches!(reader_history.read_range(10, 50, 64), Ok(v) if v.is_empty()) {
+                    empty += 1;
+                }
+                if reader_history.head().0 == 0 {
+                    head_zero += 1;
+                }
+            }
+            (reads, empty, head_zero)
+        });
+        for _ in 0..50 {
+            h.reopen().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let (reads, empty, head_zero) = reader.join().unwrap();
+        assert!(reads > 0);
+        assert_eq!((empty, head_zero), (0, 0), "over {reads} reads");
+        // And sequences go on where they were.
+        assert_eq!(
+            h.append_batch(&[up("next")]).unwrap()[0].as_ref().unwrap(),
+            &51
+        );
     }
 }

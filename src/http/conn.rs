@@ -132,6 +132,7 @@ impl ConnLimiter {
         let ip = if self.max_per_ip == 0 {
             None
         } else {
+            let ip = client_key(ip);
             let mut map = self.per_ip.lock();
             let n = map.entry(ip).or_insert(0);
             if *n >= self.max_per_ip {
@@ -148,6 +149,24 @@ impl ConnLimiter {
             limiter: self.clone(),
             ip,
         })
+    }
+}
+
+/// What the per-IP limit counts by: an IPv4 address (also when mapped into
+/// IPv6), or an IPv6 /64, the block one client (one home, one host at a
+/// provider) is given: counting whole IPv6 addresses would give such a
+/// client 2^64 separate allowances.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(segments))
+            }
+        },
     }
 }
 
@@ -658,6 +677,21 @@ impl AsyncWrite for Prefixed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_ip_limits_count_ipv6_by_slash_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(client_key(mapped), "10.1.2.3".parse::<IpAddr>().unwrap());
+        let limiter = ConnLimiter::new(0, 1);
+        let _held = limiter.try_acquire(a).expect("first from the /64");
+        assert!(limiter.try_acquire(b).is_err(), "same /64, over the limit");
+        assert!(limiter.try_acquire(c).is_ok(), "another /64");
+    }
 
     #[test]
     fn end_of_head_is_found_across_reads() {

@@ -182,6 +182,18 @@ async fn open(state: &AppState, headers: &HeaderMap, query: &str) -> Result<Resp
     .await
     .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
 
+    // Within the leeway a token past its `exp` still verifies, but a stream
+    // opened with it would end at once, and the client would reconnect in a
+    // loop with the same token: refuse it instead, so it fetches a new one.
+    if grants
+        .expires_at
+        .is_some_and(|exp| exp <= std::time::SystemTime::now())
+    {
+        return Err(AuthError::Invalid(
+            "the token has expired: subscribe again with a fresh one".into(),
+        )
+        .into());
+    }
     let header_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

@@ -114,11 +114,11 @@ fn answer(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Response, 
         .strip_prefix(&format!("{HUB_PATH}/subscriptions"))
         .unwrap_or("");
     let query = parse_path(rest)?;
+    // Only an id this token may see: the newest update may be a private
+    // one on a topic it does not grant.
     let last_event_id = state
         .hub
-        .history()
-        .head()
-        .1
+        .newest_visible_id(&grants.subscribe)
         .unwrap_or_else(|| "earliest".into());
     let all = state.hub.subscriptions();
     let selects = |info: &SubscriptionInfo, match_type: &Option<String>, selector: &str| {

@@ -81,8 +81,13 @@ impl Subscription {
     /// for? Public updates, and private ones its token grants. An update it
     /// may not see behaves, in every answer, like one that does not exist.
     pub fn may_see(&self, update: &Update) -> bool {
-        !update.private || crate::topic::any_matches(&self.private_access, &update.topics)
+        may_see(&self.private_access, update)
     }
+}
+
+/// May a holder of these private-access grants know of this update?
+fn may_see(private_access: &[TopicSelector], update: &Update) -> bool {
+    !update.private || crate::topic::any_matches(private_access, &update.topics)
 }
 
 /// A registered subscriber, as [`Hub::subscribe`] hands it back.
@@ -173,10 +178,10 @@ struct Head {
 }
 
 impl Head {
-    /// The newest id this subscriber may know of.
-    fn visible_id(&self, sub: &Subscription) -> Option<String> {
+    /// The newest id a holder of these grants may know of.
+    fn visible_id(&self, private_access: &[TopicSelector]) -> Option<String> {
         match &self.newest {
-            Some(u) if sub.may_see(u) => Some(u.id.clone()),
+            Some(u) if may_see(private_access, u) => Some(u.id.clone()),
             _ => self.newest_public.clone(),
         }
     }
@@ -468,7 +473,7 @@ impl Hub {
         let (cursor, head_id) = {
             let head = self.order.lock();
             self.registry.write().insert(key, subscription.clone(), tx);
-            (head.seq, head.visible_id(&subscription))
+            (head.seq, head.visible_id(&subscription.private_access))
         };
         let head_id = head_id.filter(|_| !self.history.is_empty());
         let replay = start.filter(|s| *s <= cursor).map(|next| ReplayCursor {
@@ -528,6 +533,15 @@ impl Hub {
                 tracing::warn!(error = %e, "could not publish subscription event");
             }
         }
+    }
+
+    /// The id of the newest update in history that a holder of these
+    /// private-access grants may see (`None` when there is none): what the
+    /// subscriptions API reports as `lastEventID`. The raw newest id may be
+    /// a private update's, which must not leak.
+    pub fn newest_visible_id(&self, private_access: &[TopicSelector]) -> Option<String> {
+        let id = self.order.lock().visible_id(private_access);
+        id.filter(|_| !self.history.is_empty())
     }
 
     /// Active subscriptions, one per (subscriber, selector).

@@ -115,10 +115,12 @@ impl SubscriberStream {
             }
         };
         let Some((first, _)) = page.first() else {
-            // Nothing left up to `upto`: retention removed it all.
-            let strict = cursor.strict;
+            // Nothing left up to `upto`: retention removed it all. Anything
+            // else (history still holds some of it) is not a reason to go
+            // live without it: end, and let the client resume.
+            let skipped_nothing = !cursor.strict && self.hub.history().first_seq() > cursor.upto;
             self.replay = None;
-            return !strict;
+            return skipped_nothing;
         };
         if *first != cursor.next && cursor.strict {
             tracing::info!(
