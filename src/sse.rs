@@ -148,6 +148,12 @@ impl SseParser {
     /// Feed bytes; returns the events completed by them.
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         let mut events = Vec::new();
+        // An empty read changes nothing. Without this, it cleared
+        // `last_was_cr`, so "data: a\r" + "" + "\n\n" read the CRLF as two
+        // line ends and dispatched an extra event (found by fuzz/sse_parse).
+        if chunk.is_empty() {
+            return events;
+        }
         let mut chunk = chunk;
         if !self.started {
             // Hold back until we know whether a BOM is present.
@@ -316,6 +322,18 @@ mod tests {
             assert_eq!((ev[0].id.as_str(), ev[0].data.as_str()), ("1", "a"));
             assert_eq!((ev[1].id.as_str(), ev[1].data.as_str()), ("2", "b"));
         }
+    }
+
+    #[test]
+    fn empty_chunk_between_cr_and_lf_is_one_line_end() {
+        // fuzz/sse_parse regression: an empty read between the CR and the
+        // LF of a CRLF used to turn it into two line ends.
+        let mut p = SseParser::new();
+        let mut ev = p.feed(b"data: a\r");
+        ev.extend(p.feed(b""));
+        ev.extend(p.feed(b"\ndata: b\n\n"));
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0].data, "a\nb");
     }
 
     #[test]
