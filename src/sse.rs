@@ -148,9 +148,9 @@ impl SseParser {
     /// Feed bytes; returns the events completed by them.
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         let mut events = Vec::new();
-        // An empty read carries nothing, and must not make the parser forget
-        // that the previous one ended in CR (a CR, nothing, then LF is one
-        // line ending, not two).
+        // An empty read changes nothing. Without this, it cleared
+        // `last_was_cr`, so "data: a\r" + "" + "\n\n" read the CRLF as two
+        // line ends and dispatched an extra event (found by fuzz/sse_parse).
         if chunk.is_empty() {
             return events;
         }
@@ -325,6 +325,18 @@ mod tests {
     }
 
     #[test]
+    fn empty_chunk_between_cr_and_lf_is_one_line_end() {
+        // fuzz/sse_parse regression: an empty read between the CR and the
+        // LF of a CRLF used to turn it into two line ends.
+        let mut p = SseParser::new();
+        let mut ev = p.feed(b"data: a\r");
+        ev.extend(p.feed(b""));
+        ev.extend(p.feed(b"\ndata: b\n\n"));
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0].data, "a\nb");
+    }
+
+    #[test]
     fn parser_byte_by_byte_with_bom() {
         let stream = "\u{FEFF}: comment\n\ndata: é\n\n".as_bytes();
         let mut p = SseParser::new();
@@ -369,15 +381,5 @@ mod tests {
         let v: Vec<_> = split_lines("a\r\n\rb\n").collect();
         assert_eq!(v, ["a", "", "b", ""]);
         assert_eq!(split_lines("").collect::<Vec<_>>(), [""]);
-    }
-
-    #[test]
-    fn an_empty_read_between_cr_and_lf_is_one_line_ending() {
-        let mut p = SseParser::new();
-        let mut got = p.feed(b"data: a\r");
-        got.extend(p.feed(b""));
-        got.extend(p.feed(b"\ndata: b\n\n"));
-        assert_eq!(got.len(), 1, "the event ended early: {got:?}");
-        assert_eq!(got[0].data, "a\nb");
     }
 }

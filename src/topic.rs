@@ -157,11 +157,20 @@ impl UrlPatternMatcher {
         // The constructor-string parser compiles the protocol part with the
         // regex crate's defaults; refuse oversized groups before it runs.
         check_regex_groups(source)?;
-        let init =
-            UrlPatternInit::parse_constructor_string::<regex::Regex>(source, Some(base.clone()))
-                .map_err(|e| e.to_string())?;
-        let p =
-            quirks::parse_pattern(init, UrlPatternOptions::default()).map_err(|e| e.to_string())?;
+        // The urlpattern crate (0.3) panics on some inputs instead of
+        // returning an error, e.g. `*\n*` (an `unwrap` on an empty fixed-text
+        // part in its pattern-string generation; found by fuzz/topic_match).
+        // Patterns come from clients and tokens, so such a panic is turned
+        // into a refusal here rather than unwinding through a request.
+        let parsed = std::panic::catch_unwind(|| {
+            let init = UrlPatternInit::parse_constructor_string::<regex::Regex>(
+                source,
+                Some(base.clone()),
+            )
+            .map_err(|e| e.to_string())?;
+            quirks::parse_pattern(init, UrlPatternOptions::default()).map_err(|e| e.to_string())
+        });
+        let p = parsed.map_err(|_| "the URL pattern parser failed on it".to_string())??;
         let mut components: [Component; 8] = std::array::from_fn(|_| Component::Any);
         let sources = [
             &p.pathname,

@@ -320,24 +320,46 @@ async fn read_head(tcp: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Head> 
             }
             return Ok(Head::Other);
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        match parsed.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                return Ok(lean_request(&parsed, len == buf.len())
-                    .map_or(Head::Other, |r| Head::Lean(Box::new(r))))
-            }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
-            // Too long, too many headers or malformed: hyper answers it.
-            _ => return Ok(Head::Other),
+        match parse_lean_head(buf) {
+            LeanHead::Partial => continue,
+            LeanHead::Lean(request) => return Ok(Head::Lean(request)),
+            LeanHead::Other => return Ok(Head::Other),
         }
+    }
+}
+
+/// What the bytes of a request head read so far call for.
+#[derive(Debug)]
+pub enum LeanHead {
+    /// The head is not complete yet (and still within the lean path's
+    /// 16 KiB limit).
+    Partial,
+    /// A complete bodiless `GET` of the hub: the lean path serves it.
+    Lean(Box<Request<Body>>),
+    /// Anything else (another request, too long, too many headers,
+    /// malformed, bytes after the head): hyper's job.
+    Other,
+}
+
+/// Parse the request head buffered so far. Pure, so it can be tested and
+/// fuzzed on its own; `read_head` calls it once [`has_end_of_head`] says
+/// the head can be complete.
+pub fn parse_lean_head(buf: &[u8]) -> LeanHead {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => lean_request(&parsed, len == buf.len())
+            .map_or(LeanHead::Other, |r| LeanHead::Lean(Box::new(r))),
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => LeanHead::Partial,
+        // Too long, too many headers or malformed: hyper answers it.
+        _ => LeanHead::Other,
     }
 }
 
 /// Whether `buf` holds an empty line (the end of a head; httparse accepts
 /// bare LF line ends too), looking only at bytes from `searched` on and the
 /// two before them, which may start one.
-fn has_end_of_head(buf: &[u8], searched: usize) -> bool {
+pub fn has_end_of_head(buf: &[u8], searched: usize) -> bool {
     let tail = &buf[searched.saturating_sub(2)..];
     tail.windows(2)
         .enumerate()

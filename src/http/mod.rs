@@ -10,6 +10,10 @@ mod subscribe;
 mod subscriptions;
 
 pub use error::HttpError;
+// Exposed for the fuzz targets (fuzz/) and tests: the pure parsers behind
+// the subscribe query and the publish form.
+pub use publish::{parse_form, PublishRequest};
+pub use subscribe::{parse_query, SubscribeRequest};
 
 use std::sync::Arc;
 use std::time::Duration;
