@@ -26,7 +26,9 @@ cargo fmt --check
 cargo clippy --release --locked --all-targets -- -D warnings
 
 echo "==> cargo test (unit + integration + browser)"
-cargo test --release --locked --all-targets
+# Benchmarks (bench/*.rs) are programs that print figures, run by hand
+# (`cargo bench --bench NAME`); clippy above has compiled them.
+cargo test --release --locked --lib --bins --tests
 
 echo "==> load generator (bench/loadgen): fmt, clippy, unit tests"
 # It builds herald's library as a dependency: the shared target dir lets it
