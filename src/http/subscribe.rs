@@ -106,6 +106,18 @@ pub fn parse_query(
     Ok(req)
 }
 
+/// Does this query ask for a pattern (`match_urlpattern=`, or a `topic=`
+/// with a template expression), which must be compiled? Decoding the query
+/// is cheap; compiling is what is kept off the async workers. A query that
+/// does not decode is answered by [`parse_query`].
+fn has_pattern_selector(query: &str) -> bool {
+    form::parse(query.as_bytes()).is_ok_and(|pairs| {
+        pairs.iter().any(|(name, value)| {
+            name == "match_urlpattern" || (name == "topic" && value.contains('{'))
+        })
+    })
+}
+
 /// A selector that does not compile is the client's error (400); a hub
 /// out of room for distinct patterns is the hub's (503, retry later).
 fn selector_error(e: SelectorError) -> HttpError {
@@ -159,29 +171,27 @@ async fn open(state: &AppState, headers: &HeaderMap, query: &str) -> Result<Resp
         ));
     }
     let cfg = &state.config;
-    // Compiling patterns (from the query and from the token's grants) is
-    // CPU a client controls: keep it off the async workers.
-    let (raw, limits) = (
-        query.to_owned(),
-        (cfg.max_selectors, cfg.max_selector_len, cfg.max_patterns),
-    );
-    let (headers_owned, verifier, allow_anonymous) = (
-        headers.clone(),
-        state.subscriber.clone(),
-        cfg.allow_anonymous,
-    );
-    let (req, grants) = tokio::task::spawn_blocking(move || -> Result<_, HttpError> {
-        let req = parse_query(raw.as_bytes(), limits.0, limits.1, limits.2)?;
-        let grants = match find_token(&headers_owned, req.query_token.as_deref())? {
-            Some(token) => verify(&verifier, &token)?,
-            None if allow_anonymous => Grants::default(),
-            None => return Err(AuthError::Missing.into()),
-        };
-        Ok((req, grants))
-    })
-    .await
-    .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-
+    // Compiling patterns is CPU a client controls: a query with patterns is
+    // parsed off the async workers. One with exact topics only is parsed
+    // here: a hop to the blocking pool would cost more than the parse.
+    let limits = (cfg.max_selectors, cfg.max_selector_len, cfg.max_patterns);
+    let req = if has_pattern_selector(query) {
+        let raw = query.to_owned();
+        tokio::task::spawn_blocking(move || {
+            parse_query(raw.as_bytes(), limits.0, limits.1, limits.2)
+        })
+        .await
+        .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??
+    } else {
+        parse_query(query.as_bytes(), limits.0, limits.1, limits.2)?
+    };
+    // A token's patterns are compiled only once its signature holds (a
+    // trusted signer), and through the shared cache.
+    let grants = match find_token(headers, req.query_token.as_deref())? {
+        Some(token) => verify(&state.subscriber, &token)?,
+        None if cfg.allow_anonymous => Grants::default(),
+        None => return Err(AuthError::Missing.into()),
+    };
     // Within the leeway a token past its `exp` still verifies, but a stream
     // opened with it would end at once, and the client would reconnect in a
     // loop with the same token: refuse it instead, so it fetches a new one.
