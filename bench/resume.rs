@@ -1,6 +1,7 @@
 //! Resume storm benchmark: prints figures, asserts nothing about speed.
 //!
-//! `ulimit -n 20000; cargo bench --bench resume` (add `-- --quick` for a
+//! `ulimit -n 20000; cargo bench --bench resume` (`HERALD_BIN=path` to
+//! measure another build; add `-- --quick` for a
 //! short run, `-- --clients N` to change the storm). It starts the release
 //! `herald` binary on loopback with durable history, publishes more updates
 //! than the in-memory cache holds (so replays read the file), then opens N

@@ -21,8 +21,27 @@ impl Drop for Hub {
     }
 }
 
+/// The herald binary to measure: this build's, or `HERALD_BIN` (another
+/// build, for a before/after on the same machine and load).
+fn herald_bin() -> String {
+    std::env::var("HERALD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_herald").to_string())
+}
+
 pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> Hub {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let bin = herald_bin();
+    let help = Command::new(&bin)
+        .args(["serve", "--help"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    // Benchmarks open thousands of connections from one address: lift the
+    // limits, on builds that have them.
+    let unlimited: &[&str] = if help.contains("--max-connections-per-ip") {
+        &["--max-connections", "0", "--max-connections-per-ip", "0"]
+    } else {
+        &[]
+    };
+    let mut child = Command::new(&bin)
         .args([
             "serve",
             "--listen",
@@ -33,12 +52,8 @@ pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> Hub {
             data_dir.to_str().expect("utf-8 path"),
             "--history-size",
             "200000",
-            // Benchmarks open thousands of connections from one address.
-            "--max-connections",
-            "0",
-            "--max-connections-per-ip",
-            "0",
         ])
+        .args(unlimited)
         .args(extra)
         .env("HERALD_LOG", "warn")
         .stdout(Stdio::piped())
