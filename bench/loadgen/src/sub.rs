@@ -105,6 +105,43 @@ fn count_error(stats: &Stats, e: &OpenError) {
     };
 }
 
+/// The outcome of one counted connection attempt in a reconnecting loop.
+enum Reconnect {
+    Open(SubStream),
+    /// Failed (counted); waited `backoff`: try again.
+    Retry,
+    /// Asked to stop (or the pool closed).
+    Stop,
+}
+
+/// One connection attempt through the connect pool, counted in the stats;
+/// on failure wait `backoff` (or until stopped) before the caller retries.
+async fn reconnect(
+    ctx: &Ctx,
+    req: &[u8],
+    src: Ipv4Addr,
+    backoff: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Reconnect {
+    let res = {
+        let Ok(_permit) = ctx.connect_sem.acquire().await else {
+            return Reconnect::Stop;
+        };
+        ctx.stats.connect_attempts.fetch_add(1, Relaxed);
+        open_stream(ctx, req, src).await
+    };
+    match res {
+        Ok(s) => Reconnect::Open(s),
+        Err(e) => {
+            count_error(&ctx.stats, &e);
+            tokio::select! {
+                _ = sleep(backoff) => Reconnect::Retry,
+                _ = stop.changed() => Reconnect::Stop,
+            }
+        }
+    }
+}
+
 fn stopped(stop: &watch::Receiver<bool>) -> bool {
     *stop.borrow()
 }
@@ -329,23 +366,10 @@ pub async fn churner(
     while Instant::now() < deadline && !stopped(&stop) {
         let src = ctx.src_ips[((idx + iter) % n_ips) as usize];
         iter += 1;
-        let res = {
-            let Ok(_permit) = ctx.connect_sem.acquire().await else {
-                return;
-            };
-            ctx.stats.connect_attempts.fetch_add(1, Relaxed);
-            open_stream(&ctx, &req, src).await
-        };
-        let mut sub = match res {
-            Ok(s) => s,
-            Err(e) => {
-                count_error(&ctx.stats, &e);
-                tokio::select! {
-                    _ = sleep(Duration::from_millis(20)) => {}
-                    _ = stop.changed() => return,
-                }
-                continue;
-            }
+        let mut sub = match reconnect(&ctx, &req, src, Duration::from_millis(20), &mut stop).await {
+            Reconnect::Open(s) => s,
+            Reconnect::Retry => continue,
+            Reconnect::Stop => return,
         };
         ctx.stats.connected.fetch_add(1, Relaxed);
         if !hold.is_zero() {
@@ -513,23 +537,11 @@ pub async fn slow_reader(
     while Instant::now() < plan.deadline && !stopped(&stop) {
         let src = ctx.src_ips[((idx + iter) % n_ips) as usize];
         iter += 1;
-        let res = {
-            let Ok(_permit) = ctx.connect_sem.acquire().await else {
-                return;
-            };
-            ctx.stats.connect_attempts.fetch_add(1, Relaxed);
-            open_stream(&ctx, &req, src).await
-        };
-        let mut sub = match res {
-            Ok(s) => s,
-            Err(e) => {
-                count_error(&ctx.stats, &e);
-                tokio::select! {
-                    _ = sleep(Duration::from_millis(200)) => {}
-                    _ = stop.changed() => return,
-                }
-                continue;
-            }
+        let mut sub = match reconnect(&ctx, &req, src, Duration::from_millis(200), &mut stop).await
+        {
+            Reconnect::Open(s) => s,
+            Reconnect::Retry => continue,
+            Reconnect::Stop => return,
         };
         ctx.stats.connected.fetch_add(1, Relaxed);
         counters.sessions.fetch_add(1, Relaxed);
