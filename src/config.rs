@@ -248,6 +248,11 @@ settings! {
     durability: DurabilityMode = DurabilityMode::Sync, env "HERALD_DURABILITY";
     /// Largest accepted publish body in bytes. [default: 1048576]
     max_body: usize = 1024 * 1024, env "HERALD_MAX_BODY";
+    /// Largest batch publish body (POST /.well-known/mercure/batch) in
+    /// bytes. [default: 16777216]
+    max_batch_bytes: usize = 16 * 1024 * 1024, env "HERALD_MAX_BATCH_BYTES";
+    /// Most records in one batch publish. [default: 10000]
+    max_batch_records: usize = 10_000, env "HERALD_MAX_BATCH_RECORDS";
     /// Events queued per subscriber before it is cut off as too slow (it
     /// then resumes from history). [default: 1024]
     queue_capacity: usize = 1024, env "HERALD_QUEUE_CAPACITY";
@@ -454,6 +459,9 @@ impl Config {
         if self.max_selectors == 0 || self.max_selector_len == 0 {
             bail!("max_selectors and max_selector_len must be at least 1");
         }
+        if self.max_batch_records == 0 || self.max_batch_bytes < 64 {
+            bail!("max_batch_records must be at least 1 and max_batch_bytes at least 64");
+        }
         if self.max_body < 64 {
             bail!("max_body must be at least 64 bytes");
         }
@@ -626,6 +634,8 @@ mod tests {
             history_max_age = "7d"
             durability = "relaxed"
             max_body = 4096
+            max_batch_bytes = 8192
+            max_batch_records = 7
             queue_capacity = 12
             subscriptions = true
             max_selectors = 13
@@ -671,6 +681,8 @@ mod tests {
         assert_eq!(c.history_max_age, Some(Duration::from_secs(7 * 86400)));
         assert_eq!(c.durability, DurabilityMode::Relaxed);
         assert_eq!(c.max_body, 4096);
+        assert_eq!(c.max_batch_bytes, 8192);
+        assert_eq!(c.max_batch_records, 7);
         assert_eq!(c.queue_capacity, 12);
         assert!(c.subscriptions);
         assert_eq!(c.max_selectors, 13);

@@ -2,6 +2,7 @@
 //! request into calls on [`Hub`], [`Verifier`] and the validators, and the
 //! result into a response.
 
+mod batch;
 pub mod conn;
 mod error;
 pub mod form;
@@ -21,7 +22,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body;
     let mut app = Router::new()
         .route(HUB_PATH, get(subscribe::subscribe).post(publish::publish))
+        .route(&format!("{HUB_PATH}/batch"), post(batch::publish_batch))
         .route(
             &format!("{HUB_PATH}/subscriptions"),
             get(subscriptions::list),

@@ -30,6 +30,17 @@ pub fn parse_form(
     max_topic_len: usize,
 ) -> Result<PublishRequest, HttpError> {
     let pairs = form::parse(body).map_err(|e| HttpError::bad_request(e.to_string()))?;
+    parse_fields(pairs, max_topics, max_topic_len)
+}
+
+/// Validate publish fields given as (name, value) pairs, the form's
+/// repeatable `topic` included. One set of rules for the form and for each
+/// record of a batch.
+pub fn parse_fields(
+    pairs: Vec<(String, String)>,
+    max_topics: usize,
+    max_topic_len: usize,
+) -> Result<PublishRequest, HttpError> {
     let mut req = PublishRequest {
         topics: Vec::new(),
         data: String::new(),
@@ -186,26 +197,13 @@ pub async fn publish(State(state): State<AppState>, request: Request) -> Respons
 /// Authorize, then read the body: a client without a valid token is
 /// answered before it can make the hub hold (and wait for) a body.
 async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<String, HttpError> {
-    let token = find_token(headers, None)?.ok_or(AuthError::Missing)?;
-    let grants = verify(&state.publisher, &token)?;
-    // No Authorization header means the token came from a cookie (publish
-    // takes no query token), which a browser may have attached to a
-    // cross-site form post.
-    if !headers.contains_key(header::AUTHORIZATION) {
-        check_cookie_origin(headers, &state.config.cors_origins)?;
-    }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let media = content_type.split(';').next().unwrap_or("").trim();
-    if !media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-        return Err(HttpError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "publish with Content-Type: application/x-www-form-urlencoded (fields: topic, data, private, id, type, retry)",
-        ));
-    }
-    let body = read_body(state, headers, body).await?;
+    let grants = authorize_publisher(state, headers)?;
+    require_media_type(
+        headers,
+        "application/x-www-form-urlencoded",
+        "publish with Content-Type: application/x-www-form-urlencoded (fields: topic, data, private, id, type, retry)",
+    )?;
+    let body = read_body(state, headers, body, state.config.max_body, "--max-body").await?;
     let cfg = &state.config;
     let req = parse_form(&body, cfg.max_selectors, cfg.max_selector_len)?;
     if let Some(t) = req.topics.iter().find(|t| !grants.can_publish(t)) {
@@ -227,12 +225,52 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Str
     Ok(update.id.clone())
 }
 
-/// The whole body, within `--max-body` (413) and `--body-timeout` (408).
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, HttpError> {
-    let max = state.config.max_body;
+/// The publisher's grants, checked before any of the body is read.
+pub(super) fn authorize_publisher(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<crate::auth::Grants, HttpError> {
+    let token = find_token(headers, None)?.ok_or(AuthError::Missing)?;
+    let grants = verify(&state.publisher, &token)?;
+    // No Authorization header means the token came from a cookie (publish
+    // takes no query token), which a browser may have attached to a
+    // cross-site form post.
+    if !headers.contains_key(header::AUTHORIZATION) {
+        check_cookie_origin(headers, &state.config.cors_origins)?;
+    }
+    Ok(grants)
+}
+
+/// 415 unless the body is of this media type.
+pub(super) fn require_media_type(
+    headers: &HeaderMap,
+    expected: &str,
+    hint: &str,
+) -> Result<(), HttpError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    if media.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(HttpError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, hint))
+    }
+}
+
+/// The whole body, within `max` bytes (`setting` names the flag; 413) and
+/// `--body-timeout` (408).
+pub(super) async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+    setting: &str,
+) -> Result<Bytes, HttpError> {
     let too_large = || {
         HttpError::too_large(format!(
-            "request body is larger than the limit of {max} bytes"
+            "request body is larger than the limit of {max} bytes ({setting})"
         ))
     };
     let declared = headers

@@ -207,10 +207,15 @@ struct Pending {
     /// (subscription events: connection churn must never evict published
     /// updates from history, nor be replayed).
     durable: bool,
+    /// Part of an all-or-nothing batch publish: the same number for every
+    /// update of one request, whose reply rides on its last update.
+    group: Option<u64>,
 }
 
 enum CommitRequest {
     Publish(Pending),
+    /// Every update of one batch publish, committed together or not at all.
+    PublishAll(Vec<Pending>),
     /// Enforce the age limit of history, flush relaxed writes, and probe a
     /// faulty store.
     Maintain,
@@ -290,11 +295,108 @@ impl Hub {
             update: update.clone(),
             reply: Some(reply),
             durable: true,
+            group: None,
         }))?;
         // A dropped reply means the committer stopped (or panicked) before
         // this update was stored.
         answer.await.map_err(|_| self.stopped_error())??;
         Ok(update)
+    }
+
+    /// Store and deliver several updates as one: all of them, in order, in
+    /// one durable commit, or none (an id already in history, or repeated
+    /// within them, refuses the whole request). Returns once every one is
+    /// in history and offered to its subscribers.
+    pub async fn publish_batch(&self, updates: Vec<Update>) -> Result<Vec<Arc<Update>>, HubError> {
+        if self.is_closed() {
+            return Err(HubError::ShuttingDown);
+        }
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let updates: Vec<Arc<Update>> = updates.into_iter().map(Arc::new).collect();
+        let group = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        let mut reply = Some(reply);
+        let last = updates.len() - 1;
+        let pending = updates
+            .iter()
+            .enumerate()
+            .map(|(i, u)| Pending {
+                update: u.clone(),
+                reply: if i == last { reply.take() } else { None },
+                durable: true,
+                group: Some(group),
+            })
+            .collect();
+        self.enqueue(CommitRequest::PublishAll(pending))?;
+        answer.await.map_err(|_| self.stopped_error())??;
+        Ok(updates)
+    }
+
+    /// Refuse, before anything is written, every batch group with an id
+    /// that history already holds or that an earlier update of this commit
+    /// uses: a group is all or nothing, so it must not reach the store's
+    /// per-update duplicate check. The committer is the only writer, so
+    /// what `lookup` says holds until the append.
+    fn refuse_duplicate_groups(
+        &self,
+        batch: Vec<Pending>,
+        replies: &mut Vec<Option<Reply>>,
+    ) -> Vec<Pending> {
+        use std::collections::{HashMap, HashSet};
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut refused: HashMap<u64, HubError> = HashMap::new();
+        for p in &batch {
+            let id = p.update.id.as_str();
+            if let Some(g) = p.group {
+                if let std::collections::hash_map::Entry::Vacant(slot) = refused.entry(g) {
+                    let duplicate = || HistoryError::DuplicateId(id.to_string()).into();
+                    match self.history.lookup(id) {
+                        _ if seen.contains(id) => {
+                            slot.insert(duplicate());
+                        }
+                        Ok(Some(_)) => {
+                            slot.insert(duplicate());
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            slot.insert(HubError::Unavailable(format!(
+                                "history cannot be read: {e}"
+                            )));
+                        }
+                    }
+                }
+            }
+            if p.durable {
+                seen.insert(id);
+            }
+        }
+        if refused.is_empty() {
+            return batch;
+        }
+        let mut kept = Vec::with_capacity(batch.len());
+        let mut kept_replies = Vec::with_capacity(batch.len());
+        for (p, reply) in batch.into_iter().zip(replies.drain(..)) {
+            match p.group.and_then(|g| refused.get(&g)) {
+                Some(err) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(match err {
+                            HubError::History(HistoryError::DuplicateId(id)) => {
+                                HistoryError::DuplicateId(id.clone()).into()
+                            }
+                            other => HubError::Unavailable(other.to_string()),
+                        }));
+                    }
+                }
+                None => {
+                    kept.push(p);
+                    kept_replies.push(reply);
+                }
+            }
+        }
+        *replies = kept_replies;
+        kept
     }
 
     /// Ask the committer to enforce history's age limit (called
@@ -343,7 +445,12 @@ impl Hub {
     /// Commit one batch, deliver it in order, answer its publishers:
     /// `replies[i]` belongs to `batch[i]` and is taken when answered, so
     /// after a panic the caller still holds the unanswered ones.
-    fn commit(&self, batch: Vec<Pending>, replies: &mut [Option<Reply>]) {
+    fn commit(&self, batch: Vec<Pending>, replies: &mut Vec<Option<Reply>>) {
+        let batch = if batch.iter().any(|p| p.group.is_some()) {
+            self.refuse_duplicate_groups(batch, replies)
+        } else {
+            batch
+        };
         let durable: Vec<Arc<Update>> = batch
             .iter()
             .filter(|p| p.durable)
@@ -374,6 +481,8 @@ impl Hub {
         let mut cut_off = Vec::new();
         let mut published = 0;
         let mut answers = Vec::with_capacity(durable.len());
+        // A group whose member failed answers with that failure.
+        let mut group_error: Option<(u64, String)> = None;
         {
             let mut head = self.order.lock();
             for (p, reply) in batch.into_iter().zip(replies.iter_mut()) {
@@ -381,15 +490,29 @@ impl Hub {
                     self.fan_out(&p.update, &mut cut_off);
                     continue;
                 }
-                let result = results.next().unwrap_or_else(|| {
+                let mut result = results.next().unwrap_or_else(|| {
                     Err(HistoryError::Storage(
                         "the store returned fewer results than updates".into(),
                     ))
                 });
-                if let Ok(seq) = result {
-                    self.fan_out(&p.update, &mut cut_off);
-                    head.advance(seq, &p.update);
-                    published += 1;
+                match &result {
+                    Ok(seq) => {
+                        self.fan_out(&p.update, &mut cut_off);
+                        head.advance(*seq, &p.update);
+                        published += 1;
+                    }
+                    Err(e) => {
+                        if let Some(g) = p.group {
+                            group_error.get_or_insert((g, e.to_string()));
+                        }
+                    }
+                }
+                if let (Some(g), Some((failed, why))) = (p.group, &group_error) {
+                    if g == *failed && result.is_ok() {
+                        result = Err(HistoryError::Storage(format!(
+                            "part of the batch was not stored: {why}"
+                        )));
+                    }
                 }
                 answers.push((reply.take(), result));
             }
@@ -535,6 +658,7 @@ impl Hub {
                 update: Arc::new(update),
                 reply: None,
                 durable: false,
+                group: None,
             })) {
                 tracing::warn!(error = %e, "could not publish subscription event");
             }
@@ -663,6 +787,7 @@ fn run_committer(hub: Weak<Hub>, rx: std_mpsc::Receiver<CommitRequest>) {
         while let Some(request) = next.take() {
             match request {
                 CommitRequest::Publish(pending) => batch.push(pending),
+                CommitRequest::PublishAll(group) => batch.extend(group),
                 CommitRequest::Maintain => maintain = true,
                 CommitRequest::Stop => {
                     stop = true;
@@ -864,6 +989,7 @@ mod tests {
                     update: Arc::new(update(id, &["t"], false)),
                     reply: None,
                     durable: true,
+                    group: None,
                 })
                 .collect();
             // Committed on another thread while the reader drains.
@@ -879,6 +1005,56 @@ mod tests {
             assert_eq!(got, expected[..got.len()], "round {round}: a gap");
             assert!(hub.stats.cut_off_slow.load(Ordering::Relaxed) <= 1);
         }
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_stored_and_delivered_whole_or_not_at_all() {
+        let hub = hub(64);
+        let mut s = hub.subscribe(sub(&["t"], &[]), None).await.unwrap().stream;
+        hub.publish(update("taken", &["t"], false)).await.unwrap();
+        // One id already in history refuses the whole batch.
+        let err = hub
+            .publish_batch(vec![
+                update("b1", &["t"], false),
+                update("taken", &["t"], false),
+            ])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, HubError::History(HistoryError::DuplicateId(ref id)) if id == "taken")
+        );
+        // So does an id repeated inside it.
+        assert!(hub
+            .publish_batch(vec![
+                update("b1", &["t"], false),
+                update("b1", &["t"], false)
+            ])
+            .await
+            .is_err());
+        let stored = hub
+            .publish_batch(vec![
+                update("b1", &["t"], false),
+                update("b2", &["t"], false),
+                update("b3", &["t"], false),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 3);
+        let mut got = String::new();
+        while !got.contains("id: b3") {
+            got.push_str(&next_chunk(&mut s).await);
+        }
+        assert_eq!(
+            got,
+            "id: taken\ndata: taken\n\nid: b1\ndata: b1\n\nid: b2\ndata: b2\n\nid: b3\ndata: b3\n\n",
+            "nothing of the refused batches, the accepted one in order"
+        );
+        let r = hub
+            .history()
+            .replay(&ResumeFrom::Earliest, u64::MAX)
+            .unwrap();
+        let ids: Vec<&str> = r.updates.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, ["taken", "b1", "b2", "b3"]);
     }
 
     /// A store whose appends panic: the committer must survive it.
@@ -1254,6 +1430,7 @@ mod tests {
                                     update: u,
                                     reply: None,
                                     durable: true,
+                                    group: None,
                                 }
                             })
                             .collect();
