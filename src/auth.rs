@@ -15,7 +15,11 @@
 //! accepts only the algorithms of its kind, so an HMAC secret can never be
 //! confused with a public key.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{json, Value};
@@ -45,7 +49,12 @@ pub struct Verifier {
     algorithms: Vec<Algorithm>,
     leeway: Duration,
     max_token_len: usize,
+    /// Tokens already verified, by their text (see [`Verifier::verify`]).
+    verified: Arc<Mutex<HashMap<String, Grants>>>,
 }
+
+/// Most verified tokens remembered; a full cache starts over.
+const VERIFIED_CAPACITY: usize = 4096;
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -117,6 +126,7 @@ impl Verifier {
             algorithms,
             leeway: DEFAULT_LEEWAY,
             max_token_len: DEFAULT_MAX_TOKEN_LEN,
+            verified: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -128,8 +138,38 @@ impl Verifier {
     }
 
     /// Verify signature, `exp` and `nbf` (when present) and parse the grants.
+    ///
+    /// A token that verified is remembered by its text, so a backend's
+    /// long-lived publisher token (sent with every publish) or a page's
+    /// token (sent with every reconnect) costs one signature check and one
+    /// claims parse, not one per request. A remembered token is used only
+    /// while it is within `exp` plus the leeway; past that it is verified
+    /// afresh, and fails. `nbf` needs no re-check: a token is remembered
+    /// only once valid, and stays valid until `exp`. Only tokens with a
+    /// good signature are remembered, so nobody but a key holder can fill
+    /// the cache; it is bounded all the same.
     pub fn verify(&self, token: &str) -> Result<Grants, AuthError> {
-        self.verify_at(token, SystemTime::now())
+        let now = SystemTime::now();
+        if let Some(grants) = self.remembered(token, now) {
+            return Ok(grants);
+        }
+        let grants = self.verify_at(token, now)?;
+        let mut verified = self.verified.lock();
+        if verified.len() >= VERIFIED_CAPACITY {
+            verified.clear();
+        }
+        verified.insert(token.to_string(), grants.clone());
+        Ok(grants)
+    }
+
+    fn remembered(&self, token: &str, now: SystemTime) -> Option<Grants> {
+        let verified = self.verified.lock();
+        let grants = verified.get(token)?;
+        let live = grants.expires_at.is_none_or(|exp| {
+            exp.checked_add(self.leeway)
+                .is_some_and(|limit| now <= limit)
+        });
+        live.then(|| grants.clone())
     }
 
     fn verify_at(&self, token: &str, now: SystemTime) -> Result<Grants, AuthError> {
@@ -664,5 +704,31 @@ mod tests {
             .unwrap()
             .verify(&sign(json!({"pad": "x".repeat(20_000)})))
             .is_err());
+    }
+
+    #[test]
+    fn verified_tokens_are_remembered_until_they_expire() {
+        let v = Verifier::hmac("secret").unwrap();
+        let now = SystemTime::now();
+        let exp = now.duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+        let token = sign(json!({"mercure": {"publish": ["*"]}, "exp": exp}));
+        assert!(v.remembered(&token, now).is_none());
+        assert!(v.verify(&token).unwrap().can_publish("x"));
+        let hit = v
+            .remembered(&token, now)
+            .expect("remembered after a success");
+        assert!(hit.can_publish("x"));
+        // Past exp + leeway a remembered token is not used: it is verified
+        // afresh (and fails).
+        let later = now + Duration::from_secs(3600) + DEFAULT_LEEWAY + Duration::from_secs(1);
+        assert!(v.remembered(&token, later).is_none());
+        // A token that fails is never remembered.
+        let forged = Verifier::hmac("other").unwrap();
+        assert!(forged.verify(&token).is_err());
+        assert!(forged.remembered(&token, now).is_none());
+        assert!(
+            forged.verify(&token).is_err(),
+            "still refused the second time"
+        );
     }
 }
