@@ -584,9 +584,9 @@ impl DiskHistory {
         let mut count = 0u64;
         while next <= last {
             let page = self.read_range_from_file(next, last, 4096)?;
-            let Some((last_read, _)) = page.last() else {
+            if page.is_empty() {
                 break;
-            };
+            }
             for (seq, _) in &page {
                 if *seq != next {
                     return Err(HistoryError::Corrupt {
@@ -597,7 +597,6 @@ impl DiskHistory {
                 next += 1;
             }
             count += page.len() as u64;
-            next = last_read + 1;
         }
         if count != self.len.load(Ordering::Relaxed) {
             return Err(HistoryError::Storage(format!(

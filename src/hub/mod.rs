@@ -71,23 +71,31 @@ impl Subscription {
     }
 
     /// The second half of [`Subscription::wants`], for a subscriber whose
-    /// selectors are already known to match: a public update, or a private
-    /// one its token lets it read (a grant matches one of the topics).
+    /// selectors are already known to match (topics prepared once).
     pub fn may_read(&self, update: &Update, topics: &[crate::topic::PreparedTopic<'_>]) -> bool {
-        !update.private || crate::topic::any_matches_prepared(&self.private_access, topics)
+        may_see(&self.private_access, update, topics)
     }
 
     /// May this subscriber know of this update at all, whatever it asked
-    /// for? Public updates, and private ones its token grants. An update it
-    /// may not see behaves, in every answer, like one that does not exist.
+    /// for? An update it may not see behaves, in every answer, like one that
+    /// does not exist.
     pub fn may_see(&self, update: &Update) -> bool {
-        may_see(&self.private_access, update)
+        may_see(
+            &self.private_access,
+            update,
+            &crate::topic::prepare(&update.topics),
+        )
     }
 }
 
-/// May a holder of these private-access grants know of this update?
-fn may_see(private_access: &[TopicSelector], update: &Update) -> bool {
-    !update.private || crate::topic::any_matches(private_access, &update.topics)
+/// The one rule of who may know of an update: it is public, or a grant of
+/// these private-access selectors matches one of its topics.
+fn may_see(
+    private_access: &[TopicSelector],
+    update: &Update,
+    topics: &[crate::topic::PreparedTopic<'_>],
+) -> bool {
+    !update.private || crate::topic::any_matches_prepared(private_access, topics)
 }
 
 /// A registered subscriber, as [`Hub::subscribe`] hands it back.
@@ -181,7 +189,9 @@ impl Head {
     /// The newest id a holder of these grants may know of.
     fn visible_id(&self, private_access: &[TopicSelector]) -> Option<String> {
         match &self.newest {
-            Some(u) if may_see(private_access, u) => Some(u.id.clone()),
+            Some(u) if may_see(private_access, u, &crate::topic::prepare(&u.topics)) => {
+                Some(u.id.clone())
+            }
             _ => self.newest_public.clone(),
         }
     }
@@ -344,27 +354,28 @@ impl Hub {
         batch: Vec<Pending>,
         replies: &mut Vec<Option<Reply>>,
     ) -> Vec<Pending> {
-        use std::collections::{HashMap, HashSet};
+        use std::collections::{hash_map::Entry, HashMap, HashSet};
         let mut seen: HashSet<&str> = HashSet::new();
-        let mut refused: HashMap<u64, HubError> = HashMap::new();
+        // Refused groups, with the error their reply (on their last
+        // update) is sent.
+        let mut refused: HashMap<u64, Option<HubError>> = HashMap::new();
         for p in &batch {
             let id = p.update.id.as_str();
             if let Some(g) = p.group {
-                if let std::collections::hash_map::Entry::Vacant(slot) = refused.entry(g) {
-                    let duplicate = || HistoryError::DuplicateId(id.to_string()).into();
-                    match self.history.lookup(id) {
-                        _ if seen.contains(id) => {
-                            slot.insert(duplicate());
-                        }
-                        Ok(Some(_)) => {
-                            slot.insert(duplicate());
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            slot.insert(HubError::Unavailable(format!(
+                if let Entry::Vacant(slot) = refused.entry(g) {
+                    let why = if seen.contains(id) {
+                        Some(HistoryError::DuplicateId(id.to_string()).into())
+                    } else {
+                        match self.history.lookup(id) {
+                            Ok(Some(_)) => Some(HistoryError::DuplicateId(id.to_string()).into()),
+                            Ok(None) => None,
+                            Err(e) => Some(HubError::Unavailable(format!(
                                 "history cannot be read: {e}"
-                            )));
+                            ))),
                         }
+                    };
+                    if let Some(why) = why {
+                        slot.insert(Some(why));
                     }
                 }
             }
@@ -378,15 +389,12 @@ impl Hub {
         let mut kept = Vec::with_capacity(batch.len());
         let mut kept_replies = Vec::with_capacity(batch.len());
         for (p, reply) in batch.into_iter().zip(replies.drain(..)) {
-            match p.group.and_then(|g| refused.get(&g)) {
-                Some(err) => {
+            match p.group.and_then(|g| refused.get_mut(&g)) {
+                Some(why) => {
                     if let Some(reply) = reply {
-                        let _ = reply.send(Err(match err {
-                            HubError::History(HistoryError::DuplicateId(id)) => {
-                                HistoryError::DuplicateId(id.clone()).into()
-                            }
-                            other => HubError::Unavailable(other.to_string()),
-                        }));
+                        if let Some(why) = why.take() {
+                            let _ = reply.send(Err(why));
+                        }
                     }
                 }
                 None => {
