@@ -60,6 +60,9 @@ enum Cmd {
     ManyTopics {
         #[arg(long)]
         subscribers: u64,
+        /// Updates per topic (round-robin over the topics): more publishes per run.
+        #[arg(long, default_value_t = 1)]
+        rounds: u64,
         /// Publish rate limit (updates/s); unlimited when absent.
         #[arg(long)]
         rate: Option<f64>,
@@ -306,18 +309,24 @@ async fn run(cmd: Cmd) -> Result<(), String> {
         }
         Cmd::ManyTopics {
             subscribers,
+            rounds,
             rate,
             common,
         } => {
+            let rounds = rounds.max(1);
             let spec = Delivery {
                 workload: "many-topics",
                 subscribers,
                 topic_of: |i| i,
-                plan: Plan::TopicPerUpdate,
-                total_updates: subscribers,
-                per_sub: 1,
+                plan: if rounds == 1 {
+                    Plan::TopicPerUpdate
+                } else {
+                    Plan::RoundRobin(subscribers)
+                },
+                total_updates: subscribers * rounds,
+                per_sub: rounds,
                 rate,
-                params: json!({"subscribers": subscribers, "rate": rate}),
+                params: json!({"subscribers": subscribers, "rounds": rounds, "rate": rate}),
             };
             let (r, h, s) = run_delivery(&common, spec).await?;
             (r, Some(h), s, common)
@@ -866,7 +875,9 @@ async fn run_delivery(c: &Common, d: Delivery) -> Result<(Obj, HistSnapshot, Vec
         let counters = counters.clone();
         let publishes = e.publishes;
         let per_sub = d.per_sub;
-        let share = if d.per_sub == 1 {
+        // Does each update go to one subscriber (a topic each) or to all?
+        let one_each = !matches!(d.plan, Plan::OneTopic);
+        let share = if one_each {
             e.mine.len() as f64 / d.subscribers.max(1) as f64
         } else {
             1.0
@@ -876,15 +887,15 @@ async fn run_delivery(c: &Common, d: Delivery) -> Result<(Obj, HistSnapshot, Vec
                 return connected_at_start * per_sub;
             }
             let acc = counters.accepted.load(Relaxed);
-            if per_sub == 1 {
+            if one_each {
                 (acc as f64 * share) as u64
             } else {
                 connected_at_start * acc
             }
         }
     };
-    let total_target = if e.publishes && d.per_sub == 1 {
-        e.mine.len() as u64
+    let total_target = if e.publishes && !matches!(d.plan, Plan::OneTopic) {
+        e.mine.len() as u64 * d.per_sub
     } else {
         connected_at_start * d.per_sub
     };
