@@ -9,10 +9,11 @@
 //! without a gap or a duplicate (see `hub::Hub::subscribe`).
 //!
 //! Appends come in batches from the hub's single committer thread: one
-//! batch is one durable write (one `fsync` on disk), shared by every
-//! publisher whose update is in it (group commit).
+//! batch is one durable write (one `fsync` on disk, of a journal frame),
+//! shared by every publisher whose update is in it (group commit).
 
 mod disk;
+mod journal;
 mod memory;
 mod record;
 
@@ -146,6 +147,12 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// called periodically and at shutdown).
     fn flush(&self) -> Result<(), HistoryError> {
         Ok(())
+    }
+
+    /// Durable writes (`fsync`s) so far, for `/metrics`: with group commit
+    /// there are far fewer of them than publishes.
+    fn syncs(&self) -> u64 {
+        0
     }
 }
 

@@ -132,6 +132,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
          # HELP herald_delivered_total Events queued to subscribers.\n# TYPE herald_delivered_total counter\nherald_delivered_total {}\n\
          # HELP herald_slow_cut_off_total Subscribers cut off for falling behind.\n# TYPE herald_slow_cut_off_total counter\nherald_slow_cut_off_total {}\n\
          # HELP herald_history_updates Updates held in history.\n# TYPE herald_history_updates gauge\nherald_history_updates {}\n\
+         # HELP herald_history_syncs_total Durable writes (fsyncs) of history: one per commit group, shared by its publishers.\n# TYPE herald_history_syncs_total counter\nherald_history_syncs_total {}\n\
          # HELP herald_storage_errors_total Commit batches history failed to store.\n# TYPE herald_storage_errors_total counter\nherald_storage_errors_total {}\n\
          # HELP herald_committer_panics_total Commit batches that panicked (the committer carried on).\n# TYPE herald_committer_panics_total counter\nherald_committer_panics_total {}\n\
          # HELP herald_ready Whether the hub can take publishes (see /readyz).\n# TYPE herald_ready gauge\nherald_ready {}\n\
@@ -147,6 +148,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         st.delivered.load(Relaxed),
         st.cut_off_slow.load(Relaxed),
         s.hub.history().len(),
+        s.hub.history().syncs(),
         st.storage_errors.load(Relaxed),
         st.committer_panics.load(Relaxed),
         u8::from(s.hub.readiness().is_ok()),
