@@ -289,7 +289,7 @@ impl DiskHistory {
             );
         }
         journal
-            .truncate()
+            .truncate(CHECKPOINT_BYTES + (1 << 20))
             .map_err(|e| storage(format!("journal {}: {e}", path.display())))?;
         *self.journal.lock() = Some(journal);
         Ok(())
