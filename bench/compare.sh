@@ -5,7 +5,7 @@
 # writes the side-by-side table with ratios into bench/RESULTS.md (between
 # the COMPARE markers) plus SVG plots under bench/plots/.
 #
-#   bash bench/compare.sh            # full run (~10 minutes)
+#   bash bench/compare.sh            # full run (~11 minutes)
 #   QUICK=1 bash bench/compare.sh    # small sizes, a smoke test of the script
 #
 # Loopback only; every phase is bounded by the load generator's timeouts.
@@ -16,12 +16,14 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 out="$root/bench/results"
 plots="$root/bench/plots"
 mkdir -p "$out" "$plots"
-rm -f "$out"/*.json
+# Only this script's results (publish_scaling.sh keeps its scaling-*.json here too).
+rm -f "$out"/herald-*.json "$out"/nchan-*.json "$out"/pushpin-*.json
 
+# PER_USER: subscribers (a topic each), updates per topic, concurrent publishers.
 if [ "${QUICK:-0}" = 1 ]; then
-  F1=(200 200); F2=(1000 50); MANY=2000; IDLE=2000; CHURN=(50 5 20)
+  F1=(200 200); F2=(1000 50); MANY=2000; IDLE=2000; CHURN=(50 5 20); PER_USER=(1000 5 32)
 else
-  F1=(1000 2000); F2=(10000 200); MANY=19000; IDLE=19000; CHURN=(100 10 50)
+  F1=(1000 2000); F2=(10000 200); MANY=19000; IDLE=19000; CHURN=(100 10 50); PER_USER=(10000 5 32)
 fi
 
 echo "==> building herald and the load generator"
@@ -109,6 +111,7 @@ for server in herald nchan pushpin; do
   run "$server" fanout-1 fanout --subscribers "${F1[0]}" --updates "${F1[1]}" --plot "$plots/$server-fanout-${F1[0]}x${F1[1]}.svg"
   run "$server" fanout-2 fanout --subscribers "${F2[0]}" --updates "${F2[1]}" --plot "$plots/$server-fanout-${F2[0]}x${F2[1]}.svg"
   run "$server" many-topics many-topics --subscribers "$MANY"
+  run "$server" per-user many-topics --subscribers "${PER_USER[0]}" --rounds "${PER_USER[1]}" --pub-concurrency "${PER_USER[2]}"
   run "$server" churn churn --connections "${CHURN[0]}" --duration "${CHURN[1]}" --publish-rate "${CHURN[2]}"
 done
 

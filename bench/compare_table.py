@@ -104,6 +104,23 @@ def main(d):
               f"{num(r.get('delivery_time_s'),'{:.2f}')} |")
     print()
 
+    res = {s: load(d, s, "per-user") for s in SERVERS}
+    h = res["herald"] or {}
+    params = h.get("params") or {}
+    print(f"### per-user: {num(params.get('subscribers'))} subscribers each on its own topic, "
+          f"{params.get('rounds', '?')} updates per topic, {h.get('pub_concurrency', '?')} concurrent publishers\n")
+    print("| server | publishes/s | publish p99 ms | delivery p50 ms | delivery p99 ms | server CPU µs per publish | delivered / expected | lost | dup |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for s in SERVERS:
+        r = res[s]
+        if r is None:
+            print(f"| {s} | no result | | | | | | | |")
+            continue
+        print(f"| {s} | {num(r.get('publish_rate'))} | {num((r.get('publish_latency_ms') or {}).get('p99'),'{:.1f}')} | "
+              f"{num(lat(r,'p50'),'{:.1f}')} | {num(lat(r,'p99'),'{:.1f}')} | {num(r.get('server_cpu_us_per_update'),'{:.1f}')} | "
+              f"{num(r.get('unique'))} / {num(r.get('expected'))} | {num(r.get('lost'))} | {num(r.get('duplicates'))} |")
+    print(f"\nHerald vs nchan: publishes/s {ratio(h.get('publish_rate'), (res['nchan'] or {}).get('publish_rate'))}\n")
+
     res = {s: load(d, s, "churn") for s in SERVERS}
     print("### churn: connect/disconnect as fast as possible while publishing\n")
     print("| server | connects | connects/s | disconnects | errors | duration s |")

@@ -26,10 +26,13 @@ use stats::{now_ns, HistSnapshot};
 use sub::{Ctx, Slot};
 use target::{Kind, Target};
 
+const DEFAULT_PUB_CONCURRENCY: usize = 8;
+
 const EXAMPLES: &str = "\
 Examples:
   herald-loadgen fanout --target herald --url http://127.0.0.1:8080 --token $JWT --subscribers 1000 --updates 2000
   herald-loadgen many-topics --target nchan --url http://127.0.0.1:8081 --subscribers 5000
+  herald-loadgen publish-batch --token $JWT --subscribers 10000 --updates 100000 --batch-size 1000 --server-pid 123
   herald-loadgen idle --target pushpin --url http://127.0.0.1:7999 --connections 10000 --hold 10 --server-pid 123 --server-pid 124
   herald-loadgen churn --target herald --url http://127.0.0.1:8080 --token $JWT --connections 200 --duration 10 --publish-rate 50
   herald-loadgen slow-readers --target herald --url http://127.0.0.1:8080 --connections 300 --duration 60 --topics 10
@@ -66,6 +69,20 @@ enum Cmd {
         /// Publish rate limit (updates/s); unlimited when absent.
         #[arg(long)]
         rate: Option<f64>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Herald only: N subscribers each on its own topic, U updates published through
+    /// the batch endpoint (update i to topic i % N), B per request.
+    PublishBatch {
+        #[arg(long)]
+        subscribers: u64,
+        /// Updates in all (update i goes to topic i % N, its seq per topic is i / N).
+        #[arg(long)]
+        updates: u64,
+        /// Updates per batch request (Herald's default limit is 10,000).
+        #[arg(long)]
+        batch_size: u64,
         #[command(flatten)]
         common: Common,
     },
@@ -191,9 +208,14 @@ struct Common {
     /// Stop waiting once publishing is done and nothing arrived for this long, ms.
     #[arg(long, default_value_t = 5_000)]
     quiet_ms: u64,
-    /// Publisher keep-alive connections (each one request at a time).
-    #[arg(long, default_value_t = 8)]
-    pub_concurrency: usize,
+    /// Publisher keep-alive connections (each one request at a time)
+    /// [default: 8; publish-batch: 1].
+    #[arg(long)]
+    pub_concurrency: Option<usize>,
+    /// Stop starting new publishes this many seconds after the first (the run still
+    /// waits for the deliveries of the accepted ones); no limit when absent.
+    #[arg(long)]
+    publish_for: Option<f64>,
     /// Pad each update's data to this many bytes (0: ~40 bytes, no padding).
     #[arg(long, default_value_t = 0)]
     payload_bytes: usize,
@@ -256,6 +278,7 @@ fn main() {
     let threads = match &cli.cmd {
         Cmd::Fanout { common, .. }
         | Cmd::ManyTopics { common, .. }
+        | Cmd::PublishBatch { common, .. }
         | Cmd::Idle { common, .. }
         | Cmd::Churn { common, .. }
         | Cmd::SlowReaders { common, .. } => common.threads,
@@ -302,6 +325,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 total_updates: updates,
                 per_sub: updates,
                 rate,
+                batch: None,
                 params: json!({"subscribers": subscribers, "updates": updates, "rate": rate}),
             };
             let (r, h, s) = run_delivery(&common, spec).await?;
@@ -326,7 +350,40 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 total_updates: subscribers * rounds,
                 per_sub: rounds,
                 rate,
+                batch: None,
                 params: json!({"subscribers": subscribers, "rounds": rounds, "rate": rate}),
+            };
+            let (r, h, s) = run_delivery(&common, spec).await?;
+            (r, Some(h), s, common)
+        }
+        Cmd::PublishBatch {
+            subscribers,
+            updates,
+            batch_size,
+            common,
+        } => {
+            if common.target != Kind::Herald {
+                return Err(format!(
+                    "publish-batch needs --target herald: {} has no batch publish endpoint \
+                     (Herald's is POST /.well-known/mercure/batch)",
+                    common.target.name()
+                ));
+            }
+            if subscribers == 0 || batch_size == 0 {
+                return Err(
+                    "publish-batch needs --subscribers and --batch-size of at least 1".into(),
+                );
+            }
+            let spec = Delivery {
+                workload: "publish-batch",
+                subscribers,
+                topic_of: |i| i,
+                plan: Plan::RoundRobin(subscribers),
+                total_updates: updates,
+                per_sub: updates.div_ceil(subscribers),
+                rate: None,
+                batch: Some(batch_size),
+                params: json!({"subscribers": subscribers, "updates": updates, "batch_size": batch_size}),
             };
             let (r, h, s) = run_delivery(&common, spec).await?;
             (r, Some(h), s, common)
@@ -785,6 +842,9 @@ fn publish_figures(r: &mut Obj, p: &PubResult) {
     r.insert("published".into(), json!(p.accepted));
     r.insert("publish_rejected".into(), json!(p.rejected));
     r.insert("publish_errors".into(), json!(p.errors));
+    if let Some(b) = p.batches {
+        r.insert("batches".into(), json!(b));
+    }
     if p.first_ns > 0 {
         r.insert("first_publish_ns".into(), json!(p.first_ns));
     }
@@ -817,10 +877,12 @@ struct Delivery {
     /// Updates each subscriber should get when every publish is accepted.
     per_sub: u64,
     rate: Option<f64>,
+    /// Herald batch requests of this many updates instead of single publishes.
+    batch: Option<u64>,
     params: Value,
 }
 
-/// fanout and many-topics: connect, settle, publish, wait for deliveries.
+/// fanout, many-topics and publish-batch: connect, settle, publish, wait for deliveries.
 async fn run_delivery(c: &Common, d: Delivery) -> Result<(Obj, HistSnapshot, Vec<u64>), String> {
     let e = env(c, d.subscribers, 1, true)?;
     let ctx = e.ctx.clone();
@@ -856,15 +918,25 @@ async fn run_delivery(c: &Common, d: Delivery) -> Result<(Obj, HistSnapshot, Vec
     ctx.stats.set_series_start(start_ns);
     let at_start = snapshot(c);
     let deadline = Instant::now() + Duration::from_secs(c.timeout);
+    let publish_until = match c.publish_for {
+        Some(s) => deadline.min(Instant::now() + Duration::from_secs_f64(s.max(0.0))),
+        None => deadline,
+    };
     let counters = Arc::new(PubCounters::default());
+    let concurrency = c.pub_concurrency.unwrap_or(if d.batch.is_some() {
+        1
+    } else {
+        DEFAULT_PUB_CONCURRENCY
+    });
     let publisher = e.publishes.then(|| {
         let cfg = PubConfig {
             plan: d.plan,
             total: d.total_updates,
             rate: d.rate,
-            concurrency: c.pub_concurrency,
+            concurrency,
             pad_to: c.payload_bytes,
-            deadline,
+            batch: d.batch,
+            deadline: publish_until,
             request_timeout: Duration::from_millis(c.publish_timeout_ms),
         };
         tokio::spawn(publish::run(ctx.clone(), cfg, counters.clone()))
@@ -895,7 +967,10 @@ async fn run_delivery(c: &Common, d: Delivery) -> Result<(Obj, HistSnapshot, Vec
         }
     };
     let total_target = if e.publishes && !matches!(d.plan, Plan::OneTopic) {
-        e.mine.len() as u64 * d.per_sub
+        e.mine
+            .iter()
+            .map(|&i| d.plan.updates_for((d.topic_of)(i), d.total_updates))
+            .sum()
     } else {
         connected_at_start * d.per_sub
     };
@@ -961,7 +1036,7 @@ async fn run_delivery(c: &Common, d: Delivery) -> Result<(Obj, HistSnapshot, Vec
                     .copied()
                     .unwrap_or(0),
             },
-            None => d.per_sub,
+            None => d.plan.updates_for(topic, d.total_updates),
         }
     };
     let (mut expected, mut lost, mut late, mut missing) = (0u64, 0u64, 0u64, 0u64);
@@ -993,6 +1068,7 @@ async fn run_delivery(c: &Common, d: Delivery) -> Result<(Obj, HistSnapshot, Vec
     r.insert("late_subscribers".into(), json!(late));
     r.insert("connect_phase_s".into(), json!(round2(connect_s)));
     if let Some(p) = &pres {
+        r.insert("pub_concurrency".into(), json!(concurrency));
         publish_figures(&mut r, p);
     }
     r.insert("expected".into(), json!(expected));
@@ -1185,8 +1261,9 @@ async fn run_churn(
             plan: Plan::RoundRobin(topics),
             total: (rate * duration as f64).ceil() as u64,
             rate: Some(rate),
-            concurrency: c.pub_concurrency,
+            concurrency: c.pub_concurrency.unwrap_or(DEFAULT_PUB_CONCURRENCY),
             pad_to: c.payload_bytes,
+            batch: None,
             deadline,
             request_timeout: Duration::from_millis(c.publish_timeout_ms),
         };

@@ -63,6 +63,19 @@ pub fn derive(r: &mut Obj, lat: &HistSnapshot) {
         };
         r.insert("lost_pct".into(), json!(round_to(pct, 4)));
     }
+    // Each update goes to one subscriber: server CPU per published update.
+    let one_each = matches!(
+        r.get("workload").and_then(Value::as_str),
+        Some("many-topics" | "publish-batch")
+    );
+    let cpu = r.get("server_cpu_s").and_then(Value::as_f64);
+    let published = r.get("published").and_then(Value::as_u64).unwrap_or(0);
+    if let (true, Some(cpu), true) = (one_each, cpu, published > 0) {
+        r.insert(
+            "server_cpu_us_per_update".into(),
+            json!(round_to(cpu * 1e6 / published as f64, 1)),
+        );
+    }
 }
 
 fn fmt_val(v: &Value) -> String {
@@ -134,8 +147,10 @@ const ORDER: &[(&str, &str)] = &[
     ("published", "updates accepted"),
     ("publish_rejected", "updates rejected"),
     ("publish_errors", "publish errors"),
-    ("publish_rate", "publish rate (/s)"),
-    ("publish_latency_ms", "publish latency (ms)"),
+    ("batches", "batch requests accepted"),
+    ("pub_concurrency", "concurrent publish requests"),
+    ("publish_rate", "publish rate (updates/s)"),
+    ("publish_latency_ms", "publish latency per request (ms)"),
     ("expected", "deliveries expected"),
     ("received", "deliveries received"),
     ("lost", "lost"),
@@ -157,6 +172,7 @@ const ORDER: &[(&str, &str)] = &[
     ("errors", "errors"),
     ("hold_s", "held (s)"),
     ("server_cpu_s", "server CPU time during run (s)"),
+    ("server_cpu_us_per_update", "server CPU per update (us)"),
     ("loadgen_cpu_s", "loadgen CPU time (s)"),
     ("dropped_during_hold", "dropped during hold"),
 ];
@@ -237,6 +253,7 @@ pub fn merge(parts: Vec<Obj>) -> Result<(Obj, HistSnapshot, Vec<u64>), String> {
         "published",
         "publish_rejected",
         "publish_errors",
+        "batches",
         "expected",
         "received",
         "unique",
@@ -307,7 +324,12 @@ pub fn merge(parts: Vec<Obj>) -> Result<(Obj, HistSnapshot, Vec<u64>), String> {
         .iter()
         .find(|p| p.get("published").and_then(Value::as_u64).unwrap_or(0) > 0)
     {
-        for k in ["publish_rate", "publish_latency_ms", "first_failure"] {
+        for k in [
+            "publish_rate",
+            "publish_latency_ms",
+            "first_failure",
+            "pub_concurrency",
+        ] {
             if let Some(v) = p.get(k) {
                 out.insert(k.into(), v.clone());
             }
@@ -667,5 +689,29 @@ mod tests {
         assert_eq!(m["deliveries_per_sec"], json!(150.0));
         assert_eq!(hist.count, 2);
         assert_eq!(series, vec![150]);
+    }
+
+    #[test]
+    fn cpu_per_update_only_where_each_update_has_one_subscriber() {
+        let mk = |workload: &str| {
+            let mut o = Obj::new();
+            o.insert("workload".into(), json!(workload));
+            o.insert("published".into(), json!(50_000));
+            o.insert("server_cpu_s".into(), json!(2.5));
+            o
+        };
+        let empty = HistSnapshot::empty();
+        for w in ["many-topics", "publish-batch"] {
+            let mut r = mk(w);
+            derive(&mut r, &empty);
+            assert_eq!(r["server_cpu_us_per_update"], json!(50.0), "{w}");
+        }
+        let mut r = mk("fanout");
+        derive(&mut r, &empty);
+        assert!(r.get("server_cpu_us_per_update").is_none());
+        let mut r = mk("many-topics");
+        r.insert("published".into(), json!(0));
+        derive(&mut r, &empty);
+        assert!(r.get("server_cpu_us_per_update").is_none());
     }
 }
