@@ -108,8 +108,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let state = AppState {
         hub: hub.clone(),
         config: Arc::new(config),
-        publisher,
-        subscriber,
+        publisher: publisher.map(Arc::new),
+        subscriber: subscriber.map(Arc::new),
     };
     let app = router(state);
     let (stop_connections, connections_stopped) = tokio::sync::watch::channel(false);

@@ -29,6 +29,10 @@ pub fn parse(input: &[u8]) -> Result<Vec<(String, String)>, FormError> {
 }
 
 fn decode(raw: &[u8]) -> Result<String, std::string::FromUtf8Error> {
+    // Names and most values need neither step: one copy, no scratch.
+    if !raw.iter().any(|b| *b == b'+' || *b == b'%') {
+        return String::from_utf8(raw.to_vec());
+    }
     let plus_as_space: Vec<u8> = raw
         .iter()
         .map(|b| if *b == b'+' { b' ' } else { *b })

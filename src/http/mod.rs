@@ -35,8 +35,10 @@ use crate::hub::Hub;
 pub struct AppState {
     pub hub: Arc<Hub>,
     pub config: Arc<Config>,
-    pub publisher: Option<Verifier>,
-    pub subscriber: Option<Verifier>,
+    /// Shared (cloned per request by the router: an `Arc` is one atomic
+    /// increment, a `Verifier` would copy its key).
+    pub publisher: Option<Arc<Verifier>>,
+    pub subscriber: Option<Arc<Verifier>>,
 }
 
 pub const HUB_PATH: &str = "/.well-known/mercure";
@@ -240,7 +242,7 @@ fn origin_of(url: &str) -> Option<String> {
 
 /// Verify a presented token with the key of its role. A hub without a key
 /// for the role cannot accept any token for it.
-pub fn verify(verifier: &Option<Verifier>, token: &str) -> Result<Grants, AuthError> {
+pub fn verify(verifier: &Option<Arc<Verifier>>, token: &str) -> Result<Grants, AuthError> {
     match verifier {
         Some(v) => v.verify(token),
         None => Err(AuthError::Invalid(
