@@ -24,6 +24,7 @@ use serde::Deserialize;
 use super::publish::{authorize_publisher, parse_fields, read_body, require_media_type};
 use super::{AppState, HttpError};
 use crate::auth::AuthError;
+use crate::hub::IdOrigin;
 use crate::update::Update;
 
 /// One line of a batch.
@@ -148,14 +149,20 @@ async fn handle(
                 )));
             }
         }
-        let id = req.id.unwrap_or_else(Update::generate_id);
-        updates.push(Update::new(
-            id,
-            req.topics,
-            req.private,
-            req.event_type,
-            req.retry,
-            req.data,
+        let (id, origin) = match req.id {
+            Some(id) => (id, IdOrigin::Chosen),
+            None => (Update::generate_id(), IdOrigin::Generated),
+        };
+        updates.push((
+            Update::new(
+                id,
+                req.topics,
+                req.private,
+                req.event_type,
+                req.retry,
+                req.data,
+            ),
+            origin,
         ));
     }
     if updates.is_empty() {

@@ -220,6 +220,19 @@ struct Pending {
     /// Part of an all-or-nothing batch publish: the same number for every
     /// update of one request, whose reply rides on its last update.
     group: Option<u64>,
+    /// The publisher chose the id, so it may already be in history: a
+    /// batch group looks it up before anything is written. An id the hub
+    /// generated (122 random bits) needs no look-up.
+    chosen_id: bool,
+}
+
+/// Who chose an update's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdOrigin {
+    /// The hub ([`Update::generate_id`]).
+    Generated,
+    /// The publisher: it may clash with one in history.
+    Chosen,
 }
 
 enum CommitRequest {
@@ -306,6 +319,7 @@ impl Hub {
             reply: Some(reply),
             durable: true,
             group: None,
+            chosen_id: true,
         }))?;
         // A dropped reply means the committer stopped (or panicked) before
         // this update was stored.
@@ -317,14 +331,21 @@ impl Hub {
     /// one durable commit, or none (an id already in history, or repeated
     /// within them, refuses the whole request). Returns once every one is
     /// in history and offered to its subscribers.
-    pub async fn publish_batch(&self, updates: Vec<Update>) -> Result<Vec<Arc<Update>>, HubError> {
+    pub async fn publish_batch(
+        &self,
+        updates: Vec<(Update, IdOrigin)>,
+    ) -> Result<Vec<Arc<Update>>, HubError> {
         if self.is_closed() {
             return Err(HubError::ShuttingDown);
         }
         if updates.is_empty() {
             return Ok(Vec::new());
         }
-        let updates: Vec<Arc<Update>> = updates.into_iter().map(Arc::new).collect();
+        let chosen: Vec<bool> = updates
+            .iter()
+            .map(|(_, origin)| *origin == IdOrigin::Chosen)
+            .collect();
+        let updates: Vec<Arc<Update>> = updates.into_iter().map(|(u, _)| Arc::new(u)).collect();
         let group = self.next_key.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         let mut reply = Some(reply);
@@ -337,6 +358,7 @@ impl Hub {
                 reply: if i == last { reply.take() } else { None },
                 durable: true,
                 group: Some(group),
+                chosen_id: chosen[i],
             })
             .collect();
         self.enqueue(CommitRequest::PublishAll(pending))?;
@@ -365,6 +387,8 @@ impl Hub {
                 if let Entry::Vacant(slot) = refused.entry(g) {
                     let why = if seen.contains(id) {
                         Some(HistoryError::DuplicateId(id.to_string()).into())
+                    } else if !p.chosen_id {
+                        None
                     } else {
                         match self.history.lookup(id) {
                             Ok(Some(_)) => Some(HistoryError::DuplicateId(id.to_string()).into()),
@@ -667,6 +691,7 @@ impl Hub {
                 reply: None,
                 durable: false,
                 group: None,
+                chosen_id: false,
             })) {
                 tracing::warn!(error = %e, "could not publish subscription event");
             }
@@ -856,6 +881,11 @@ fn run_committer(hub: Weak<Hub>, rx: std_mpsc::Receiver<CommitRequest>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch whose ids the publisher chose (so they are checked).
+    fn chosen(updates: Vec<Update>) -> Vec<(Update, IdOrigin)> {
+        updates.into_iter().map(|u| (u, IdOrigin::Chosen)).collect()
+    }
     use crate::history::MemoryHistory;
     use futures_util::StreamExt;
 
@@ -998,6 +1028,7 @@ mod tests {
                     reply: None,
                     durable: true,
                     group: None,
+                    chosen_id: true,
                 })
                 .collect();
             // Committed on another thread while the reader drains.
@@ -1022,10 +1053,10 @@ mod tests {
         hub.publish(update("taken", &["t"], false)).await.unwrap();
         // One id already in history refuses the whole batch.
         let err = hub
-            .publish_batch(vec![
+            .publish_batch(chosen(vec![
                 update("b1", &["t"], false),
                 update("taken", &["t"], false),
-            ])
+            ]))
             .await
             .unwrap_err();
         assert!(
@@ -1033,18 +1064,18 @@ mod tests {
         );
         // So does an id repeated inside it.
         assert!(hub
-            .publish_batch(vec![
+            .publish_batch(chosen(vec![
                 update("b1", &["t"], false),
                 update("b1", &["t"], false)
-            ])
+            ]))
             .await
             .is_err());
         let stored = hub
-            .publish_batch(vec![
+            .publish_batch(chosen(vec![
                 update("b1", &["t"], false),
                 update("b2", &["t"], false),
                 update("b3", &["t"], false),
-            ])
+            ]))
             .await
             .unwrap();
         assert_eq!(stored.len(), 3);
@@ -1439,6 +1470,7 @@ mod tests {
                                     reply: None,
                                     durable: true,
                                     group: None,
+                                    chosen_id: true,
                                 }
                             })
                             .collect();
