@@ -4,7 +4,8 @@
 # nginx + nchan, each running many-topics (10,000 subscribers, a topic each,
 # 5 updates per topic = 50,000 publishes) with 1, 8, 32 and 128 keep-alive
 # publishers; plus Herald (durable) publishing 100,000 updates to the same
-# 10,000 topics through its batch endpoint, 1,000 and 10,000 per request.
+# 10,000 topics through its batch endpoint, 1,000 and 10,000 per request
+# (BATCH_PUBS requests in flight at once, default 2).
 # Each run gets a fresh server. For Herald it reads herald_history_syncs_total
 # from /metrics before and after the run (fsyncs/s; "n/a" when the counter is
 # absent).
@@ -144,7 +145,7 @@ for mode in herald-sync herald-relaxed herald-memory nchan; do
 done
 for b in "${BATCH_SIZES[@]}"; do
   run herald-sync "batch$b" publish-batch --subscribers "$SUBS" --updates "$BATCH_UPDATES" \
-    --batch-size "$b" --pub-concurrency 1
+    --batch-size "$b" --pub-concurrency "${BATCH_PUBS:-2}"
 done
 echo "==> runs took $(( $(date +%s) - started )) s"
 

@@ -134,7 +134,7 @@ def table(args):
     for r in batch:
         print(f"| {LABELS.get(r['mode'], r['mode'])}, batch endpoint, "
               f"{num((r.get('params') or {}).get('batch_size'))} per request | "
-              f"{num(r.get('publish_rate'))} (1 request at a time) |" + " |" * (len(concs) - 1))
+              f"{num(r.get('publish_rate'))} ({r.get('pub_concurrency', 1)} in flight) |" + " |" * (len(concs) - 1))
     print()
 
     print("### every run\n")
@@ -199,7 +199,8 @@ def svg(many, batch):
                f"{p.get('rounds', '?')} updates per topic")
         if batch:
             b = batch[0].get("params") or {}
-            sub += f"; batch: {b.get('updates', 0):,} updates, one request at a time"
+            sub += (f"; batch: {b.get('updates', 0):,} updates, "
+                    f"{batch[0].get('pub_concurrency', 1)} requests in flight")
         out.append(f'<text x="{ml + pw / 2}" y="42" text-anchor="middle" fill="#555">{escape(sub)}</text>')
     if not pts:
         out.append(f'<text x="{ml + 20}" y="{mt + 40}">no results</text></svg>\n')
