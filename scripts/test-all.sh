@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test Herald has: unit, integration (real server, real HTTP) and
-# browser (real Chromium). Installs what it needs on a fresh Debian machine.
+# Runs every test Herald has: unit, integration (real server, real HTTP,
+# real redis-server for the cluster) and browser (real Chromium). Installs
+# what it needs on a fresh Debian machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -9,6 +10,8 @@ need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# Cluster tests start real redis-server processes (tests/cluster.rs).
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${need_apt[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -278,6 +278,13 @@ settings! {
         arg(value_parser = parse_duration);
     /// Longest accepted JWT in bytes; a longer one is refused (401) unparsed. [default: 16384]
     max_token_len: usize = crate::auth::DEFAULT_MAX_TOKEN_LEN, env "HERALD_MAX_TOKEN_LEN";
+    /// Cluster mode: the Redis that holds the shared log
+    /// (redis://[user:password@]host:port[/db]). Every node given the
+    /// same one acts as one hub: publish on any, receive on every, resume
+    /// on any. Empty: a single node with its own history. [default: empty]
+    transport: String = String::new(), env "HERALD_TRANSPORT", then empty_is_none => Option<String>;
+    /// This node's name in cluster logs and /readyz. [default: hostname-pid]
+    node_id: String = String::new(), env "HERALD_NODE_ID", then empty_is_none => Option<String>;
     /// Serve the demo page at /. [default: true]
     demo: bool = true, env "HERALD_DEMO",
         arg(num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new());
@@ -367,6 +374,11 @@ fn normalize_origins(origins: Vec<String>) -> Vec<String> {
 }
 
 /// A zero duration means "off".
+fn empty_is_none(s: String) -> Option<String> {
+    let s = s.trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
 fn zero_is_none(d: Duration) -> Option<Duration> {
     Some(d).filter(|d| !d.is_zero())
 }

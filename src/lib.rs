@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod history;
 pub mod http;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use rand::RngCore;
 
 use crate::auth::{mint_hs256, Verifier};
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::{Config, DurabilityMode, HistoryBackend, KeySource};
 use crate::history::{DiskHistory, Durability, HistoryStore, MemoryHistory, Retention};
 use crate::http::conn::{refuse, serve_connection, ConnLimiter, Timeouts, STATS};
@@ -51,7 +52,16 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .context("subscriber key")?
         .map(limits);
 
-    let history = open_history(&config)?;
+    let history = if config.transport.is_some() {
+        // The shared log in Redis is the record; each node keeps an
+        // in-memory replica of it (back-filled from the log at start).
+        Arc::new(MemoryHistory::with_retention(Retention {
+            max_len: config.history_size,
+            max_age: config.history_max_age,
+        })) as Arc<dyn HistoryStore>
+    } else {
+        open_history(&config)?
+    };
     let hub = Hub::new(
         HubConfig {
             queue_capacity: config.queue_capacity,
@@ -59,6 +69,20 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         },
         history,
     );
+    if let Some(url) = &config.transport {
+        let node_id = config.node_id.clone().unwrap_or_else(default_node_id);
+        let cluster = Cluster::connect(ClusterConfig {
+            url: url.clone(),
+            node_id: node_id.clone(),
+            max_len: config.history_size,
+            id_ttl: config.history_max_age,
+        })
+        .await
+        .context("--transport")?;
+        hub.set_cluster(cluster.clone());
+        cluster.start_tail(&hub);
+        tracing::info!(node = %node_id, transport = %url, "cluster mode: publishing to and tailing the shared log");
+    }
 
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -203,6 +227,16 @@ fn every(hub: &Arc<Hub>, period: Duration, task: fn(&Hub)) {
             task(&hub);
         }
     });
+}
+
+/// `hostname-pid`: unique among the nodes of one machine too.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "herald".into());
+    format!("{host}-{}", std::process::id())
 }
 
 /// The history store the configuration asks for.

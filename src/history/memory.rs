@@ -173,6 +173,13 @@ impl HistoryStore for MemoryHistory {
         self.inner.read().len()
     }
 
+    fn discard_all(&self) -> Result<(), HistoryError> {
+        let mut ring = self.inner.write();
+        let last = ring.last_seq();
+        ring.drop_before(last + 1);
+        Ok(())
+    }
+
     fn trim(&self) -> Result<bool, HistoryError> {
         if let Some(age) = self.retention.max_age {
             let cutoff = now_ms().saturating_sub(age.as_millis() as u64);

@@ -15,7 +15,7 @@
 mod disk;
 mod journal;
 mod memory;
-mod record;
+pub(crate) mod record;
 
 pub use disk::{DiskHistory, Durability};
 pub use memory::MemoryHistory;
@@ -147,6 +147,15 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// called periodically and at shutdown).
     fn flush(&self) -> Result<(), HistoryError> {
         Ok(())
+    }
+
+    /// Drop everything held (cluster mode: the log this replica mirrors
+    /// was reset), keeping sequence numbers going up. Resumes from an id
+    /// dropped here answer `earliest`.
+    fn discard_all(&self) -> Result<(), HistoryError> {
+        Err(HistoryError::Storage(
+            "this history cannot be discarded".into(),
+        ))
     }
 
     /// Durable writes (`fsync`s) so far, for `/metrics`: with group commit

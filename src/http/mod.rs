@@ -162,6 +162,18 @@ async fn metrics(State(s): State<AppState>) -> Response {
         edge.header_timeouts.load(Relaxed),
         edge.accept_errors.load(Relaxed),
     );
+    let mut body = body;
+    if let Some(c) = s.hub.cluster() {
+        let cs = &c.stats;
+        body.push_str(&format!(
+            "# HELP herald_cluster_applied_total Entries of the cluster log applied by this node.\n# TYPE herald_cluster_applied_total counter\nherald_cluster_applied_total {}\n\
+             # HELP herald_cluster_bad_entries_total Log entries skipped because they are not Herald updates.\n# TYPE herald_cluster_bad_entries_total counter\nherald_cluster_bad_entries_total {}\n\
+             # HELP herald_cluster_resets_total Times the log did not continue where this node left it (history dropped).\n# TYPE herald_cluster_resets_total counter\nherald_cluster_resets_total {}\n",
+            cs.applied.load(Relaxed),
+            cs.bad_entries.load(Relaxed),
+            cs.resets.load(Relaxed),
+        ));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

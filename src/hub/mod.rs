@@ -170,6 +170,9 @@ pub struct Hub {
     replay_reads: Arc<tokio::sync::Semaphore>,
     next_key: AtomicU64,
     closed: AtomicBool,
+    /// Cluster mode: publishes go to the shared log, and the log's tail
+    /// feeds the committer ([`Hub::apply`]).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     pub stats: HubStats,
 }
 
@@ -270,6 +273,7 @@ impl Hub {
             replay_reads: Arc::new(tokio::sync::Semaphore::new(stream::CONCURRENT_REPLAY_READS)),
             next_key: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            cluster: std::sync::OnceLock::new(),
             stats: HubStats::default(),
         });
         // The thread holds only a weak reference: dropping the last `Arc`
@@ -285,6 +289,50 @@ impl Hub {
 
     pub fn history(&self) -> &Arc<dyn HistoryStore> {
         &self.history
+    }
+
+    /// Join a cluster: from now on publishes go to its log, and only its
+    /// tail delivers. Set once, before serving.
+    pub fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Cluster mode: store and deliver updates read from the shared log,
+    /// in log order (the tail calls this for each page it reads and waits
+    /// for it, so pages never overtake each other).
+    pub async fn apply(&self, updates: Vec<Arc<Update>>) -> Result<(), HubError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        let mut reply = Some(reply);
+        let last = updates.len() - 1;
+        let pending = updates
+            .into_iter()
+            .enumerate()
+            .map(|(i, update)| Pending {
+                update,
+                reply: if i == last { reply.take() } else { None },
+                durable: true,
+                group: None,
+                chosen_id: false,
+            })
+            .collect();
+        self.enqueue(CommitRequest::PublishAll(pending))?;
+        answer.await.map_err(|_| self.stopped_error())??;
+        Ok(())
+    }
+
+    /// Cluster mode: the log was reset or this node missed part of it;
+    /// drop history so no resume silently skips what is gone.
+    pub fn forget_history(&self) {
+        if let Err(e) = self.history.discard_all() {
+            tracing::error!(error = %e, "could not drop history after a log reset");
+        }
     }
 
     fn enqueue(&self, request: CommitRequest) -> Result<(), HubError> {
@@ -313,6 +361,10 @@ impl Hub {
             return Err(HubError::ShuttingDown);
         }
         let update = Arc::new(update);
+        if let Some(cluster) = self.cluster.get() {
+            cluster.append(std::slice::from_ref(&update)).await?;
+            return Ok(update);
+        }
         let (reply, answer) = oneshot::channel();
         self.enqueue(CommitRequest::Publish(Pending {
             update: update.clone(),
@@ -346,6 +398,10 @@ impl Hub {
             .map(|(_, origin)| *origin == IdOrigin::Chosen)
             .collect();
         let updates: Vec<Arc<Update>> = updates.into_iter().map(|(u, _)| Arc::new(u)).collect();
+        if let Some(cluster) = self.cluster.get() {
+            cluster.append(&updates).await?;
+            return Ok(updates);
+        }
         let group = self.next_key.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         let mut reply = Some(reply);
@@ -442,6 +498,9 @@ impl Hub {
     pub fn readiness(&self) -> Result<(), String> {
         if self.is_closed() {
             return Err("shutting down".into());
+        }
+        if let Some(cluster) = self.cluster.get() {
+            cluster.readiness()?;
         }
         if self
             .committer
@@ -596,6 +655,15 @@ impl Hub {
             // locks, cheaper than a hop to the blocking pool (which halved
             // connects per second under churn).
             return self.subscribe_blocking(subscription, None);
+        }
+        if let (Some(cluster), Some(ResumeFrom::After(id))) = (self.cluster.get(), &resume) {
+            // An id published through a faster node: wait (bounded) until
+            // this node has applied it, then resume as usual.
+            if self.history.lookup(id)?.is_none() {
+                if let Some(n) = cluster.position_of(id).await {
+                    cluster.wait_applied(n, crate::cluster::RESUME_HOLD).await;
+                }
+            }
         }
         let hub = self.clone();
         tokio::task::spawn_blocking(move || hub.subscribe_blocking(subscription, resume))

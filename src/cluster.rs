@@ -1,0 +1,471 @@
+//! Cluster mode: many Herald nodes act as one hub, on Redis.
+//!
+//! One ordered log (a Redis stream) holds every update; every node tails it
+//! and delivers what it reads in log order, so every node applies the same
+//! sequence. See docs/cluster.md for the design and what each setting
+//! promises.
+//!
+//! - **Publish** (any node): one Lua script checks that the ids are new,
+//!   takes the next numbers of the log's counter, `XADD`s each update and
+//!   records `id -> number`; only then does the publisher get 200. A batch
+//!   is one script call: all of it or nothing.
+//! - **Tail** (every node): `XREAD BLOCK` on its own connection from the
+//!   last entry applied; each page is applied to the node's history (an
+//!   in-memory replica of the log) and delivered, through the hub's
+//!   committer, in order.
+//! - **Counter**: each entry carries the log's counter value (`n`). A node
+//!   that sees anything but `last + 1` missed entries (it fell behind the
+//!   log's cap) or the log was reset (Redis flushed or restored from an old
+//!   snapshot): it says so in the log, drops its replica (so a resume from
+//!   before answers `earliest` instead of silently skipping) and goes on.
+//! - **Resume on another node**: an id this node has not applied yet (it
+//!   came from a faster node) is looked up in Redis, and the subscriber is
+//!   held (at most [`RESUME_HOLD`]) until the tail has applied it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Value};
+use tokio::sync::watch;
+
+use crate::history::record;
+use crate::hub::{Hub, HubError};
+use crate::update::Update;
+
+/// How long a resuming subscriber waits for this node to apply the id it
+/// resumes from (it was published through a faster node).
+pub const RESUME_HOLD: Duration = Duration::from_secs(2);
+/// Entries read from the log at once.
+const PAGE: usize = 512;
+/// `XREAD BLOCK` time; the tail's connection answers within it.
+const BLOCK: Duration = Duration::from_secs(1);
+/// A command to Redis gets an answer within this time or fails (503).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnect back-off bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Ids are remembered in Redis (for duplicates and cross-node resume) this
+/// long when `--history-max-age` is not set.
+const DEFAULT_ID_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Checks every id, then appends every update: all or nothing.
+/// KEYS: log, counter. ARGV: id key prefix, maxlen, id ttl ms, then
+/// (id, record) pairs. Returns the counter value of each update, or
+/// `{"dup", id}`.
+const APPEND: &str = r#"
+local prefix, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3]
+for i = 4, #ARGV, 2 do
+  if redis.call('EXISTS', prefix .. ARGV[i]) == 1 then
+    return {'dup', ARGV[i]}
+  end
+end
+local out = {}
+for i = 4, #ARGV, 2 do
+  local n = redis.call('INCR', KEYS[2])
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'n', n, 'r', ARGV[i + 1])
+  redis.call('SET', prefix .. ARGV[i], n, 'PX', ttl)
+  out[#out + 1] = n
+end
+return out
+"#;
+
+/// Cluster settings, from the command line.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// This node's name, in logs and `/readyz`.
+    pub node_id: String,
+    /// The log keeps about this many entries (`MAXLEN ~`).
+    pub max_len: usize,
+    /// Ids are remembered this long (for duplicates and cross-node resume).
+    pub id_ttl: Option<Duration>,
+}
+
+/// Keys of the log in Redis (one partition: `{p0}`, a hash tag, so the
+/// keys of one log live on one Redis Cluster slot).
+struct Keys {
+    log: String,
+    counter: String,
+    id_prefix: String,
+}
+
+impl Keys {
+    fn new() -> Keys {
+        Keys {
+            log: "herald:{p0}:log".into(),
+            counter: "herald:{p0}:n".into(),
+            id_prefix: "herald:{p0}:id:".into(),
+        }
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    pub applied: AtomicU64,
+    pub bad_entries: AtomicU64,
+    pub resets: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+pub struct Cluster {
+    config: ClusterConfig,
+    client: redis::Client,
+    keys: Keys,
+    script: redis::Script,
+    /// The publish connection, reconnected on demand after an error.
+    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// Counter value of the last entry this node applied.
+    applied: watch::Sender<u64>,
+    /// Why the tail is not following the log right now, if it is not.
+    fault: Mutex<Option<String>>,
+    /// Set once the startup back-fill is done.
+    caught_up: AtomicBool,
+    pub stats: ClusterStats,
+}
+
+fn redis_error(url: &str, e: &redis::RedisError) -> String {
+    format!("the cluster log (Redis at {url}) is unreachable: {e}")
+}
+
+impl Cluster {
+    /// Connect and check the Redis at `config.url`: a Redis that may evict
+    /// keys would lose updates silently, so it is refused by name.
+    pub async fn connect(config: ClusterConfig) -> anyhow::Result<Arc<Cluster>> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| anyhow::anyhow!("--transport {}: {e}", config.url))?;
+        let cluster = Arc::new(Cluster {
+            client,
+            keys: Keys::new(),
+            script: redis::Script::new(APPEND),
+            conn: tokio::sync::Mutex::new(None),
+            applied: watch::channel(0).0,
+            fault: Mutex::new(Some("catching up with the cluster log".into())),
+            caught_up: AtomicBool::new(false),
+            stats: ClusterStats::default(),
+            config,
+        });
+        let mut conn = cluster
+            .connection()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}; is redis-server running there?"))?;
+        let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut conn)
+            .await;
+        match policy {
+            Ok(pair) => {
+                let value = pair.get(1).map(String::as_str).unwrap_or("noeviction");
+                if value != "noeviction" {
+                    anyhow::bail!(
+                        "Redis at {} has maxmemory-policy {value}: it may evict the log or its \
+                         ids and lose updates silently. Set maxmemory-policy noeviction \
+                         (redis-cli CONFIG SET maxmemory-policy noeviction, and in redis.conf)",
+                        cluster.config.url
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot read Redis's maxmemory-policy (CONFIG disabled?); make sure it is noeviction"
+            ),
+        }
+        Ok(cluster)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, String> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(
+                &AsyncConnectionConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(RESPONSE_TIMEOUT),
+            )
+            .await
+            .map_err(|e| redis_error(&self.config.url, &e))?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Forget the publish connection after an error: the next call dials
+    /// again.
+    async fn drop_connection(&self) {
+        *self.conn.lock().await = None;
+    }
+
+    /// Append updates to the log, all or nothing; returns once Redis has
+    /// them. A duplicate id is [`HubError::History`] `DuplicateId` (409);
+    /// Redis unreachable or slow is [`HubError::Unavailable`] (503).
+    pub async fn append(&self, updates: &[Arc<Update>]) -> Result<(), HubError> {
+        let now = crate::history::now_ms();
+        let ttl = self.config.id_ttl.unwrap_or(DEFAULT_ID_TTL).as_millis() as u64;
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(&self.keys.log)
+            .key(&self.keys.counter)
+            .arg(&self.keys.id_prefix)
+            .arg(self.config.max_len.max(1))
+            .arg(ttl.max(1));
+        for update in updates {
+            invocation
+                .arg(update.id.as_str())
+                .arg(record::encode(update, now));
+        }
+        let mut conn = self
+            .connection()
+            .await
+            .map_err(|e| HubError::Unavailable(format!("{e}; the update was not published")))?;
+        let answer: redis::RedisResult<Value> = invocation.invoke_async(&mut conn).await;
+        match answer {
+            Ok(Value::Array(items)) => {
+                if let (Some(Value::BulkString(tag)), Some(id)) = (items.first(), items.get(1)) {
+                    if tag.as_slice() == b"dup" {
+                        let id: String = redis::from_redis_value(id).unwrap_or_default();
+                        return Err(HubError::History(
+                            crate::history::HistoryError::DuplicateId(id),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Ok(other) => Err(HubError::Unavailable(format!(
+                "the cluster log answered {other:?} to an append; the update may not have been published"
+            ))),
+            Err(e) => {
+                self.drop_connection().await;
+                Err(HubError::Unavailable(format!(
+                    "{}; the update may not have been published: retry it (with its own id, a retry of a stored update answers 409)",
+                    redis_error(&self.config.url, &e)
+                )))
+            }
+        }
+    }
+
+    /// The counter value under which `id` was appended, if Redis still
+    /// remembers it.
+    pub async fn position_of(&self, id: &str) -> Option<u64> {
+        let mut conn = self.connection().await.ok()?;
+        let key = format!("{}{id}", self.keys.id_prefix);
+        redis::cmd("GET")
+            .arg(key)
+            .query_async::<Option<u64>>(&mut conn)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Wait (at most `limit`) until this node has applied the entry
+    /// numbered `n`; true when it has.
+    pub async fn wait_applied(&self, n: u64, limit: Duration) -> bool {
+        let mut rx = self.applied.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|applied| *applied >= n))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Why this node cannot serve as part of the cluster right now.
+    pub fn readiness(&self) -> Result<(), String> {
+        match &*self.fault.lock() {
+            Some(reason) => Err(format!("node {}: {reason}", self.config.node_id)),
+            None => Ok(()),
+        }
+    }
+
+    fn set_fault(&self, reason: String) {
+        let mut fault = self.fault.lock();
+        if fault.as_deref() != Some(reason.as_str()) {
+            tracing::error!(node = %self.config.node_id, %reason, "cluster log");
+        }
+        *fault = Some(reason);
+    }
+
+    fn clear_fault(&self) {
+        if self.fault.lock().take().is_some() {
+            tracing::info!(node = %self.config.node_id, "following the cluster log");
+        }
+    }
+
+    pub fn is_caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Relaxed)
+    }
+
+    /// Start the tail: back-fill from the start of the log, then follow
+    /// it, applying every page to `hub` in order, until the hub closes.
+    pub fn start_tail(self: &Arc<Self>, hub: &Arc<Hub>) {
+        let cluster = self.clone();
+        let hub = Arc::downgrade(hub);
+        tokio::spawn(async move { cluster.tail(hub).await });
+    }
+
+    async fn tail(self: Arc<Self>, hub: Weak<Hub>) {
+        let mut conn: Option<MultiplexedConnection> = None;
+        // Last entry id read ("0" = from the start) and counter applied.
+        let mut position = String::from("0");
+        let mut last_n: Option<u64> = None;
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let Some(hub_ref) = hub.upgrade() else { return };
+            if hub_ref.is_closed() {
+                return;
+            }
+            drop(hub_ref);
+            if conn.is_none() {
+                match self
+                    .client
+                    .get_multiplexed_async_connection_with_config(
+                        &AsyncConnectionConfig::new()
+                            .set_connection_timeout(CONNECT_TIMEOUT)
+                            .set_response_timeout(BLOCK + RESPONSE_TIMEOUT),
+                    )
+                    .await
+                {
+                    Ok(c) => {
+                        if self.stats.reconnects.fetch_add(1, Ordering::Relaxed) > 0 {
+                            tracing::info!(node = %self.config.node_id, "reconnected to the cluster log");
+                        }
+                        conn = Some(c);
+                        backoff = BACKOFF_MIN;
+                    }
+                    Err(e) => {
+                        self.set_fault(format!(
+                            "{}; retrying in {backoff:?}",
+                            redis_error(&self.config.url, &e)
+                        ));
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                }
+            }
+            let c = conn.as_mut().expect("connected above");
+            // Until caught up, read without blocking: an empty answer
+            // means the back-fill is done.
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT").arg(PAGE);
+            if self.is_caught_up() {
+                cmd.arg("BLOCK").arg(BLOCK.as_millis() as u64);
+            }
+            cmd.arg("STREAMS").arg(&self.keys.log).arg(&position);
+            let read: redis::RedisResult<Option<redis::streams::StreamReadReply>> =
+                cmd.query_async(c).await;
+            let entries = match read {
+                Ok(reply) => reply
+                    .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+                Err(e) => {
+                    conn = None;
+                    // The publish connection is as dead as this one: dial
+                    // afresh on the next publish rather than fail it.
+                    self.drop_connection().await;
+                    self.set_fault(format!(
+                        "{}; reconnecting in {backoff:?}",
+                        redis_error(&self.config.url, &e)
+                    ));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            if entries.is_empty() {
+                if !self.is_caught_up() {
+                    self.caught_up.store(true, Ordering::Relaxed);
+                    tracing::info!(
+                        node = %self.config.node_id,
+                        applied = self.stats.applied.load(Ordering::Relaxed),
+                        "caught up with the cluster log"
+                    );
+                }
+                self.clear_fault();
+                continue;
+            }
+            if let Some(delay) = apply_delay() {
+                tokio::time::sleep(delay).await;
+            }
+            let Some(hub_ref) = hub.upgrade() else { return };
+            let mut page = Vec::with_capacity(entries.len());
+            for entry in &entries {
+                position.clone_from(&entry.id);
+                let n: Option<u64> = entry
+                    .map
+                    .get("n")
+                    .and_then(|v| redis::from_redis_value(v).ok());
+                let decoded = entry
+                    .map
+                    .get("r")
+                    .and_then(|v| redis::from_redis_value::<Vec<u8>>(v).ok())
+                    .ok_or_else(|| "no record field".to_string())
+                    .and_then(|bytes| record::decode(&bytes));
+                let (Some(n), Ok((update, _))) = (n, decoded) else {
+                    self.stats.bad_entries.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        node = %self.config.node_id,
+                        entry = %entry.id,
+                        "skipped a log entry that is not a Herald update"
+                    );
+                    continue;
+                };
+                if let Some(last) = last_n {
+                    if n != last + 1 {
+                        // Flush what came before, then drop the replica.
+                        if !page.is_empty() {
+                            let _ = hub_ref.apply(std::mem::take(&mut page)).await;
+                        }
+                        self.stats.resets.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            node = %self.config.node_id,
+                            expected = last + 1,
+                            got = n,
+                            "the cluster log does not continue where this node left it (Redis \
+                             flushed or restored, or this node fell behind its cap): history \
+                             before this point is dropped, so resumes from before answer earliest"
+                        );
+                        hub_ref.forget_history();
+                    }
+                }
+                last_n = Some(n);
+                page.push(Arc::new(update));
+            }
+            if !page.is_empty() {
+                if let Err(e) = hub_ref.apply(page).await {
+                    tracing::error!(node = %self.config.node_id, error = %e, "applying log entries failed");
+                }
+            }
+            if let Some(n) = last_n {
+                self.applied.send_replace(n);
+            }
+            self.stats
+                .applied
+                .fetch_add(entries.len() as u64, Ordering::Relaxed);
+            if self.is_caught_up() {
+                self.clear_fault();
+            }
+        }
+    }
+}
+
+/// Tests only: `HERALD_CLUSTER_APPLY_DELAY_MS` makes this node apply each
+/// page of the log that much later, to stand for a node that lags behind
+/// (so a test can prove that a resume waits for it). Unset in production.
+fn apply_delay() -> Option<Duration> {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("HERALD_CLUSTER_APPLY_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    })
+}

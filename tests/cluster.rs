@@ -1,0 +1,547 @@
+//! Cluster mode against real parts: `redis-server` processes started on free
+//! ports, several `herald serve --transport redis://...` nodes on loopback.
+//! Publish on any node, receive on every node, resume on any node; Redis
+//! down, restarted, flushed or misconfigured; entries that are not updates.
+//!
+//! Needs `redis-server` on PATH (the test command installs it).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A real `redis-server` on a free loopback port, stopped on drop.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Redis {
+    fn start(extra: &[&str]) -> Redis {
+        let mut r = Redis {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        r.launch();
+        r
+    }
+
+    /// (Re)start on the same port and directory.
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dir", self.dir.path().to_str().unwrap()])
+            .args(["--save", ""])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(reply) = self.try_cmd(&["PING"]) {
+                if reply.contains("PONG") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not come up on port {}", self.port);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// One command, the raw reply (enough to check simple answers).
+    fn try_cmd(&self, args: &[&str]) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes())?;
+        let mut reader = BufReader::new(s);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if let Some(len) = line.strip_prefix('$') {
+            let len: i64 = len.trim().parse().unwrap_or(-1);
+            if len >= 0 {
+                let mut body = vec![0u8; len as usize + 2];
+                reader.read_exact(&mut body)?;
+                line.push_str(&String::from_utf8_lossy(&body));
+            }
+        }
+        Ok(line)
+    }
+
+    fn cmd(&self, args: &[&str]) -> String {
+        self.try_cmd(args).expect("redis command")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn node(redis: &Redis, extra: &[&str]) -> Server {
+    let url = redis.url();
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--jwt-key",
+        KEY,
+        "--transport",
+        &url,
+    ];
+    args.extend_from_slice(extra);
+    Server::start_raw(&args, &[])
+}
+
+async fn ready(base: &str) -> (u16, String) {
+    match reqwest::get(format!("{base}/readyz")).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Wait until `/readyz` answers `status` (the node caught up, or noticed a
+/// fault).
+async fn wait_ready(base: &str, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (got, body) = ready(base).await;
+        if got == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{base}/readyz: wanted {status}, still {got} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn private_reader(topic: &str) -> String {
+    token(&[], &[topic])
+}
+
+#[tokio::test]
+async fn three_nodes_act_as_one_hub() {
+    let redis = Redis::start(&[]);
+    let nodes = [node(&redis, &[]), node(&redis, &[]), node(&redis, &[])];
+    for n in &nodes {
+        wait_ready(&n.base, 200).await;
+    }
+    let reader = private_reader("chat/1");
+    let opts = || SubOpts {
+        token: Some(&reader),
+        ..Default::default()
+    };
+    let mut on_b = Sub::open(&nodes[1].hub(), "topic=chat/1", opts()).await;
+    let mut on_c = Sub::open(&nodes[2].hub(), "topic=chat/1", opts()).await;
+    let mut anonymous_on_c = Sub::ok(&nodes[2].hub(), "topic=chat/1").await;
+    assert_eq!((on_b.status, on_c.status), (200, 200));
+
+    let mut expected = Vec::new();
+    let mut public = Vec::new();
+    for i in 0..40 {
+        let private = i % 3 == 0;
+        let mut fields = vec![("topic", "chat/1"), ("data", "")];
+        let data = format!("m{i}");
+        fields[1].1 = &data;
+        if private {
+            fields.push(("private", "on"));
+        }
+        // Published round-robin through every node.
+        let id = publish(&nodes[i % 3].hub(), &fields).await;
+        expected.push((id.clone(), data.clone()));
+        if !private {
+            public.push((id, data));
+        }
+    }
+    for sub in [&mut on_b, &mut on_c] {
+        for (id, data) in &expected {
+            let ev = sub.next().await;
+            assert_eq!(
+                (&ev.id, &ev.data),
+                (id, data),
+                "every update once, in order"
+            );
+        }
+    }
+    for (id, data) in &public {
+        let ev = anonymous_on_c.next().await;
+        assert_eq!((&ev.id, &ev.data), (id, data), "only public updates");
+    }
+    assert!(
+        anonymous_on_c
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing private leaks to an anonymous subscriber"
+    );
+    // A replay of everything on yet another node: the same sequence, and
+    // the same privacy.
+    let mut replay_a = Sub::open(
+        &nodes[0].hub(),
+        "topic=chat/1&last_event_id=earliest",
+        opts(),
+    )
+    .await;
+    for (id, _) in &expected {
+        assert_eq!(&replay_a.next().await.id, id);
+    }
+    let mut anonymous_replay =
+        Sub::ok(&nodes[0].hub(), "topic=chat/1&last_event_id=earliest").await;
+    for (id, _) in &public {
+        assert_eq!(&anonymous_replay.next().await.id, id);
+    }
+
+    // Ids are unique cluster-wide: the same id through another node is 409.
+    let (status, _) = publish_raw(&nodes[0].hub(), Some(&publisher()), "topic=t&id=once").await;
+    assert_eq!(status, 200);
+    let (status, body) = publish_raw(&nodes[2].hub(), Some(&publisher()), "topic=t&id=once").await;
+    assert_eq!(status, 409, "{body}");
+
+    // A batch through one node arrives whole and in order on the others.
+    let lines: Vec<String> = (0..25)
+        .map(|i| serde_json::json!({"topic": "chat/1", "data": format!("b{i}")}).to_string())
+        .collect();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/batch", nodes[2].hub()))
+        .bearer_auth(publisher())
+        .header("content-type", "application/x-ndjson")
+        .body(lines.join("\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let ids: Vec<String> = resp
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(ids.len(), 25);
+    for (i, id) in ids.iter().enumerate() {
+        let ev = on_b.next().await;
+        assert_eq!((&ev.id, ev.data.as_str()), (id, &*format!("b{i}")));
+    }
+    assert_eq!(
+        metric(&nodes[1].base, "herald_cluster_bad_entries_total").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_subscriber_resumes_on_any_node_without_gap_or_duplicate() {
+    let redis = Redis::start(&[]);
+    let nodes = [node(&redis, &[]), node(&redis, &[]), node(&redis, &[])];
+    for n in &nodes {
+        wait_ready(&n.base, 200).await;
+    }
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(
+            publish(
+                &nodes[0].hub(),
+                &[("topic", "r"), ("data", &format!("m{i}"))],
+            )
+            .await,
+        );
+    }
+    // Resume on node 2 from the 4th: exactly 5..10, then live.
+    let mut sub = Sub::open(
+        &nodes[1].hub(),
+        "topic=r",
+        SubOpts {
+            last_event_id: Some(&ids[3]),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        sub.header("mercure-last-event-id").as_deref(),
+        Some(ids[3].as_str())
+    );
+    for (i, id) in ids.iter().enumerate().skip(4) {
+        let ev = sub.next().await;
+        assert_eq!((&ev.id, ev.data.as_str()), (id, &*format!("m{i}")));
+    }
+    let live = publish(&nodes[2].hub(), &[("topic", "r"), ("data", "live")]).await;
+    assert_eq!(sub.next().await.id, live);
+
+    // Published through one node and resumed from at once on a node that
+    // lags 300 ms behind the log: it holds the subscriber until it has
+    // applied that id, then resumes from it (never "earliest", never a
+    // replay of everything).
+    let url = redis.url();
+    let lagging = Server::start_raw(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-key",
+            KEY,
+            "--transport",
+            &url,
+        ],
+        &[("HERALD_CLUSTER_APPLY_DELAY_MS", "300")],
+    );
+    wait_ready(&lagging.base, 200).await;
+    for round in 0..5 {
+        let id = publish(&nodes[0].hub(), &[("topic", "r"), ("data", "fresh")]).await;
+        let mut s = Sub::open(
+            &lagging.hub(),
+            "topic=r",
+            SubOpts {
+                last_event_id: Some(&id),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(
+            s.header("mercure-last-event-id").as_deref(),
+            Some(id.as_str()),
+            "round {round}"
+        );
+        let next = publish(&nodes[1].hub(), &[("topic", "r"), ("data", "after")]).await;
+        assert_eq!(s.next().await.id, next, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn redis_down_answers_503_then_recovers_losing_nothing_acknowledged() {
+    let mut redis = Redis::start(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let a = node(&redis, &["--heartbeat", "200ms"]);
+    let b = node(&redis, &["--heartbeat", "200ms"]);
+    wait_ready(&a.base, 200).await;
+    wait_ready(&b.base, 200).await;
+    let mut sub = Sub::ok(&b.hub(), "topic=d").await;
+    let before = publish(&a.hub(), &[("topic", "d"), ("data", "before")]).await;
+    assert_eq!(sub.next().await.id, before);
+
+    redis.stop();
+    let started = Instant::now();
+    let (status, body) = publish_raw(&a.hub(), Some(&publisher()), "topic=d&data=lost").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("Redis"), "names the cause: {body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered within a bounded time ({:?})",
+        started.elapsed()
+    );
+    wait_ready(&b.base, 503).await;
+    let (_, why) = ready(&b.base).await;
+    assert!(why.contains("Redis"), "{why}");
+    // Subscribers stay connected and keep getting keep-alives.
+    let comments = sub.comments();
+    assert!(sub.next_within(Duration::from_millis(800)).await.is_none());
+    assert!(sub.comments() > comments, "keep-alives while Redis is down");
+
+    redis.launch();
+    wait_ready(&a.base, 200).await;
+    wait_ready(&b.base, 200).await;
+    // The tail resumes where it was: the next update arrives once, and the
+    // acknowledged one before the outage is still in the log (AOF).
+    let after = publish(&a.hub(), &[("topic", "d"), ("data", "after")]).await;
+    let ev = sub.next().await;
+    assert_eq!(
+        (ev.id.as_str(), ev.data.as_str()),
+        (after.as_str(), "after")
+    );
+    let c = node(&redis, &[]);
+    wait_ready(&c.base, 200).await;
+    let mut replay = Sub::ok(&c.hub(), "topic=d&last_event_id=earliest").await;
+    assert_eq!(replay.next().await.id, before);
+    assert_eq!(replay.next().await.id, after);
+    assert!(replay
+        .next_within(Duration::from_millis(300))
+        .await
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_flushed_log_makes_old_resume_points_answer_earliest() {
+    let redis = Redis::start(&[]);
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    wait_ready(&a.base, 200).await;
+    wait_ready(&b.base, 200).await;
+    let old = publish(&a.hub(), &[("topic", "f"), ("data", "old")]).await;
+    let mut watch = Sub::ok(&b.hub(), "topic=f").await;
+    assert!(redis.cmd(&["FLUSHALL"]).contains("OK"));
+    let new = publish(&a.hub(), &[("topic", "f"), ("data", "new")]).await;
+    assert_eq!(watch.next().await.id, new, "live delivery goes on");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&b.base, "herald_cluster_resets_total").await == 0 {
+        assert!(Instant::now() < deadline, "node b noticed the reset");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sub = Sub::open(
+        &b.hub(),
+        "topic=f",
+        SubOpts {
+            last_event_id: Some(&old),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        sub.header("mercure-last-event-id").as_deref(),
+        Some("earliest")
+    );
+}
+
+#[tokio::test]
+async fn entries_that_are_not_updates_are_skipped_and_counted() {
+    let redis = Redis::start(&[]);
+    let a = node(&redis, &[]);
+    wait_ready(&a.base, 200).await;
+    let mut sub = Sub::ok(&a.hub(), "topic=g").await;
+    let reply = redis.cmd(&["XADD", "herald:{p0}:log", "*", "junk", "\u{1}\u{2}"]);
+    assert!(reply.starts_with('$'), "{reply}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&a.base, "herald_cluster_bad_entries_total").await == 0 {
+        assert!(Instant::now() < deadline, "the bad entry is counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = publish(&a.hub(), &[("topic", "g"), ("data", "fine")]).await;
+    assert_eq!(sub.next().await.id, id, "the node carries on");
+    assert_eq!(ready(&a.base).await.0, 200);
+}
+
+#[test]
+fn a_redis_that_may_evict_is_refused_by_name() {
+    let redis = Redis::start(&["--maxmemory-policy", "allkeys-lru"]);
+    let url = redis.url();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-key",
+            KEY,
+            "--transport",
+            &url,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run herald");
+    assert!(!out.status.success(), "herald must refuse to start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("maxmemory-policy"), "{err}");
+    assert!(err.contains("allkeys-lru"), "{err}");
+    assert!(err.contains("noeviction"), "{err}");
+}
+
+#[test]
+fn an_unreachable_redis_at_startup_is_a_clear_error() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-key",
+            KEY,
+            "--transport",
+            &url,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run herald");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&url), "{err}");
+}
+
+#[tokio::test]
+async fn subscribers_of_a_killed_node_resume_on_another_exactly_once() {
+    let redis = Redis::start(&[]);
+    let mut a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let c = node(&redis, &[]);
+    for n in [&a, &b, &c] {
+        wait_ready(&n.base, 200).await;
+    }
+    let mut on_a = Sub::ok(&a.hub(), "topic=k").await;
+    // Publishes flow through node b the whole time.
+    let hub_b = b.hub();
+    let publisher = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        for i in 0..200 {
+            ids.push(publish(&hub_b, &[("topic", "k"), ("data", &format!("m{i}"))]).await);
+            if i % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        ids
+    });
+    let mut got: Vec<String> = Vec::new();
+    while got.len() < 50 {
+        got.push(on_a.next().await.id);
+    }
+    let _ = a.child.kill(); // SIGKILL
+    let _ = a.child.wait();
+    // Drain whatever node a managed to send before it died.
+    while let Some(ev) = on_a.next_within(Duration::from_millis(500)).await {
+        got.push(ev.id);
+    }
+    let last = got.last().unwrap().clone();
+    let mut on_c = Sub::open(
+        &c.hub(),
+        "topic=k",
+        SubOpts {
+            last_event_id: Some(&last),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        on_c.header("mercure-last-event-id").as_deref(),
+        Some(last.as_str())
+    );
+    let ids = publisher.await.unwrap();
+    while got.len() < ids.len() {
+        match on_c.next_within(Duration::from_secs(10)).await {
+            Some(ev) => got.push(ev.id),
+            None => break,
+        }
+    }
+    assert_eq!(
+        got, ids,
+        "every update exactly once, in order, across the move"
+    );
+}
