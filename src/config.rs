@@ -281,9 +281,10 @@ settings! {
     /// Cluster mode: the Redis that holds the shared log
     /// (redis://[user:password@]host:port[/db]). Every node given the
     /// same one acts as one hub: publish on any, receive on every, resume
-    /// on any. Empty: a single node with its own history. [default: empty]
+    /// on any. Unset (the default): a single node with its own history.
     transport: String = String::new(), env "HERALD_TRANSPORT", then empty_is_none => Option<String>;
-    /// This node's name in cluster logs and /readyz. [default: hostname-pid]
+    /// This node's name in cluster logs and /readyz (default: the host
+    /// name and the process id).
     node_id: String = String::new(), env "HERALD_NODE_ID", then empty_is_none => Option<String>;
     /// Serve the demo page at /. [default: true]
     demo: bool = true, env "HERALD_DEMO",
@@ -662,6 +663,8 @@ mod tests {
             write_timeout = "5m"
             max_connections = 17
             max_connections_per_ip = 18
+            transport = "redis://127.0.0.1:6390/2"
+            node_id = " node-a "
         "#;
         let keys: std::collections::BTreeSet<String> = toml
             .lines()
@@ -709,6 +712,8 @@ mod tests {
         assert_eq!(c.write_timeout, Duration::from_secs(300));
         assert_eq!(c.max_connections, 17);
         assert_eq!(c.max_connections_per_ip, 18);
+        assert_eq!(c.transport.as_deref(), Some("redis://127.0.0.1:6390/2"));
+        assert_eq!(c.node_id.as_deref(), Some("node-a"));
     }
 
     /// For settings of each kind: the default, else the file, else the flag.
