@@ -12,6 +12,8 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 # Cluster tests start real redis-server processes (tests/cluster.rs).
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# ... and a real nginx in front of several nodes.
+command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${need_apt[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

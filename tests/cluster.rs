@@ -545,3 +545,170 @@ async fn subscribers_of_a_killed_node_resume_on_another_exactly_once() {
         "every update exactly once, in order, across the move"
     );
 }
+
+/// A real nginx (Debian's) in front of the nodes: round-robin, buffering
+/// off, stopped on drop.
+struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(upstreams: &[&Server]) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let d = dir.path().display();
+        let servers: String = upstreams
+            .iter()
+            .map(|s| format!("    server {};\n", s.base.trim_start_matches("http://")))
+            .collect();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\nevents {{ worker_connections 2048; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             upstream herald {{\n{servers}    keepalive 32;\n  }}\n\
+             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+             proxy_pass http://herald;\n      proxy_http_version 1.1;\n\
+             proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n\
+             proxy_buffering off;\n      proxy_read_timeout 1h;\n    }}\n  }}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx on PATH (apt-get install nginx-light)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn hub(&self) -> String {
+        format!("http://127.0.0.1:{}/.well-known/mercure", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Through a load balancer, subscribers that keep reconnecting land on
+/// whichever node is next and still see every update once, in log order.
+#[tokio::test]
+async fn behind_nginx_reconnecting_clients_see_no_gap_and_no_duplicate() {
+    const UPDATES: usize = 10_000;
+    let redis = Redis::start(&[]);
+    let nodes = [node(&redis, &[]), node(&redis, &[]), node(&redis, &[])];
+    for n in &nodes {
+        wait_ready(&n.base, 200).await;
+    }
+    let lb = Nginx::start(&[&nodes[0], &nodes[1], &nodes[2]]);
+    // The reference: one subscriber that never moves.
+    let mut reference = Sub::ok(&nodes[0].hub(), "topic=lb").await;
+
+    let publishers: Vec<_> = (0..8)
+        .map(|w| {
+            let hub = lb.hub();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in (w..UPDATES).step_by(8) {
+                    ids.push(publish(&hub, &[("topic", "lb"), ("data", &format!("u{i}"))]).await);
+                }
+                ids
+            })
+        })
+        .collect();
+    let hoppers: Vec<_> = (0..3)
+        .map(|h| {
+            let hub = lb.hub();
+            tokio::spawn(async move {
+                let mut got: Vec<String> = Vec::new();
+                let mut hops = 0;
+                let deadline = Instant::now() + Duration::from_secs(90);
+                while got.len() < UPDATES && Instant::now() < deadline {
+                    // The first connection may come after publishing
+                    // started: it asks for everything from the start.
+                    let last = got.last().cloned();
+                    let mut sub = Sub::open(
+                        &hub,
+                        "topic=lb",
+                        SubOpts {
+                            last_event_id: Some(last.as_deref().unwrap_or("earliest")),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                    assert_eq!(sub.status, 200);
+                    hops += 1;
+                    // Read a while, then drop the connection and come back
+                    // through the balancer (another node, mostly).
+                    let take = 300 + (h * 211 + hops * 97) % 700;
+                    for _ in 0..take {
+                        match sub.next_within(Duration::from_secs(5)).await {
+                            Some(ev) => got.push(ev.id),
+                            None => break,
+                        }
+                        if got.len() == UPDATES {
+                            break;
+                        }
+                    }
+                }
+                (got, hops)
+            })
+        })
+        .collect();
+
+    let mut published = std::collections::HashSet::new();
+    for p in publishers {
+        published.extend(p.await.unwrap());
+    }
+    assert_eq!(published.len(), UPDATES);
+    let mut order = Vec::with_capacity(UPDATES);
+    while order.len() < UPDATES {
+        order.push(reference.next().await.id);
+    }
+    let seen: std::collections::HashSet<_> = order.iter().cloned().collect();
+    assert_eq!(
+        seen, published,
+        "the reference saw every published update once"
+    );
+    for h in hoppers {
+        let (got, hops) = h.await.unwrap();
+        assert!(
+            hops >= 10,
+            "clients moved between nodes ({hops} connections)"
+        );
+        if got != order {
+            let first = got
+                .iter()
+                .zip(&order)
+                .position(|(a, b)| a != b)
+                .unwrap_or(got.len().min(order.len()));
+            panic!(
+                "a reconnecting client saw a gap, a duplicate or another order: {} received, \
+                 first difference at {first} (got {:?}, log order {:?}), {hops} connections",
+                got.len(),
+                got.get(first),
+                order.get(first)
+            );
+        }
+    }
+}

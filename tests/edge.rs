@@ -317,12 +317,16 @@ async fn assert_served_once_a_slot_frees(a: &str) {
 
 /// A metric, read once the hub admits the request: sockets the test just
 /// closed free their connection slots a moment later, and until then the
-/// metrics request itself may be refused (503/429).
+/// metrics request itself may be refused (503/429). A refusal is written as
+/// soon as the connection is accepted, possibly before the client has sent
+/// its request, which the HTTP client reports as an error rather than a
+/// status: that is a refusal too.
 async fn metric_when_admitted(base: &str, name: &str) -> u64 {
     for _ in 0..100 {
-        let resp = reqwest::get(format!("{base}/metrics"))
-            .await
-            .expect("metrics");
+        let Ok(resp) = reqwest::get(format!("{base}/metrics")).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
         if resp.status() == 200 {
             let text = resp.text().await.expect("body");
             return text
