@@ -151,17 +151,32 @@ impl Journal {
     /// exist, and their `fdatasync` need not also record a new file size
     /// or allocate (measured on ext4: ~110 µs against ~200 µs appending).
     /// Zeros never read back as a frame (their checksum does not match).
+    ///
+    /// The zeros are an optimisation, not a need: on a disk without room
+    /// for them the journal simply grows as it is written.
     pub fn truncate(&mut self, preallocate: u64) -> io::Result<()> {
         self.file.set_len(0)?;
-        let zeros = vec![0u8; 1 << 20];
-        let mut at = 0;
-        while at < preallocate {
-            let n = zeros.len().min((preallocate - at) as usize);
-            self.file.write_all_at(&zeros[..n], at)?;
-            at += n as u64;
+        if let Err(e) = self.fill_with_zeros(preallocate) {
+            tracing::warn!(
+                path = %self.path.display(),
+                error = %e,
+                "could not preallocate the journal; it grows as it is written"
+            );
+            self.file.set_len(0)?;
         }
         self.file.sync_all()?;
         self.end = 0;
+        Ok(())
+    }
+
+    fn fill_with_zeros(&self, len: u64) -> io::Result<()> {
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = 0;
+        while at < len {
+            let n = zeros.len().min((len - at) as usize);
+            self.file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
         Ok(())
     }
 
