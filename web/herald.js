@@ -162,9 +162,13 @@ export class SseParser {
 }
 
 /** The reconnection delay after `failures` failed attempts in a row. */
-export function backoffDelay(failures, minDelay, maxDelay, random = Math.random) {
-  const ceiling = Math.min(maxDelay, minDelay * 2 ** Math.max(0, failures - 1));
-  return Math.round(ceiling / 2 + (random() * ceiling) / 2);
+export function backoffDelay(failures, minDelay, maxDelay) {
+  return jitter(Math.min(maxDelay, minDelay * 2 ** Math.max(0, failures - 1)));
+}
+
+/** Somewhere between half of `ms` and all of it, at random. */
+function jitter(ms) {
+  return Math.round(ms / 2 + (Math.random() * ms) / 2);
 }
 
 /** Where this tab's token comes from, and how a fresh one is fetched. */
@@ -389,10 +393,6 @@ class Connection {
       };
     });
   }
-}
-
-function jitter(ms) {
-  return Math.round(ms / 2 + (Math.random() * ms) / 2);
 }
 
 function retryAfter(response) {
