@@ -3,6 +3,7 @@
 //! result into a response.
 
 mod batch;
+mod client_js;
 pub mod conn;
 mod error;
 pub mod form;
@@ -62,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/herald.js", get(client_js::serve))
         .route("/metrics", get(metrics));
     if state.config.demo {
         app = app.route(
