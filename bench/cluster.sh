@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# Cluster figures on one machine: Herald nodes on one real redis-server
+# (appendonly yes, appendfsync always: a 200 means in Redis's AOF on disk).
+#
+#   bash bench/cluster.sh            # ~6 minutes
+#   QUICK=1 bash bench/cluster.sh    # small sizes, a smoke test
+#   SKIP_BIG=1 bash bench/cluster.sh # without the 5 x 19,000 connections run
+#
+# 1. Cross-node latency: publish on node 1, subscribers on node 3, at
+#    1,000 updates/s (100 subscribers) and 10,000 updates/s (10
+#    subscribers), beside the same workload on one node (default durable
+#    history, no Redis).
+# 2. Throughput through one Redis: per-user single publishes (10,000
+#    subscribers on node 2, a topic each, 32 publishers on node 1) and batch
+#    publishes (100,000 updates, 1,000 per request, 2 in flight).
+# 3. Connections past one process: five nodes, five load generator
+#    processes of 19,000 subscribers each (one per node), one broadcast of 5
+#    updates to all 95,000; RSS per connection per node.
+#
+# Writes bench/results/cluster-*.json and prints a summary table
+# (bench/results/cluster.md). Loopback only; every run is bounded by the
+# load generator's timeouts; everything started is stopped on exit.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+out="$root/bench/results"
+mkdir -p "$out"
+rm -f "$out"/cluster-*.json
+
+if [ "${QUICK:-0}" = 1 ]; then
+  LAT_SECS=2; MANY=1000; BATCH_UPDATES=10000; BIG=2000
+else
+  LAT_SECS=5; MANY=10000; BATCH_UPDATES=100000; BIG=19000
+fi
+
+echo "==> building herald and the load generator"
+cargo build --release --locked --bin herald
+(cd bench/loadgen && cargo build --release --locked)
+LG="$CARGO_TARGET_DIR/release/herald-loadgen"
+HERALD="$CARGO_TARGET_DIR/release/herald"
+command -v redis-server >/dev/null || { echo "redis-server is not installed (apt-get install redis-server)" >&2; exit 1; }
+
+KEY=cluster-bench-secret
+TOKEN="$("$HERALD" token --jwt-key "$KEY" --publish '*' --subscribe '*' --ttl 2h)"
+REDIS_PORT=6391
+tmp="$(mktemp -d)"
+redis_pid=""
+node_pids=()
+
+start_redis() {
+  rm -rf "$tmp/redis"; mkdir -p "$tmp/redis"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$tmp/redis" --save '' \
+    --appendonly yes --appendfsync always > "$tmp/redis.log" 2>&1 &
+  redis_pid=$!
+  for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/$REDIS_PORT && printf 'PING\r\n' >&3 && timeout 1 head -c 5 <&3 | grep -q PONG) 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "redis did not start" >&2; return 1
+}
+
+start_node() { # port [extra args]
+  local port="$1"; shift
+  "$HERALD" serve --listen "127.0.0.1:$port" --jwt-key "$KEY" \
+    --max-connections 0 --max-connections-per-ip 0 --data-dir "$tmp/data-$port" "$@" \
+    > "$tmp/node-$port.out" 2> "$tmp/node-$port.err" &
+  node_pids+=($!)
+  for _ in $(seq 200); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz")" = 200 ] && return 0
+    sleep 0.1
+  done
+  echo "node $port did not become ready" >&2; cat "$tmp/node-$port.err" >&2; return 1
+}
+
+stop_all() {
+  for p in "${node_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${node_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  node_pids=()
+  if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; redis_pid=""; fi
+}
+trap 'stop_all; rm -rf "$tmp"' EXIT
+
+node_pid() { # port
+  local i=0
+  for p in "${node_pids[@]}"; do
+    if grep -q "127.0.0.1:$1" "/proc/$p/cmdline" 2>/dev/null; then echo "$p"; return; fi
+    i=$((i + 1))
+  done
+}
+
+lg() { # label args...
+  local label="$1"; shift
+  echo "==> $label"
+  timeout 600 "$LG" "$@" --token "$TOKEN" --no-progress --json-out "$out/cluster-$label.full.json" \
+    > "$tmp/lg.out" 2> "$tmp/lg.err" || { echo "   load generator failed:" >&2; tail -3 "$tmp/lg.err" >&2; }
+  sed -n 's/^RESULT //p' "$tmp/lg.out" > "$out/cluster-$label.json" || true
+  rm -f "$out/cluster-$label.full.json"
+  grep -E '^(publish rate|deliveries/s|latency|lost |duplicates|server CPU per)' "$tmp/lg.out" | sed 's/^/   /' || true
+}
+
+cluster3() { start_redis; for port in 8101 8102 8103; do start_node "$port" --transport "redis://127.0.0.1:$REDIS_PORT"; done; }
+single() { start_node 8101; }
+
+# 1. Cross-node latency vs one node.
+for rate_subs in "1000 100" "10000 10"; do
+  set -- $rate_subs; rate=$1; subs=$2; updates=$((rate * LAT_SECS))
+  single
+  lg "latency-single-$rate" fanout --target herald --url http://127.0.0.1:8101 \
+    --subscribers "$subs" --updates "$updates" --rate "$rate" --pub-concurrency 8 --server-pid "$(node_pid 8101)"
+  stop_all
+  cluster3
+  lg "latency-cluster-$rate" fanout --target herald --url http://127.0.0.1:8103 \
+    --publish-url http://127.0.0.1:8101 --subscribers "$subs" --updates "$updates" --rate "$rate" \
+    --pub-concurrency 8 --server-pid "$(node_pid 8103)"
+  stop_all
+done
+
+# 2. Throughput through one Redis.
+cluster3
+lg "per-user-cluster" many-topics --target herald --url http://127.0.0.1:8102 \
+  --publish-url http://127.0.0.1:8101 --subscribers "$MANY" --rounds 5 --pub-concurrency 32 \
+  --server-pid "$(node_pid 8102)"
+stop_all
+cluster3
+lg "batch-cluster" publish-batch --target herald --url http://127.0.0.1:8102 \
+  --publish-url http://127.0.0.1:8101 --subscribers "$MANY" --updates "$BATCH_UPDATES" \
+  --batch-size 1000 --pub-concurrency 2 --server-pid "$(node_pid 8102)"
+stop_all
+
+# 3. 5 x 19,000 subscribers on five nodes, one broadcast.
+if [ "${SKIP_BIG:-0}" != 1 ]; then
+  start_redis
+  ports=(8101 8102 8103 8104 8105)
+  for port in "${ports[@]}"; do start_node "$port" --transport "redis://127.0.0.1:$REDIS_PORT"; done
+  run_id="big$(date +%s)"
+  start_at=$(( $(date +%s%3N) + 60000 ))
+  total=$((BIG * 5))
+  shard_pids=()
+  for i in 0 1 2 3 4; do
+    port=${ports[$i]}
+    "$LG" fanout --target herald --url "http://127.0.0.1:$port" --publish-url http://127.0.0.1:8101 \
+      --token "$TOKEN" --subscribers "$total" --updates 5 --shard "$i/5" --run-id "$run_id" \
+      --start-at "$start_at" --server-pid "$(node_pid "$port")" --no-progress \
+      --connect-phase-timeout 55 --json-out "$tmp/big$i.json" > "$tmp/big$i.out" 2> "$tmp/big$i.err" &
+    shard_pids+=($!)
+  done
+  for p in "${shard_pids[@]}"; do wait "$p" || echo "a shard failed (see its output)" >&2; done
+  for i in 0 1 2 3 4; do
+    echo "   node ${ports[$i]}: $(grep -E '^(connected|server RSS per connection|deliveries received)' "$tmp/big$i.out" | tr -s ' ' | tr '\n' ';')"
+    sed -n 's/^RESULT //p' "$tmp/big$i.out" > "$out/cluster-big-node$i.json" || true
+  done
+  "$LG" merge "$tmp"/big*.json --json-out "$tmp/big-merged.json" > "$tmp/big-merged.out" 2>&1 || true
+  sed -n 's/^RESULT //p' "$tmp/big-merged.out" > "$out/cluster-big-merged.json" || true
+  grep -E '^(connected|deliveries expected|deliveries received|lost |latency)' "$tmp/big-merged.out" | sed 's/^/   merged: /' || true
+  stop_all
+fi
+
+python3 - "$out" <<'PY' | tee "$out/cluster.md"
+import json, os, sys, glob
+out = sys.argv[1]
+def load(name):
+    try:
+        return json.load(open(os.path.join(out, f"cluster-{name}.json")))
+    except Exception:
+        return {}
+def lat(r, k):
+    v = (r.get("latency_ms") or {}).get(k)
+    return f"{v:.1f}" if isinstance(v, (int, float)) else "n/a"
+print("## Cluster (bench/cluster.sh)\n")
+print("| workload | deliveries/s | p50 ms | p99 ms | lost | dup |")
+print("|---|---|---|---|---|---|")
+for rate in (1000, 10000):
+    for mode in ("single", "cluster"):
+        r = load(f"latency-{mode}-{rate}")
+        name = f"{rate:,} updates/s, " + ("one node" if mode == "single" else "publish node 1 -> subscribers node 3")
+        print(f"| {name} | {r.get('deliveries_per_sec', 'n/a')} | {lat(r,'p50')} | {lat(r,'p99')} | {r.get('lost','n/a')} | {r.get('duplicates','n/a')} |")
+print()
+for name, label in (("per-user-cluster", "per-user single publishes via node 1, subscribers on node 2"),
+                    ("batch-cluster", "batch publishes (1,000 per request) via node 1, subscribers on node 2")):
+    r = load(name)
+    print(f"- {label}: {r.get('publish_rate','n/a')} updates/s published, {r.get('deliveries_per_sec','n/a')} delivered/s, "
+          f"p50/p99 {lat(r,'p50')}/{lat(r,'p99')} ms, lost {r.get('lost','n/a')}, dup {r.get('duplicates','n/a')}, "
+          f"receiving node CPU {r.get('server_cpu_us_per_update','n/a')} us/update")
+nodes = sorted(glob.glob(os.path.join(out, "cluster-big-node*.json")))
+if nodes:
+    print("\n| node | connected | RSS per connection |")
+    print("|---|---|---|")
+    for i, f in enumerate(nodes):
+        try:
+            r = json.load(open(f))
+        except Exception:
+            r = {}
+        print(f"| {i+1} | {r.get('connected','n/a')} | {r.get('rss_per_conn_bytes','n/a')} B |")
+    m = load("big-merged")
+    print(f"\nall five: {m.get('connected','n/a')} connected, {m.get('received','n/a')} / {m.get('expected','n/a')} deliveries, "
+          f"lost {m.get('lost','n/a')}, p50/p99 {lat(m,'p50')}/{lat(m,'p99')} ms")
+PY
