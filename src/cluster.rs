@@ -32,7 +32,7 @@ use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::watch;
 
 use crate::history::record;
-use crate::hub::{Hub, HubError};
+use crate::hub::{Hub, HubError, SubscriptionInfo};
 use crate::update::Update;
 
 /// How long a resuming subscriber waits for this node to apply the id it
@@ -53,25 +53,38 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const DEFAULT_ID_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Checks every id, then appends every update: all or nothing.
-/// KEYS: log, counter. ARGV: id key prefix, maxlen, id ttl ms, then
-/// (id, record) pairs. Returns the counter value of each update, or
-/// `{"dup", id}`.
+/// KEYS: log, counter. ARGV: id key prefix, maxlen, id ttl ms, live ("1":
+/// live-only entries such as subscription events, which are delivered but
+/// never stored, and whose ids are not kept), then (id, record) pairs.
+/// Returns the counter value of each update, or `{"dup", id}`.
 const APPEND: &str = r#"
-local prefix, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3]
-for i = 4, #ARGV, 2 do
-  if redis.call('EXISTS', prefix .. ARGV[i]) == 1 then
-    return {'dup', ARGV[i]}
+local prefix, maxlen, ttl, live = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+if not live then
+  for i = 5, #ARGV, 2 do
+    if redis.call('EXISTS', prefix .. ARGV[i]) == 1 then
+      return {'dup', ARGV[i]}
+    end
   end
 end
 local out = {}
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local n = redis.call('INCR', KEYS[2])
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'n', n, 'r', ARGV[i + 1])
-  redis.call('SET', prefix .. ARGV[i], n, 'PX', ttl)
+  if live then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'n', n, 'r', ARGV[i + 1], 'l', '1')
+  else
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'n', n, 'r', ARGV[i + 1])
+    redis.call('SET', prefix .. ARGV[i], n, 'PX', ttl)
+  end
   out[#out + 1] = n
 end
 return out
 "#;
+
+/// A node's subscriptions are kept in Redis this long after its last
+/// heartbeat: a node that dies vanishes from the subscriptions API within
+/// this time.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(15);
+const PRESENCE_HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Cluster settings, from the command line.
 #[derive(Debug, Clone)]
@@ -92,6 +105,8 @@ struct Keys {
     log: String,
     counter: String,
     id_prefix: String,
+    /// Followed by a node id: that node's subscriptions (a hash).
+    presence_prefix: String,
 }
 
 impl Keys {
@@ -100,8 +115,59 @@ impl Keys {
             log: "herald:{p0}:log".into(),
             counter: "herald:{p0}:n".into(),
             id_prefix: "herald:{p0}:id:".into(),
+            presence_prefix: "herald:{p0}:subs:".into(),
         }
     }
+}
+
+/// One subscription as other nodes see it (the subscriptions API).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Presence {
+    id: String,
+    legacy_id: String,
+    match_type: String,
+    selector: String,
+    subscriber: String,
+    payload: Option<serde_json::Value>,
+}
+
+impl Presence {
+    fn of(info: &SubscriptionInfo) -> Presence {
+        Presence {
+            id: info.id.clone(),
+            legacy_id: info.legacy_id.clone(),
+            match_type: info.match_type.to_string(),
+            selector: info.selector.clone(),
+            subscriber: info.subscriber.clone(),
+            payload: info.payload.clone(),
+        }
+    }
+
+    fn into_info(self) -> Option<SubscriptionInfo> {
+        let match_type = match self.match_type.as_str() {
+            "exact" => "exact",
+            "urlpattern" => "urlpattern",
+            "uritemplate" => "uritemplate",
+            _ => return None,
+        };
+        Some(SubscriptionInfo {
+            id: self.id,
+            legacy_id: self.legacy_id,
+            match_type,
+            selector: self.selector,
+            subscriber: self.subscriber,
+            active: true,
+            payload: self.payload,
+        })
+    }
+}
+
+/// What the presence task writes to Redis.
+enum Change {
+    /// A subscription event to deliver on every node (live only).
+    Event(Arc<Update>),
+    Active(SubscriptionInfo),
+    Gone(String),
 }
 
 /// Counters for `/metrics`.
@@ -126,6 +192,9 @@ pub struct Cluster {
     fault: Mutex<Option<String>>,
     /// Set once the startup back-fill is done.
     caught_up: AtomicBool,
+    /// To the presence task (subscription events and this node's
+    /// subscriptions); set by [`Cluster::start_presence`].
+    changes: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Change>>,
     pub stats: ClusterStats,
 }
 
@@ -147,6 +216,7 @@ impl Cluster {
             applied: watch::channel(0).0,
             fault: Mutex::new(Some("catching up with the cluster log".into())),
             caught_up: AtomicBool::new(false),
+            changes: std::sync::OnceLock::new(),
             stats: ClusterStats::default(),
             config,
         });
@@ -211,6 +281,10 @@ impl Cluster {
     /// them. A duplicate id is [`HubError::History`] `DuplicateId` (409);
     /// Redis unreachable or slow is [`HubError::Unavailable`] (503).
     pub async fn append(&self, updates: &[Arc<Update>]) -> Result<(), HubError> {
+        self.append_as(updates, false).await
+    }
+
+    async fn append_as(&self, updates: &[Arc<Update>], live: bool) -> Result<(), HubError> {
         let now = crate::history::now_ms();
         let ttl = self.config.id_ttl.unwrap_or(DEFAULT_ID_TTL).as_millis() as u64;
         let mut invocation = self.script.prepare_invoke();
@@ -219,7 +293,8 @@ impl Cluster {
             .key(&self.keys.counter)
             .arg(&self.keys.id_prefix)
             .arg(self.config.max_len.max(1))
-            .arg(ttl.max(1));
+            .arg(ttl.max(1))
+            .arg(if live { "1" } else { "0" });
         for update in updates {
             invocation
                 .arg(update.id.as_str())
@@ -297,6 +372,148 @@ impl Cluster {
         if self.fault.lock().take().is_some() {
             tracing::info!(node = %self.config.node_id, "following the cluster log");
         }
+    }
+
+    /// Cluster-wide subscription events: `update` (live only) goes to
+    /// every node through the log; `info` is this node's subscription that
+    /// started (`active`) or ended, kept in Redis for the subscriptions API
+    /// of every node. Never blocks: a background task writes.
+    pub fn subscription_changed(&self, update: Option<Arc<Update>>, info: SubscriptionInfo) {
+        let Some(tx) = self.changes.get() else { return };
+        if let Some(update) = update {
+            let _ = tx.send(Change::Event(update));
+        }
+        let _ = tx.send(if info.active {
+            Change::Active(info)
+        } else {
+            Change::Gone(info.id)
+        });
+    }
+
+    /// Start the task that writes subscription events and this node's
+    /// subscriptions to Redis, and keeps the latter alive (a heartbeat
+    /// every 5 s; they expire [`PRESENCE_TTL`] after the last one).
+    pub fn start_presence(self: &Arc<Self>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        if self.changes.set(tx).is_err() {
+            return;
+        }
+        let cluster = self.clone();
+        tokio::spawn(async move { cluster.presence(rx).await });
+    }
+
+    fn presence_key(&self) -> String {
+        format!("{}{}", self.keys.presence_prefix, self.config.node_id)
+    }
+
+    async fn presence(self: Arc<Self>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Change>) {
+        let key = self.presence_key();
+        let mut tick = tokio::time::interval(PRESENCE_HEARTBEAT);
+        // What this node holds: rewritten whole at each heartbeat, so an
+        // outage or a lost write heals within one.
+        let mut mine: std::collections::HashMap<String, String> = Default::default();
+        loop {
+            tokio::select! {
+                change = rx.recv() => {
+                    let Some(first) = change else { return };
+                    let mut events = Vec::new();
+                    let (mut added, mut gone) = (Vec::new(), Vec::new());
+                    let mut next = Some(first);
+                    while let Some(change) = next.take() {
+                        match change {
+                            Change::Event(u) => events.push(u),
+                            Change::Active(info) => {
+                                if let Ok(json) = serde_json::to_string(&Presence::of(&info)) {
+                                    mine.insert(info.id.clone(), json.clone());
+                                    added.push((info.id, json));
+                                }
+                            }
+                            Change::Gone(id) => {
+                                mine.remove(&id);
+                                gone.push(id);
+                            }
+                        }
+                        next = rx.try_recv().ok();
+                    }
+                    if !events.is_empty() {
+                        if let Err(e) = self.append_as(&events, true).await {
+                            tracing::warn!(error = %e, count = events.len(), "subscription events not sent to the cluster");
+                        }
+                    }
+                    let mut pipe = redis::pipe();
+                    pipe.atomic();
+                    if !gone.is_empty() {
+                        pipe.hdel(&key, &gone).ignore();
+                    }
+                    if !added.is_empty() {
+                        pipe.hset_multiple(&key, &added).ignore();
+                    }
+                    pipe.pexpire(&key, PRESENCE_TTL.as_millis() as i64).ignore();
+                    let _ = self.run_pipe(pipe).await;
+                }
+                _ = tick.tick() => {
+                    let mut pipe = redis::pipe();
+                    pipe.atomic().del(&key).ignore();
+                    if !mine.is_empty() {
+                        let fields: Vec<(&str, &str)> =
+                            mine.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                        pipe.hset_multiple(&key, &fields).ignore();
+                        pipe.pexpire(&key, PRESENCE_TTL.as_millis() as i64).ignore();
+                    }
+                    let _ = self.run_pipe(pipe).await;
+                }
+            }
+        }
+    }
+
+    async fn run_pipe(&self, pipe: redis::Pipeline) -> Result<(), ()> {
+        let mut conn = self.connection().await.map_err(|_| ())?;
+        let done: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+        if done.is_err() {
+            self.drop_connection().await;
+        }
+        done.map_err(|_| ())
+    }
+
+    /// The subscriptions held by the other nodes (each node's own are in
+    /// its registry).
+    pub async fn subscriptions_elsewhere(&self) -> Result<Vec<SubscriptionInfo>, String> {
+        let mut conn = self.connection().await?;
+        let pattern = format!("{}*", self.keys.presence_prefix);
+        let own = self.presence_key();
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| redis_error(&self.config.url, &e))?;
+            keys.extend(batch.into_iter().filter(|k| *k != own));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut out = Vec::new();
+        for key in keys {
+            let values: Vec<String> = redis::cmd("HVALS")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| redis_error(&self.config.url, &e))?;
+            out.extend(
+                values
+                    .iter()
+                    .filter_map(|v| serde_json::from_str::<Presence>(v).ok())
+                    .filter_map(Presence::into_info),
+            );
+        }
+        Ok(out)
     }
 
     pub fn is_caught_up(&self) -> bool {
@@ -421,9 +638,7 @@ impl Cluster {
                 if let Some(last) = last_n {
                     if n != last + 1 {
                         // Flush what came before, then drop the replica.
-                        if !page.is_empty() {
-                            let _ = hub_ref.apply(std::mem::take(&mut page)).await;
-                        }
+                        apply_page(&hub_ref, std::mem::take(&mut page)).await;
                         self.stats.resets.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(
                             node = %self.config.node_id,
@@ -437,13 +652,10 @@ impl Cluster {
                     }
                 }
                 last_n = Some(n);
-                page.push(Arc::new(update));
+                let live = entry.map.contains_key("l");
+                page.push((Arc::new(update), !live));
             }
-            if !page.is_empty() {
-                if let Err(e) = hub_ref.apply(page).await {
-                    tracing::error!(node = %self.config.node_id, error = %e, "applying log entries failed");
-                }
-            }
+            apply_page(&hub_ref, page).await;
             if let Some(n) = last_n {
                 self.applied.send_replace(n);
             }
@@ -468,4 +680,27 @@ fn apply_delay() -> Option<Duration> {
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis)
     })
+}
+
+/// Apply a page of the log in order: stored updates and live-only events
+/// (subscription events) in runs of one kind.
+async fn apply_page(hub: &Hub, page: Vec<(Arc<Update>, bool)>) {
+    let mut run: Vec<Arc<Update>> = Vec::new();
+    let mut run_durable = true;
+    for (update, durable) in page {
+        if durable != run_durable && !run.is_empty() {
+            apply_run(hub, std::mem::take(&mut run), run_durable).await;
+        }
+        run_durable = durable;
+        run.push(update);
+    }
+    if !run.is_empty() {
+        apply_run(hub, run, run_durable).await;
+    }
+}
+
+async fn apply_run(hub: &Hub, run: Vec<Arc<Update>>, durable: bool) {
+    if let Err(e) = hub.apply(run, durable).await {
+        tracing::error!(error = %e, "applying log entries failed");
+    }
 }

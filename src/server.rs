@@ -81,6 +81,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .context("--transport")?;
         hub.set_cluster(cluster.clone());
         cluster.start_tail(&hub);
+        if config.subscriptions {
+            cluster.start_presence();
+        }
         tracing::info!(node = %node_id, transport = %url, "cluster mode: publishing to and tailing the shared log");
     }
 

@@ -712,3 +712,118 @@ async fn behind_nginx_reconnecting_clients_see_no_gap_and_no_duplicate() {
         }
     }
 }
+
+async fn list_subscriptions(base: &str, admin: &str) -> Vec<serde_json::Value> {
+    let list: serde_json::Value = reqwest::Client::new()
+        .get(format!("{base}/.well-known/mercure/subscriptions"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["subscriptions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn has_match(list: &[serde_json::Value], topic: &str, active: bool) -> bool {
+    list.iter()
+        .any(|d| d["match"] == topic && d["active"] == active)
+}
+
+#[tokio::test]
+async fn the_subscriptions_api_and_events_answer_for_the_whole_cluster() {
+    let redis = Redis::start(&[]);
+    let a = node(&redis, &["--subscriptions"]);
+    let mut b = node(&redis, &["--subscriptions"]);
+    wait_ready(&a.base, 200).await;
+    wait_ready(&b.base, 200).await;
+    let admin = token(&[], &["/.well-known/mercure/subscriptions{/a}{/b}{/c}"]);
+    // A watcher of subscription events on node a.
+    let mut watcher = Sub::open(
+        &a.hub(),
+        &format!(
+            "match_urlpattern={}",
+            enc("/.well-known/mercure/subscriptions/*")
+        ),
+        SubOpts {
+            token: Some(&admin),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(watcher.status, 200);
+    // A subscriber on node b...
+    let topic = "https://example.com/rooms/7";
+    let on_b = Sub::ok(&b.hub(), &format!("match={}", enc(topic))).await;
+    // ...is announced on node a (events travel through the log)...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = watcher
+            .next_within(deadline.saturating_duration_since(Instant::now()))
+            .await
+            .expect("a subscription event from node b");
+        let doc: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+        if doc["match"] == topic {
+            assert_eq!(doc["active"], true);
+            break;
+        }
+    }
+    // ...and listed by node a's subscriptions API.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !has_match(&list_subscriptions(&a.base, &admin).await, topic, true) {
+        assert!(
+            Instant::now() < deadline,
+            "node a lists node b's subscriber"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The same authorization as on one node: no token, no list.
+    let denied = reqwest::get(format!("{}/.well-known/mercure/subscriptions", a.base))
+        .await
+        .unwrap();
+    assert_eq!(denied.status().as_u16(), 401);
+
+    // It leaves: an inactive event, and the list forgets it.
+    drop(on_b);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = watcher
+            .next_within(deadline.saturating_duration_since(Instant::now()))
+            .await
+            .expect("the inactive event from node b");
+        let doc: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+        if doc["match"] == topic && doc["active"] == false {
+            break;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while has_match(&list_subscriptions(&a.base, &admin).await, topic, true) {
+        assert!(
+            Instant::now() < deadline,
+            "node a forgets the subscriber that left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A node that dies without saying goodbye vanishes within the TTL.
+    let _held = Sub::ok(&b.hub(), &format!("match={}", enc(topic))).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !has_match(&list_subscriptions(&a.base, &admin).await, topic, true) {
+        assert!(Instant::now() < deadline, "listed again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while has_match(&list_subscriptions(&a.base, &admin).await, topic, true) {
+        assert!(
+            Instant::now() < deadline,
+            "a dead node's subscribers are gone within the presence TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

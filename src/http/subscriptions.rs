@@ -24,15 +24,15 @@ use crate::hub::SubscriptionInfo;
 const MATCH_TYPES: [&str; 3] = ["exact", "urlpattern", "uritemplate"];
 
 pub async fn list(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    respond(&state, &headers, &uri)
+    respond(&state, &headers, &uri).await
 }
 
 pub async fn lookup(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    respond(&state, &headers, &uri)
+    respond(&state, &headers, &uri).await
 }
 
-fn respond(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Response {
-    match answer(state, headers, uri) {
+async fn respond(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Response {
+    match answer(state, headers, uri).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -94,7 +94,7 @@ fn parse_path(rest: &str) -> Result<Query, HttpError> {
     })
 }
 
-fn answer(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Response, HttpError> {
+async fn answer(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Response, HttpError> {
     if !state.config.subscriptions {
         return Err(HttpError::new(
             StatusCode::NOT_FOUND,
@@ -120,7 +120,8 @@ fn answer(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Response, 
         .hub
         .newest_visible_id(&grants.subscribe)
         .unwrap_or_else(|| "earliest".into());
-    let all = state.hub.subscriptions();
+    // Cluster mode: every node's subscriptions, read after the token check.
+    let all = state.hub.subscriptions_everywhere().await?;
     let selects = |info: &SubscriptionInfo, match_type: &Option<String>, selector: &str| {
         info.selector == selector && match_type.as_deref().is_none_or(|t| t == info.match_type)
     };

@@ -304,7 +304,10 @@ impl Hub {
     /// Cluster mode: store and deliver updates read from the shared log,
     /// in log order (the tail calls this for each page it reads and waits
     /// for it, so pages never overtake each other).
-    pub async fn apply(&self, updates: Vec<Arc<Update>>) -> Result<(), HubError> {
+    ///
+    /// `durable: false` marks live-only events (subscription events from
+    /// any node): delivered, never stored.
+    pub async fn apply(&self, updates: Vec<Arc<Update>>, durable: bool) -> Result<(), HubError> {
         if updates.is_empty() {
             return Ok(());
         }
@@ -317,7 +320,7 @@ impl Hub {
             .map(|(i, update)| Pending {
                 update,
                 reply: if i == last { reply.take() } else { None },
-                durable: true,
+                durable,
                 group: None,
                 chosen_id: false,
             })
@@ -325,6 +328,20 @@ impl Hub {
         self.enqueue(CommitRequest::PublishAll(pending))?;
         answer.await.map_err(|_| self.stopped_error())??;
         Ok(())
+    }
+
+    /// Active subscriptions across the cluster (this node's alone on a
+    /// single node). `Err` when other nodes' cannot be read (Redis down).
+    pub async fn subscriptions_everywhere(&self) -> Result<Vec<SubscriptionInfo>, HubError> {
+        let mut all = self.subscriptions();
+        if let Some(cluster) = self.cluster.get() {
+            let others = cluster.subscriptions_elsewhere().await.map_err(|e| {
+                HubError::Unavailable(format!("cannot list the other nodes' subscriptions: {e}"))
+            })?;
+            all.extend(others);
+            all.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        Ok(all)
     }
 
     /// Cluster mode: the log was reset or this node missed part of it;
@@ -754,6 +771,12 @@ impl Hub {
                 None,
                 info.to_json_ld(None).to_string(),
             );
+            if let Some(cluster) = self.cluster.get() {
+                // Through the log, so every node (this one too) delivers
+                // it; and into this node's presence in Redis.
+                cluster.subscription_changed(Some(Arc::new(update)), info);
+                continue;
+            }
             if let Err(e) = self.enqueue(CommitRequest::Publish(Pending {
                 update: Arc::new(update),
                 reply: None,
