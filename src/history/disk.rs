@@ -200,8 +200,14 @@ impl DiskHistory {
             txn.open_table(META).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
-        if self.durability == Durability::Sync {
+        // A journal left by a sync-mode run is replayed whatever the mode
+        // now: its frames were acknowledged.
+        if self.durability == Durability::Sync || self.journal_path().exists() {
             self.open_journal()?;
+            if self.durability != Durability::Sync {
+                *self.journal.lock() = None;
+                let _ = std::fs::remove_file(self.journal_path());
+            }
         }
 
         let txn = self.begin_read()?;
@@ -511,6 +517,7 @@ impl HistoryStore for DiskHistory {
             None,
             batch.len() + TRIM_STEP,
         )?;
+        let journal_start = journal.as_ref().map(|j| j.position());
         if let Some(journal) = journal.as_mut() {
             // Durable first: until this returns nothing is acknowledged,
             // and on failure the transaction is dropped, so the numbers it
@@ -524,7 +531,15 @@ impl HistoryStore for DiskHistory {
             }
             self.syncs.fetch_add(1, Ordering::Relaxed);
         }
-        txn.commit().map_err(storage)?;
+        if let Err(e) = txn.commit() {
+            // The batch is refused, so its numbers will be taken again by
+            // the next one: its frames must never be replayed after that
+            // one's, so the next group overwrites them.
+            if let (Some(journal), Some(start)) = (journal.as_mut(), journal_start) {
+                journal.rewind(start);
+            }
+            return Err(storage(e));
+        }
         self.committed(synced);
         let checkpoint_due = journal
             .as_ref()
@@ -872,6 +887,26 @@ mod tests {
         let again = DiskHistory::open(image.path(), keep(1000), Durability::Sync).unwrap();
         assert_eq!(again.head(), (6, Some("f".into())));
         assert_eq!(again.len(), 6);
+    }
+
+    #[test]
+    fn a_sync_crash_image_opened_in_relaxed_mode_keeps_everything() {
+        let live = tempfile::tempdir().unwrap();
+        let image = tempfile::tempdir().unwrap();
+        let h = DiskHistory::open(live.path(), keep(100), Durability::Sync).unwrap();
+        h.append_batch(&[up("a")]).unwrap();
+        h.checkpoint().unwrap();
+        h.append_batch(&[up("b"), up("c")]).unwrap();
+        crash_image(live.path(), image.path());
+        let relaxed = Durability::Relaxed {
+            interval: Duration::from_secs(1),
+        };
+        let r = DiskHistory::open(image.path(), keep(100), relaxed).unwrap();
+        assert_eq!(r.head(), (3, Some("c".into())));
+        assert!(
+            !image.path().join(JOURNAL_FILE_NAME).exists(),
+            "relaxed mode stores the journal's updates, then removes it"
+        );
     }
 
     #[test]

@@ -16,8 +16,9 @@
 //! frame's `fdatasync` returned.
 //!
 //! Frame layout (little endian): `len: u32` (of the record), `crc: u32`
-//! (CRC-32 of everything after it), `generation: u64`, `seq: u64`, then
-//! the record bytes ([`super::record`]). The journal is overwritten in
+//! (CRC-32 of everything after it), `generation: u64` (its top bit marks
+//! the last frame of a group), `seq: u64`, then the record bytes
+//! ([`super::record`]). Only whole groups are replayed. The journal is overwritten in
 //! place after each checkpoint (cheaper than appending: an `fdatasync` that
 //! need not also record a new file size), so stale frames of earlier rounds
 //! may follow the current ones. Reading stops at the first frame that is
@@ -33,8 +34,12 @@ use std::path::{Path, PathBuf};
 
 /// Bytes before each record.
 const HEADER: usize = 24;
-/// A frame claiming a longer record is damage, not a record.
-const MAX_RECORD: usize = 256 << 20;
+/// A frame claiming a longer record is damage, not a record (`--max-body`
+/// and `--max-batch-bytes` are far below it).
+const MAX_RECORD: usize = 1 << 30;
+/// Set in the generation field of a group's last frame: a group is replayed
+/// only whole, so no part of an all-or-nothing batch comes back alone.
+const GROUP_END: u64 = 1 << 63;
 
 pub struct Journal {
     file: File,
@@ -114,6 +119,7 @@ impl Journal {
     ) -> io::Result<()> {
         self.generation += 1;
         self.buf.clear();
+        let mut last_frame = None;
         for (seq, record) in frames {
             let start = self.buf.len();
             self.buf
@@ -122,11 +128,20 @@ impl Journal {
             self.buf.extend_from_slice(&self.generation.to_le_bytes());
             self.buf.extend_from_slice(&seq.to_le_bytes());
             self.buf.extend_from_slice(record);
-            let crc = checksum(&self.buf[start + 8..]);
-            self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+            last_frame = Some(start);
         }
-        if self.buf.is_empty() {
+        let Some(last) = last_frame else {
             return Ok(());
+        };
+        // Mark the group's end, then checksum every frame.
+        let marked = self.generation | GROUP_END;
+        self.buf[last + 8..last + 16].copy_from_slice(&marked.to_le_bytes());
+        let mut pos = 0;
+        while pos < self.buf.len() {
+            let len = u32::from_le_bytes(self.buf[pos..pos + 4].try_into().unwrap()) as usize;
+            let crc = checksum(&self.buf[pos + 8..pos + HEADER + len]);
+            self.buf[pos + 4..pos + 8].copy_from_slice(&crc.to_le_bytes());
+            pos += HEADER + len;
         }
         self.file.write_all_at(&self.buf, self.end)?;
         self.file.sync_data()?;
@@ -136,6 +151,18 @@ impl Journal {
             self.buf = Vec::new();
         }
         Ok(())
+    }
+
+    /// Where the next group will be written.
+    pub fn position(&self) -> u64 {
+        self.end
+    }
+
+    /// Forget the groups written from `position` on (they were answered
+    /// with an error): the next group overwrites them with a larger
+    /// generation, so they can never be replayed after it.
+    pub fn rewind(&mut self, position: u64) {
+        self.end = self.end.min(position);
     }
 
     /// Everything journaled is now durable elsewhere: start over at the
@@ -190,10 +217,12 @@ impl Journal {
     }
 }
 
-/// The valid frames at the start of `bytes`, in order: stops at the first
-/// torn, older or out-of-sequence frame.
+/// The frames of the whole groups at the start of `bytes`, in order: stops
+/// at the first torn, older or out-of-sequence frame, and drops the group
+/// it interrupts.
 fn read_frames(bytes: &[u8]) -> Vec<(u64, &[u8])> {
     let mut out = Vec::new();
+    let mut group = Vec::new();
     let mut pos = 0usize;
     let mut last: Option<(u64, u64)> = None; // (generation, seq)
     while bytes.len() - pos >= HEADER {
@@ -206,16 +235,26 @@ fn read_frames(bytes: &[u8]) -> Vec<(u64, &[u8])> {
         if checksum(body) != crc {
             break;
         }
-        let generation = u64::from_le_bytes(body[..8].try_into().unwrap());
+        let raw = u64::from_le_bytes(body[..8].try_into().unwrap());
+        let (generation, ends_group) = (raw & !GROUP_END, raw & GROUP_END != 0);
         let seq = u64::from_le_bytes(body[8..16].try_into().unwrap());
         if let Some((g, s)) = last {
-            if generation < g || seq != s + 1 {
+            // Inside a group: the same generation; a new group: a larger one.
+            let generation_ok = if group.is_empty() {
+                generation > g
+            } else {
+                generation == g
+            };
+            if !generation_ok || seq != s + 1 {
                 break;
             }
         }
-        out.push((seq, &body[16..]));
+        group.push((seq, &body[16..]));
         last = Some((generation, seq));
         pos += HEADER + len;
+        if ends_group {
+            out.append(&mut group);
+        }
     }
     out
 }
@@ -251,22 +290,25 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_tail_is_not_replayed() {
+    fn a_torn_group_is_not_replayed_even_in_part() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
         let (mut j, _) = Journal::open(&path, 0).unwrap();
-        frames(&mut j, 1..=5);
+        frames(&mut j, 1..=2);
+        frames(&mut j, 3..=5);
         drop(j);
         let len = std::fs::metadata(&path).unwrap().len();
-        // Cut into the last frame, then flip a byte inside the second.
+        // Cut into the last frame: its whole group (3..=5, one batch)
+        // is dropped, not just the torn frame.
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(len - 3).unwrap();
         let (_, p) = Journal::open(&path, 0).unwrap();
-        assert_eq!(seqs(&p), vec![1, 2, 3, 4]);
+        assert_eq!(seqs(&p), vec![1, 2]);
+        // Damage the first group's last frame: nothing is whole any more.
         f.write_all_at(b"X", (HEADER + 8 + HEADER + 2) as u64)
             .unwrap();
         let (_, p) = Journal::open(&path, 0).unwrap();
-        assert_eq!(seqs(&p), vec![1]);
+        assert_eq!(seqs(&p), Vec::<u64>::new());
     }
 
     #[test]

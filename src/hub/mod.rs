@@ -577,7 +577,7 @@ impl Hub {
                     let reason = format!("history cannot store updates: {e}");
                     self.set_fault(reason.clone());
                     let message =
-                        format!("{reason}; the update was not published (it is safe to retry)");
+                        format!("{reason}; the update was not published (it may still be stored if the write reached the disk: retry with the same id, a 409 then means it was)");
                     for reply in replies.iter_mut().filter_map(Option::take) {
                         let _ = reply.send(Err(HubError::Unavailable(message.clone())));
                     }
