@@ -45,6 +45,8 @@ const BLOCK: Duration = Duration::from_secs(1);
 /// A command to Redis gets an answer within this time or fails (503).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed dial, callers fail at once for this long.
+const DIAL_RETRY: Duration = Duration::from_secs(1);
 /// Reconnect back-off bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -107,6 +109,8 @@ struct Keys {
     id_prefix: String,
     /// Followed by a node id: that node's subscriptions (a hash).
     presence_prefix: String,
+    /// Nodes with subscriptions, scored by their last heartbeat (ms).
+    nodes: String,
 }
 
 impl Keys {
@@ -116,6 +120,7 @@ impl Keys {
             counter: "herald:{p0}:n".into(),
             id_prefix: "herald:{p0}:id:".into(),
             presence_prefix: "herald:{p0}:subs:".into(),
+            nodes: "herald:{p0}:nodes".into(),
         }
     }
 }
@@ -186,6 +191,8 @@ pub struct Cluster {
     script: redis::Script,
     /// The publish connection, reconnected on demand after an error.
     conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// When and why the last dial failed.
+    dial_failure: Mutex<Option<(std::time::Instant, String)>>,
     /// Counter value of the last entry this node applied.
     applied: watch::Sender<u64>,
     /// Why the tail is not following the log right now, if it is not.
@@ -213,6 +220,7 @@ impl Cluster {
             keys: Keys::new(),
             script: redis::Script::new(APPEND),
             conn: tokio::sync::Mutex::new(None),
+            dial_failure: Mutex::new(None),
             applied: watch::channel(0).0,
             fault: Mutex::new(Some("catching up with the cluster log".into())),
             caught_up: AtomicBool::new(false),
@@ -253,12 +261,23 @@ impl Cluster {
         &self.config.node_id
     }
 
+    /// The shared connection, dialled when there is none. Dialling happens
+    /// outside the lock, and for a second after a failed dial every caller
+    /// fails at once with that error: during an outage publishes answer 503
+    /// immediately instead of queueing behind each other's connect timeouts.
     async fn connection(&self) -> Result<MultiplexedConnection, String> {
-        let mut slot = self.conn.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
+        {
+            let slot = self.conn.lock().await;
+            if let Some(conn) = slot.as_ref() {
+                return Ok(conn.clone());
+            }
         }
-        let conn = self
+        if let Some((at, error)) = &*self.dial_failure.lock() {
+            if at.elapsed() < DIAL_RETRY {
+                return Err(error.clone());
+            }
+        }
+        match self
             .client
             .get_multiplexed_async_connection_with_config(
                 &AsyncConnectionConfig::new()
@@ -266,9 +285,18 @@ impl Cluster {
                     .set_response_timeout(RESPONSE_TIMEOUT),
             )
             .await
-            .map_err(|e| redis_error(&self.config.url, &e))?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        {
+            Ok(conn) => {
+                *self.dial_failure.lock() = None;
+                let mut slot = self.conn.lock().await;
+                Ok(slot.get_or_insert(conn).clone())
+            }
+            Err(e) => {
+                let error = redis_error(&self.config.url, &e);
+                *self.dial_failure.lock() = Some((std::time::Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
     }
 
     /// Forget the publish connection after an error: the next call dials
@@ -332,15 +360,17 @@ impl Cluster {
 
     /// The counter value under which `id` was appended, if Redis still
     /// remembers it.
-    pub async fn position_of(&self, id: &str) -> Option<u64> {
-        let mut conn = self.connection().await.ok()?;
+    pub async fn position_of(&self, id: &str) -> Result<Option<u64>, String> {
+        let mut conn = self.connection().await?;
         let key = format!("{}{id}", self.keys.id_prefix);
-        redis::cmd("GET")
+        let found = redis::cmd("GET")
             .arg(key)
             .query_async::<Option<u64>>(&mut conn)
-            .await
-            .ok()
-            .flatten()
+            .await;
+        if found.is_err() {
+            self.drop_connection().await;
+        }
+        found.map_err(|e| redis_error(&self.config.url, &e))
     }
 
     /// Wait (at most `limit`) until this node has applied the entry
@@ -409,28 +439,30 @@ impl Cluster {
     async fn presence(self: Arc<Self>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Change>) {
         let key = self.presence_key();
         let mut tick = tokio::time::interval(PRESENCE_HEARTBEAT);
-        // What this node holds: rewritten whole at each heartbeat, so an
-        // outage or a lost write heals within one.
+        // What this node holds. Written as it changes; rewritten whole only
+        // after a write failed (an outage), so a heartbeat is two small
+        // commands whatever the number of subscriptions.
         let mut mine: std::collections::HashMap<String, String> = Default::default();
+        let mut stale = true;
         loop {
+            let mut touched = std::collections::HashSet::new();
             tokio::select! {
                 change = rx.recv() => {
                     let Some(first) = change else { return };
                     let mut events = Vec::new();
-                    let (mut added, mut gone) = (Vec::new(), Vec::new());
                     let mut next = Some(first);
                     while let Some(change) = next.take() {
                         match change {
                             Change::Event(u) => events.push(u),
                             Change::Active(info) => {
                                 if let Ok(json) = serde_json::to_string(&Presence::of(&info)) {
-                                    mine.insert(info.id.clone(), json.clone());
-                                    added.push((info.id, json));
+                                    touched.insert(info.id.clone());
+                                    mine.insert(info.id, json);
                                 }
                             }
                             Change::Gone(id) => {
                                 mine.remove(&id);
-                                gone.push(id);
+                                touched.insert(id);
                             }
                         }
                         next = rx.try_recv().ok();
@@ -440,29 +472,36 @@ impl Cluster {
                             tracing::warn!(error = %e, count = events.len(), "subscription events not sent to the cluster");
                         }
                     }
-                    let mut pipe = redis::pipe();
-                    pipe.atomic();
-                    if !gone.is_empty() {
-                        pipe.hdel(&key, &gone).ignore();
-                    }
-                    if !added.is_empty() {
-                        pipe.hset_multiple(&key, &added).ignore();
-                    }
-                    pipe.pexpire(&key, PRESENCE_TTL.as_millis() as i64).ignore();
-                    let _ = self.run_pipe(pipe).await;
                 }
-                _ = tick.tick() => {
-                    let mut pipe = redis::pipe();
-                    pipe.atomic().del(&key).ignore();
-                    if !mine.is_empty() {
-                        let fields: Vec<(&str, &str)> =
-                            mine.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                        pipe.hset_multiple(&key, &fields).ignore();
-                        pipe.pexpire(&key, PRESENCE_TTL.as_millis() as i64).ignore();
-                    }
-                    let _ = self.run_pipe(pipe).await;
-                }
+                _ = tick.tick() => {}
             }
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            if stale {
+                pipe.del(&key).ignore();
+                touched = mine.keys().cloned().collect();
+            }
+            // The net effect of the changes: present ones set, others gone.
+            let (set, gone): (Vec<_>, Vec<_>) =
+                touched.into_iter().partition(|id| mine.contains_key(id));
+            if !gone.is_empty() {
+                pipe.hdel(&key, &gone).ignore();
+            }
+            if !set.is_empty() {
+                let fields: Vec<(&str, &str)> = set
+                    .iter()
+                    .map(|id| (id.as_str(), mine[id].as_str()))
+                    .collect();
+                pipe.hset_multiple(&key, &fields).ignore();
+            }
+            let now_ms = crate::history::now_ms();
+            pipe.pexpire(&key, PRESENCE_TTL.as_millis() as i64).ignore();
+            pipe.zadd(&self.keys.nodes, &self.config.node_id, now_ms)
+                .ignore();
+            // Nodes silent for four expiries are forgotten.
+            let forgotten = now_ms.saturating_sub(4 * PRESENCE_TTL.as_millis() as u64);
+            pipe.zrembyscore(&self.keys.nodes, 0, forgotten).ignore();
+            stale = self.run_pipe(pipe).await.is_err();
         }
     }
 
@@ -476,33 +515,21 @@ impl Cluster {
     }
 
     /// The subscriptions held by the other nodes (each node's own are in
-    /// its registry).
+    /// its registry): the nodes heard from within the presence expiry.
     pub async fn subscriptions_elsewhere(&self) -> Result<Vec<SubscriptionInfo>, String> {
         let mut conn = self.connection().await?;
-        let pattern = format!("{}*", self.keys.presence_prefix);
-        let own = self.presence_key();
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| redis_error(&self.config.url, &e))?;
-            keys.extend(batch.into_iter().filter(|k| *k != own));
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        let since = crate::history::now_ms().saturating_sub(PRESENCE_TTL.as_millis() as u64);
+        let nodes: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&self.keys.nodes)
+            .arg(since)
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| redis_error(&self.config.url, &e))?;
         let mut out = Vec::new();
-        for key in keys {
+        for node in nodes.iter().filter(|n| **n != self.config.node_id) {
             let values: Vec<String> = redis::cmd("HVALS")
-                .arg(&key)
+                .arg(format!("{}{node}", self.keys.presence_prefix))
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| redis_error(&self.config.url, &e))?;
@@ -514,6 +541,38 @@ impl Cluster {
             );
         }
         Ok(out)
+    }
+
+    /// The log does not continue where this node left it (`expected` was
+    /// the last counter applied, `got` what the log says now): Redis was
+    /// flushed or restored, or this node fell behind the log's cap. History
+    /// is dropped, so resumes from before answer `earliest` instead of
+    /// silently skipping what is gone.
+    fn log_reset(&self, hub: &Hub, last: u64, got: u64) {
+        self.stats.resets.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            node = %self.config.node_id,
+            last_applied = last,
+            log_says = got,
+            "the cluster log does not continue where this node left it (Redis flushed or \
+             restored, or this node fell behind its cap): history before this point is \
+             dropped, so resumes from before answer earliest"
+        );
+        hub.forget_history();
+        // Counters of the old log mean nothing in the new one.
+        self.applied.send_replace(0);
+    }
+
+    /// Entries read could not be stored and delivered (a committer panic,
+    /// say): this node now has a gap, so it is treated like a reset rather
+    /// than serving a history with a hole.
+    fn apply_failed(&self, hub: &Hub) {
+        tracing::error!(
+            node = %self.config.node_id,
+            "log entries could not be applied; dropping history so no resume skips them"
+        );
+        self.stats.resets.fetch_add(1, Ordering::Relaxed);
+        hub.forget_history();
     }
 
     pub fn is_caught_up(&self) -> bool {
@@ -598,6 +657,25 @@ impl Cluster {
                 }
             };
             if entries.is_empty() {
+                // Idle: a log that was flushed or restored while its stream
+                // ids went backwards (another clock) would never show up in
+                // XREAD from our position; its counter does.
+                if let Some(last) = last_n {
+                    let counter: redis::RedisResult<Option<u64>> = redis::cmd("GET")
+                        .arg(&self.keys.counter)
+                        .query_async(c)
+                        .await;
+                    if let Ok(counter) = counter {
+                        if counter.unwrap_or(0) < last {
+                            if let Some(hub_ref) = hub.upgrade() {
+                                self.log_reset(&hub_ref, last, counter.unwrap_or(0));
+                            }
+                            position = "0".into();
+                            last_n = None;
+                            continue;
+                        }
+                    }
+                }
                 if !self.is_caught_up() {
                     self.caught_up.store(true, Ordering::Relaxed);
                     tracing::info!(
@@ -626,7 +704,21 @@ impl Cluster {
                     .and_then(|v| redis::from_redis_value::<Vec<u8>>(v).ok())
                     .ok_or_else(|| "no record field".to_string())
                     .and_then(|bytes| record::decode(&bytes));
-                let (Some(n), Ok((update, _))) = (n, decoded) else {
+                if let (Some(n), Some(last)) = (n, last_n) {
+                    if n != last + 1 {
+                        // Store what came before, then drop the replica.
+                        if !apply_page(&hub_ref, std::mem::take(&mut page)).await {
+                            self.apply_failed(&hub_ref);
+                        }
+                        self.log_reset(&hub_ref, last, n);
+                    }
+                }
+                // A counted entry counts even when its record is bad (a
+                // newer record version, say): the next one follows it.
+                if n.is_some() {
+                    last_n = n;
+                }
+                let (Some(_), Ok((update, _))) = (n, decoded) else {
                     self.stats.bad_entries.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(
                         node = %self.config.node_id,
@@ -635,27 +727,12 @@ impl Cluster {
                     );
                     continue;
                 };
-                if let Some(last) = last_n {
-                    if n != last + 1 {
-                        // Flush what came before, then drop the replica.
-                        apply_page(&hub_ref, std::mem::take(&mut page)).await;
-                        self.stats.resets.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(
-                            node = %self.config.node_id,
-                            expected = last + 1,
-                            got = n,
-                            "the cluster log does not continue where this node left it (Redis \
-                             flushed or restored, or this node fell behind its cap): history \
-                             before this point is dropped, so resumes from before answer earliest"
-                        );
-                        hub_ref.forget_history();
-                    }
-                }
-                last_n = Some(n);
                 let live = entry.map.contains_key("l");
                 page.push((Arc::new(update), !live));
             }
-            apply_page(&hub_ref, page).await;
+            if !apply_page(&hub_ref, page).await {
+                self.apply_failed(&hub_ref);
+            }
             if let Some(n) = last_n {
                 self.applied.send_replace(n);
             }
@@ -684,23 +761,30 @@ fn apply_delay() -> Option<Duration> {
 
 /// Apply a page of the log in order: stored updates and live-only events
 /// (subscription events) in runs of one kind.
-async fn apply_page(hub: &Hub, page: Vec<(Arc<Update>, bool)>) {
+/// False when some of it could not be applied.
+async fn apply_page(hub: &Hub, page: Vec<(Arc<Update>, bool)>) -> bool {
+    let mut ok = true;
     let mut run: Vec<Arc<Update>> = Vec::new();
     let mut run_durable = true;
     for (update, durable) in page {
         if durable != run_durable && !run.is_empty() {
-            apply_run(hub, std::mem::take(&mut run), run_durable).await;
+            ok &= apply_run(hub, std::mem::take(&mut run), run_durable).await;
         }
         run_durable = durable;
         run.push(update);
     }
     if !run.is_empty() {
-        apply_run(hub, run, run_durable).await;
+        ok &= apply_run(hub, run, run_durable).await;
     }
+    ok
 }
 
-async fn apply_run(hub: &Hub, run: Vec<Arc<Update>>, durable: bool) {
-    if let Err(e) = hub.apply(run, durable).await {
-        tracing::error!(error = %e, "applying log entries failed");
+async fn apply_run(hub: &Hub, run: Vec<Arc<Update>>, durable: bool) -> bool {
+    match hub.apply(run, durable).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "applying log entries failed");
+            false
+        }
     }
 }

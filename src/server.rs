@@ -55,7 +55,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let history = if config.transport.is_some() {
         // The shared log in Redis is the record; each node keeps an
         // in-memory replica of it (back-filled from the log at start).
-        Arc::new(MemoryHistory::with_retention(Retention {
+        Arc::new(MemoryHistory::replica(Retention {
             max_len: config.history_size,
             max_age: config.history_max_age,
         })) as Arc<dyn HistoryStore>

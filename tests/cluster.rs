@@ -401,13 +401,16 @@ async fn a_flushed_log_makes_old_resume_points_answer_earliest() {
     let old = publish(&a.hub(), &[("topic", "f"), ("data", "old")]).await;
     let mut watch = Sub::ok(&b.hub(), "topic=f").await;
     assert!(redis.cmd(&["FLUSHALL"]).contains("OK"));
-    let new = publish(&a.hub(), &[("topic", "f"), ("data", "new")]).await;
-    assert_eq!(watch.next().await.id, new, "live delivery goes on");
+    // Noticed while idle (the log's counter went back), not only when the
+    // next entry arrives.
     let deadline = Instant::now() + Duration::from_secs(5);
     while metric(&b.base, "herald_cluster_resets_total").await == 0 {
         assert!(Instant::now() < deadline, "node b noticed the reset");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let new = publish(&a.hub(), &[("topic", "f"), ("data", "new")]).await;
+    assert_eq!(watch.next().await.id, new, "live delivery goes on");
+    assert_eq!(metric(&b.base, "herald_cluster_resets_total").await, 1);
     let sub = Sub::open(
         &b.hub(),
         "topic=f",
@@ -438,6 +441,17 @@ async fn entries_that_are_not_updates_are_skipped_and_counted() {
     }
     let id = publish(&a.hub(), &[("topic", "g"), ("data", "fine")]).await;
     assert_eq!(sub.next().await.id, id, "the node carries on");
+    // An entry that takes a counter value but whose record is not one this
+    // node reads (a newer version, say): skipped, and not mistaken for a
+    // gap in the log.
+    let n = redis.cmd(&["INCR", "herald:{p0}:n"]);
+    let n = n.trim().trim_start_matches(':').to_string();
+    let reply = redis.cmd(&["XADD", "herald:{p0}:log", "*", "n", &n, "r", "not a record"]);
+    assert!(reply.starts_with('$'), "{reply}");
+    let next = publish(&a.hub(), &[("topic", "g"), ("data", "after")]).await;
+    assert_eq!(sub.next().await.id, next);
+    assert_eq!(metric(&a.base, "herald_cluster_bad_entries_total").await, 2);
+    assert_eq!(metric(&a.base, "herald_cluster_resets_total").await, 0);
     assert_eq!(ready(&a.base).await.0, 200);
 }
 
@@ -826,4 +840,46 @@ async fn the_subscriptions_api_and_events_answer_for_the_whole_cluster() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+#[tokio::test]
+async fn a_node_that_is_behind_says_so_instead_of_resuming_wrongly() {
+    let redis = Redis::start(&[]);
+    let a = node(&redis, &[]);
+    wait_ready(&a.base, 200).await;
+    for i in 0..3 {
+        publish(&a.hub(), &[("topic", "h"), ("data", &format!("m{i}"))]).await;
+    }
+    // A node that applies each page of the log 3 s late: while it reads
+    // the log at start it refuses subscribers (503, Retry-After)...
+    let url = redis.url();
+    let slow = Server::start_raw(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-key",
+            KEY,
+            "--transport",
+            &url,
+        ],
+        &[("HERALD_CLUSTER_APPLY_DELAY_MS", "3000")],
+    );
+    let early = Sub::open(&slow.hub(), "topic=h", SubOpts::default()).await;
+    assert_eq!(early.status, 503);
+    assert_eq!(early.header("retry-after").as_deref(), Some("1"));
+    wait_ready(&slow.base, 200).await;
+    // ...and an id it will not have within the 2 s hold is a 503 too,
+    // never a resume from the wrong place.
+    let id = publish(&a.hub(), &[("topic", "h"), ("data", "late")]).await;
+    let held = Sub::open(
+        &slow.hub(),
+        "topic=h",
+        SubOpts {
+            last_event_id: Some(&id),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(held.status, 503);
 }

@@ -14,6 +14,10 @@ use crate::update::Update;
 pub struct MemoryHistory {
     retention: Retention,
     inner: RwLock<Ring>,
+    /// A replica of the cluster log: the log has already decided which
+    /// updates exist, so an id seen before (published again after Redis
+    /// forgot it) replaces the old one instead of being refused.
+    log_wins: bool,
 }
 
 /// The last updates, oldest first, with contiguous sequence numbers.
@@ -66,8 +70,12 @@ impl Ring {
     }
 
     fn pop_oldest(&mut self) {
-        if let Some((_, _, old)) = self.entries.pop_front() {
-            self.by_id.remove(&old.id);
+        if let Some((seq, _, old)) = self.entries.pop_front() {
+            // Only if the id still points here: a newer update may have
+            // taken it (a replica of the cluster log).
+            if self.by_id.get(&old.id) == Some(&seq) {
+                self.by_id.remove(&old.id);
+            }
         }
     }
 
@@ -127,6 +135,16 @@ impl MemoryHistory {
         MemoryHistory {
             retention,
             inner: RwLock::new(Ring::default()),
+            log_wins: false,
+        }
+    }
+
+    /// The history of a cluster node: a replica of the shared log, where
+    /// the log decides (an id the log accepted again replaces the old one).
+    pub fn replica(retention: Retention) -> MemoryHistory {
+        MemoryHistory {
+            log_wins: true,
+            ..MemoryHistory::with_retention(retention)
         }
     }
 }
@@ -138,7 +156,7 @@ impl HistoryStore for MemoryHistory {
         Ok(updates
             .iter()
             .map(|update| {
-                if ring.contains_id(&update.id) {
+                if !self.log_wins && ring.contains_id(&update.id) {
                     return Err(HistoryError::DuplicateId(update.id.clone()));
                 }
                 let seq = ring.last_seq() + 1;
@@ -211,6 +229,29 @@ mod tests {
 
     fn ids(r: &Replay) -> Vec<&str> {
         r.updates.iter().map(|u| u.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_replica_takes_an_id_again_and_keeps_the_newest() {
+        let h = MemoryHistory::replica(Retention {
+            max_len: 3,
+            max_age: None,
+        });
+        assert_eq!(append(&h, up("a")).unwrap(), 1);
+        assert_eq!(append(&h, up("b")).unwrap(), 2);
+        // The log accepted "a" again: stored and found at its new place.
+        assert_eq!(append(&h, up("a")).unwrap(), 3);
+        assert_eq!(h.lookup("a").unwrap(), Some(3));
+        // The old "a" leaving the ring does not take the new one's index.
+        append(&h, up("c")).unwrap();
+        assert_eq!(h.lookup("a").unwrap(), Some(3));
+        // A plain history still refuses it.
+        let plain = MemoryHistory::new(3);
+        append(&plain, up("a")).unwrap();
+        assert!(matches!(
+            append(&plain, up("a")),
+            Err(HistoryError::DuplicateId(_))
+        ));
     }
 
     #[test]

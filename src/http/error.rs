@@ -73,6 +73,10 @@ impl IntoResponse for HttpError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // A passing condition: clients that honour it come back soon.
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if let Some(code) = self.challenge {
             let value = match code {
                 Some(c) => format!("Bearer realm=\"mercure\", error=\"{c}\""),

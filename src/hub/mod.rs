@@ -667,6 +667,14 @@ impl Hub {
         subscription: Subscription,
         resume: Option<ResumeFrom>,
     ) -> Result<Subscribed, HubError> {
+        if let Some(cluster) = self.cluster.get() {
+            if !cluster.is_caught_up() {
+                return Err(HubError::Unavailable(format!(
+                    "node {} is still reading the cluster log; retry in a moment",
+                    cluster.node_id()
+                )));
+            }
+        }
         if resume.is_none() {
             // Nothing to read from history: registering takes two short
             // locks, cheaper than a hop to the blocking pool (which halved
@@ -675,10 +683,20 @@ impl Hub {
         }
         if let (Some(cluster), Some(ResumeFrom::After(id))) = (self.cluster.get(), &resume) {
             // An id published through a faster node: wait (bounded) until
-            // this node has applied it, then resume as usual.
+            // this node has applied it, then resume as usual. A node that
+            // cannot tell, or is still behind after the wait, says so (503)
+            // rather than resume from the wrong place.
             if self.history.lookup(id)?.is_none() {
-                if let Some(n) = cluster.position_of(id).await {
-                    cluster.wait_applied(n, crate::cluster::RESUME_HOLD).await;
+                let position = cluster.position_of(id).await.map_err(|e| {
+                    HubError::Unavailable(format!("cannot look up {id:?} in the cluster log: {e}"))
+                })?;
+                if let Some(n) = position {
+                    if !cluster.wait_applied(n, crate::cluster::RESUME_HOLD).await {
+                        return Err(HubError::Unavailable(format!(
+                            "node {} has not yet received update {id:?} from the cluster log; retry in a moment",
+                            cluster.node_id()
+                        )));
+                    }
                 }
             }
         }
