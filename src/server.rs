@@ -135,6 +135,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         publisher: publisher.map(Arc::new),
         subscriber: subscriber.map(Arc::new),
     };
+    crate::http::status::start(&state);
     let app = router(state);
     let (stop_connections, connections_stopped) = tokio::sync::watch::channel(false);
     let mut signal = std::pin::pin!(shutdown_signal());
@@ -147,6 +148,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
                         let _ = tcp.set_nodelay(true);
                         tokio::spawn(serve_connection(
                             tcp,
+                            peer,
                             app.clone(),
                             connections_stopped.clone(),
                             timeouts,
