@@ -13,9 +13,11 @@
 //! claim `{"herald": {"status": true}}` (`herald token --status`), sent as
 //! `Authorization: Bearer`, a `mercureAuthorization` cookie or an
 //! `authorization` query parameter. The peer address is the socket's
-//! (`ConnectInfo`, set by `conn`), never `X-Forwarded-For`: behind a
-//! reverse proxy on the same machine every client looks local, so such a
-//! deployment must not route `/ui/` to Herald unless the proxy guards it.
+//! (`ConnectInfo`, set by `conn`), never `X-Forwarded-For`. Behind a
+//! reverse proxy on the same machine every client's socket is loopback:
+//! a request carrying a forwarding header (`Forwarded`, `X-Forwarded-For`,
+//! `X-Real-IP`) therefore gets no loopback pass. A proxy that adds none of
+//! them must not route `/ui/` to Herald (see docs/status-ui.md).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
@@ -67,22 +69,35 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
+/// Headers a reverse proxy adds. Their values are never trusted (anyone
+/// can send them); their presence only means the loopback peer may be a
+/// proxy relaying someone else, so it gets no loopback pass.
+const FORWARDING_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
+
 /// May this request see the hub's status? `peer` is the TCP peer's
 /// address (`None`, unknown, counts as remote); `query_token` the
-/// `authorization` query parameter. Loopback peers are let in whatever
-/// they send; others need a valid token with `{"herald": {"status":
-/// true}}`: 401 without one (or with an invalid one), 403 with a valid
-/// token that lacks the claim.
+/// `authorization` query parameter. A loopback peer is let in whatever it
+/// sends, unless the request carries a forwarding header (then it came
+/// through a proxy, from anywhere); every other request needs a valid
+/// token with `{"herald": {"status": true}}`: 401 without one (or with an
+/// invalid one), 403 with a valid token that lacks the claim.
 pub fn decide(
     peer: Option<IpAddr>,
     headers: &HeaderMap,
     query_token: Option<&str>,
     verifier: &Option<Arc<Verifier>>,
 ) -> Result<Access, HttpError> {
-    if peer.is_some_and(is_loopback) {
+    let forwarded = FORWARDING_HEADERS
+        .iter()
+        .find(|h| headers.contains_key(**h));
+    if forwarded.is_none() && peer.is_some_and(is_loopback) {
         return Ok(Access::Loopback);
     }
-    let who = peer.map_or_else(|| "an unknown address".to_string(), |ip| ip.to_string());
+    let who = match (peer, forwarded) {
+        (None, _) => "an unknown address".to_string(),
+        (Some(ip), None) => ip.to_string(),
+        (Some(ip), Some(h)) => format!("{ip} through a proxy (the request has a {h} header)"),
+    };
     let Some(token) = find_token(headers, query_token)? else {
         return Err(HttpError::unauthorized(format!(
             "the status page is open without a token only to clients on this machine (loopback), and you connect from {who}: send a token with the claim {{\"herald\": {{\"status\": true}}}} (mint one with `herald token --status`) as 'Authorization: Bearer <jwt>', a mercureAuthorization cookie or ?authorization=<jwt>"
@@ -425,11 +440,26 @@ mod tests {
         // An unknown peer is not loopback.
         let e = decide(None, &HeaderMap::new(), None, &verifier()).unwrap_err();
         assert_eq!(e.status, StatusCode::UNAUTHORIZED);
-        // Forwarding headers change nothing: only the socket counts.
+        // Forwarding headers never let anyone in: only the socket counts.
         let mut forwarded = HeaderMap::new();
         forwarded.insert("x-forwarded-for", HeaderValue::from_static("127.0.0.1"));
         forwarded.insert("forwarded", HeaderValue::from_static("for=127.0.0.1"));
         assert!(decide(ip("10.0.0.7"), &forwarded, None, &verifier()).is_err());
+        // But they do take the loopback pass away: a loopback peer that
+        // relays for someone (a reverse proxy on this machine) needs the
+        // token like anyone else.
+        for h in FORWARDING_HEADERS {
+            let mut proxied = HeaderMap::new();
+            proxied.insert(h, HeaderValue::from_static("203.0.113.9"));
+            let e = decide(ip("127.0.0.1"), &proxied, None, &verifier()).unwrap_err();
+            assert_eq!(e.status, StatusCode::UNAUTHORIZED, "{h}");
+            assert!(e.message.contains("through a proxy"), "{}", e.message);
+            proxied.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {status}")).unwrap(),
+            );
+            assert!(decide(ip("127.0.0.1"), &proxied, None, &verifier()).is_ok());
+        }
         // A hub with no subscriber key accepts no token.
         assert_eq!(
             decide(ip("10.0.0.7"), &bearer(&status), None, &None)
