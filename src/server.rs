@@ -148,7 +148,6 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
                         let _ = tcp.set_nodelay(true);
                         tokio::spawn(serve_connection(
                             tcp,
-                            peer,
                             app.clone(),
                             connections_stopped.clone(),
                             timeouts,

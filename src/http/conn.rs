@@ -246,11 +246,12 @@ fn canned(status: &str, retry_after: bool, message: &str) -> Vec<u8> {
 /// Serve one accepted connection until it ends. `shutdown` turns true when
 /// the server stops: hyper connections then finish their request and close;
 /// event streams end when the hub closes them. `_slot` is held until the
-/// connection is gone. Every request carries `peer`, the TCP peer's
-/// address, as `ConnectInfo<SocketAddr>` (never a forwarded header).
+/// connection is gone. Every request carries the socket's peer address as
+/// `ConnectInfo<SocketAddr>` (asked of the socket when a request arrives,
+/// so an idle connection keeps no copy): the address a handler may trust,
+/// unlike any forwarding header.
 pub async fn serve_connection(
     tcp: TcpStream,
-    peer: SocketAddr,
     app: Router,
     shutdown: watch::Receiver<bool>,
     timeouts: Timeouts,
@@ -281,13 +282,15 @@ pub async fn serve_connection(
         Ok(Err(_)) | Ok(Ok(Head::Closed)) => return,
         Ok(Ok(Head::Lean(request))) => {
             let mut request = *request;
-            request.extensions_mut().insert(ConnectInfo(peer));
+            if let Ok(peer) = tcp.peer_addr() {
+                request.extensions_mut().insert(ConnectInfo(peer));
+            }
             request
         }
         Ok(Ok(Head::Other)) => {
             // Boxed, so the state of every lean connection's task stays
             // small: hyper's connection future is large.
-            return Box::pin(serve_with_hyper(tcp, peer, head, app, shutdown, timeouts)).await;
+            return Box::pin(serve_with_hyper(tcp, head, app, shutdown, timeouts)).await;
         }
     };
     drop(head);
@@ -506,12 +509,12 @@ where
 
 async fn serve_with_hyper(
     tcp: TcpStream,
-    peer: SocketAddr,
     already_read: Vec<u8>,
     app: Router,
     mut shutdown: watch::Receiver<bool>,
     timeouts: Timeouts,
 ) {
+    let peer: Option<SocketAddr> = tcp.peer_addr().ok();
     let io = TokioIo::new(Prefixed {
         prefix: already_read,
         pos: 0,
@@ -526,7 +529,9 @@ async fn serve_with_hyper(
                     return Ok::<_, Infallible>(missing_host());
                 }
                 let mut r = r.map(Body::new);
-                r.extensions_mut().insert(ConnectInfo(peer));
+                if let Some(peer) = peer {
+                    r.extensions_mut().insert(ConnectInfo(peer));
+                }
                 app.oneshot(r).await
             }
         },
