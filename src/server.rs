@@ -112,6 +112,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             out,
             "         curl -H 'Authorization: Bearer {token}' -d topic=https://example.com/hello -d data=hi http://{addr}{HUB_PATH}"
         )?;
+        writeln!(
+            out,
+            "  status page (open from this machine): http://{addr}/ui/"
+        )?;
         writeln!(out, "  set --jwt-key (or HERALD_JWT_KEY) for a stable key")?;
     }
     out.flush()?;
