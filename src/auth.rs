@@ -756,7 +756,11 @@ mod tests {
     #[test]
     fn the_status_claim_must_be_true() {
         assert!(verify(json!({"herald": {"status": true}})).unwrap().status);
-        assert!(!verify(json!({"mercure": {"subscribe": ["*"]}})).unwrap().status);
+        assert!(
+            !verify(json!({"mercure": {"subscribe": ["*"]}}))
+                .unwrap()
+                .status
+        );
         for other in [json!("true"), json!(1), json!(null), json!(false)] {
             let g = verify(json!({"herald": {"status": other}})).unwrap();
             assert!(!g.status, "{other}");

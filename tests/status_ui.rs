@@ -95,8 +95,12 @@ async fn the_status_stream_reports_what_the_hub_does() {
 
     // Status events are published about once a second and are neither
     // counted as deliveries nor stored.
-    let one = next_status(&mut status, Duration::from_secs(3)).await.unwrap();
-    let two = next_status(&mut status, Duration::from_secs(3)).await.unwrap();
+    let one = next_status(&mut status, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let two = next_status(&mut status, Duration::from_secs(3))
+        .await
+        .unwrap();
     let t1 = one["time_ms"].as_u64().unwrap();
     let t2 = two["time_ms"].as_u64().unwrap();
     // A second apart (loosely: the machine may be busy).
@@ -141,14 +145,20 @@ async fn the_status_stream_reports_what_the_hub_does() {
         .await
         .expect("a token granting the status topic receives status events");
     assert!(v["status_watchers"].as_u64().unwrap() >= 1, "{v:#}");
-    assert!(anon.next_within(Duration::from_millis(2500)).await.is_none());
+    assert!(anon
+        .next_within(Duration::from_millis(2500))
+        .await
+        .is_none());
     assert!(wildcard
         .next_within(Duration::from_millis(100))
         .await
         .is_none());
     let id = publish(&hub, &[("topic", topic), ("data", "after")]).await;
     let ev = wildcard.next().await;
-    assert_eq!((ev.id.as_str(), ev.event_type.as_str()), (id.as_str(), "message"));
+    assert_eq!(
+        (ev.id.as_str(), ev.event_type.as_str()),
+        (id.as_str(), "message")
+    );
 }
 
 #[tokio::test]

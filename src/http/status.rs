@@ -153,11 +153,7 @@ pub async fn page(State(state): State<AppState>, req: Request) -> Response {
     if let Err(e) = check(&state, &req) {
         return e.into_response();
     }
-    let mut resp = (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        PAGE,
-    )
-        .into_response();
+    let mut resp = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE).into_response();
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     // A token in the address bar must not leak to other sites.
@@ -200,7 +196,14 @@ pub async fn stream(State(state): State<AppState>, req: Request) -> Response {
         tokio::task::spawn_blocking(move || snapshot_json(&state))
             .await
             .ok()
-            .map(|json| crate::sse::encode_event(&Update::generate_id(), Some(STATUS_EVENT_TYPE), Some(2000), &json))
+            .map(|json| {
+                crate::sse::encode_event(
+                    &Update::generate_id(),
+                    Some(STATUS_EVENT_TYPE),
+                    Some(2000),
+                    &json,
+                )
+            })
     };
     let live = subscribed.stream;
     let head = futures_util::stream::iter(first.map(Ok::<Bytes, std::convert::Infallible>));
@@ -209,9 +212,7 @@ pub async fn stream(State(state): State<AppState>, req: Request) -> Response {
         Access::Token {
             expires_at: Some(exp),
         } => {
-            let left = exp
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
+            let left = exp.duration_since(SystemTime::now()).unwrap_or_default();
             Body::from_stream(events.take_until(tokio::time::sleep(left)))
         }
         _ => Body::from_stream(events),
@@ -399,7 +400,13 @@ mod tests {
     #[test]
     fn other_addresses_need_the_status_claim() {
         let status = token(Some(json!({"status": true})), Some(600));
-        for peer in ["10.0.0.7", "192.168.1.2", "2001:db8::1", "::ffff:10.0.0.1", "0.0.0.0"] {
+        for peer in [
+            "10.0.0.7",
+            "192.168.1.2",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+            "0.0.0.0",
+        ] {
             // No token: 401, saying what to send.
             let e = decide(ip(peer), &HeaderMap::new(), None, &verifier()).unwrap_err();
             assert_eq!(e.status, StatusCode::UNAUTHORIZED, "{peer}");
@@ -407,8 +414,13 @@ mod tests {
             assert!(e.message.contains(peer), "{}", e.message);
             // A valid token without the claim (even one that may read
             // every topic): 403.
-            let e = decide(ip(peer), &bearer(&token(None, Some(600))), None, &verifier())
-                .unwrap_err();
+            let e = decide(
+                ip(peer),
+                &bearer(&token(None, Some(600))),
+                None,
+                &verifier(),
+            )
+            .unwrap_err();
             assert_eq!(e.status, StatusCode::FORBIDDEN, "{peer}");
             // The claim, but not `true`: 403.
             let e = decide(
@@ -420,14 +432,17 @@ mod tests {
             .unwrap_err();
             assert_eq!(e.status, StatusCode::FORBIDDEN);
             // Signed with another key: 401.
-            let forged = mint_hs256_with("other", &[], &[], None, None, Some(json!({"status": true})))
-                .unwrap();
+            let forged =
+                mint_hs256_with("other", &[], &[], None, None, Some(json!({"status": true})))
+                    .unwrap();
             let e = decide(ip(peer), &bearer(&forged), None, &verifier()).unwrap_err();
             assert_eq!(e.status, StatusCode::UNAUTHORIZED);
             // The claim, by header, by query parameter, by cookie.
             assert!(matches!(
                 decide(ip(peer), &bearer(&status), None, &verifier()),
-                Ok(Access::Token { expires_at: Some(_) })
+                Ok(Access::Token {
+                    expires_at: Some(_)
+                })
             ));
             assert!(decide(ip(peer), &HeaderMap::new(), Some(&status), &verifier()).is_ok());
             let mut cookie = HeaderMap::new();

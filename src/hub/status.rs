@@ -184,11 +184,11 @@ mod tests {
         Hub::new(HubConfig::default(), Arc::new(MemoryHistory::new(3)))
     }
 
-    fn sub(selectors: &[TopicSelector], private: &[TopicSelector]) -> Subscription {
+    fn sub(selectors: Vec<TopicSelector>, private: Vec<TopicSelector>) -> Subscription {
         Subscription {
             subscriber_id: Update::generate_id(),
-            selectors: selectors.to_vec(),
-            private_access: private.to_vec(),
+            selectors,
+            private_access: private,
             payload: None,
         }
     }
@@ -211,16 +211,16 @@ mod tests {
         let any = TopicSelector::uri_template("*").unwrap();
         assert_eq!(hub.status_watchers(), 0);
         // Anonymous: asked for the topic, may not read it.
-        let _anon = hub.subscribe(sub(&[status.clone()], &[]), None).await;
+        let _anon = hub.subscribe(sub(vec![status.clone()], vec![]), None).await;
         // Everything, and may read everything: not a status watcher.
         let mut wildcard = hub
-            .subscribe(sub(&[any.clone()], &[any.clone()]), None)
+            .subscribe(sub(vec![any.clone()], vec![any.clone()]), None)
             .await
             .unwrap()
             .stream;
         assert_eq!(hub.status_watchers(), 0);
         let mut watcher = hub
-            .subscribe(sub(&[status.clone()], &[status.clone()]), None)
+            .subscribe(sub(vec![status.clone()], vec![status.clone()]), None)
             .await
             .unwrap()
             .stream;
