@@ -36,7 +36,7 @@ const browser = await chromium.launch({
 });
 let failed = false;
 try {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 560 } });
   const page = await context.newPage();
   const text = (id) => page.$eval(`#${id}`, (el) => el.textContent);
   const num = async (id) => Number((await text(id)).replace(/,/g, ''));
@@ -68,12 +68,21 @@ try {
   console.log('ok - the subscriber count follows connections (3 readers + this page)');
 
   // 2. Publish at a changing rate for a while: the totals and both charts follow.
-  const start = Date.now();
-  for (let tick = 0; Date.now() - start < 9_000; tick++) {
-    const burst = 2 + Math.round(8 * (1 + Math.sin(tick / 4)));
-    await Promise.all(Array.from({ length: burst }, (_, i) => publish(`tick ${tick} #${i}`)));
-    await sleep(200);
-  }
+  let publishing = true;
+  const publisher = (async () => {
+    for (let tick = 0; publishing; tick++) {
+      const burst = 2 + Math.round(8 * (1 + Math.sin(tick / 4)));
+      await Promise.all(Array.from({ length: burst }, (_, i) => publish(`tick ${tick} #${i}`)));
+      await sleep(200);
+    }
+  })();
+  // The picture in docs/img/status-ui.png, taken while updates flow.
+  await sleep(8_000);
+  await page.screenshot({ path: screenshot, fullPage: true });
+  console.log(`screenshot: ${screenshot}`);
+  await sleep(1_000);
+  publishing = false;
+  await publisher;
   await page.waitForFunction((n) => Number(document.getElementById('published_total').textContent.replace(/,/g, '')) === n,
     published, { timeout: 10_000 });
   await page.waitForFunction((n) => Number(document.getElementById('delivered_total').textContent.replace(/,/g, '')) === 3 * n,
@@ -89,9 +98,6 @@ try {
   const got = await readers.evaluate(() => window.got);
   if (got !== 3 * published) throw new Error(`readers got ${got} of ${3 * published}`);
   console.log(`ok - totals, history and both charts follow ${published} publishes (peak ${pubMax.toFixed(1)}/s, deliveries peak ${delMax.toFixed(1)}/s)`);
-
-  await page.screenshot({ path: screenshot, fullPage: true });
-  console.log(`screenshot: ${screenshot}`);
 
   // 3. Quiet again: the rate falls back to zero.
   await page.waitForFunction(() => document.getElementById('pub-rate').textContent === '0.0', null, { timeout: 5_000 });
