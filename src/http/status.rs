@@ -483,4 +483,73 @@ mod tests {
             StatusCode::UNAUTHORIZED
         );
     }
+
+    /// The whole HTTP path (router, handlers, extensions) for a peer that
+    /// is not loopback, which a test on one machine cannot be over TCP:
+    /// the request carries the `ConnectInfo` the connection would give it.
+    #[tokio::test]
+    async fn the_router_applies_the_decision_to_the_page_and_the_stream() {
+        use tower::ServiceExt;
+        let hub = Hub::new(
+            crate::hub::HubConfig::default(),
+            Arc::new(crate::history::MemoryHistory::new(10)),
+        );
+        let app = super::super::router(AppState {
+            hub: hub.clone(),
+            config: Arc::new(crate::config::Config::default()),
+            publisher: verifier(),
+            subscriber: verifier(),
+        });
+        let call = |path: &str, peer: &str, token: Option<&str>, forwarded: bool| {
+            let mut req = Request::builder().uri(path);
+            if let Some(t) = token {
+                req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+            }
+            if forwarded {
+                req = req.header("x-forwarded-for", "127.0.0.1");
+            }
+            let mut req = req.body(Body::empty()).unwrap();
+            let addr: SocketAddr = format!("{peer}:40000").parse().unwrap();
+            req.extensions_mut().insert(ConnectInfo(addr));
+            app.clone().oneshot(req)
+        };
+        let status = token(Some(json!({"status": true})), Some(600));
+        let plain = token(None, Some(600));
+        for path in [UI_PATH, STREAM_PATH] {
+            let r = call(path, "10.1.2.3", None, false).await.unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+            assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
+            let r = call(path, "10.1.2.3", Some(&plain), false).await.unwrap();
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+            let r = call(path, "127.0.0.1", None, true).await.unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path} via a proxy");
+            for (peer, t) in [("10.1.2.3", Some(status.as_str())), ("127.0.0.1", None)] {
+                let r = call(path, peer, t, false).await.unwrap();
+                assert_eq!(r.status(), StatusCode::OK, "{path} from {peer}");
+                let ct = r.headers()[header::CONTENT_TYPE].to_str().unwrap();
+                let want = if path == UI_PATH {
+                    "text/html"
+                } else {
+                    "text/event-stream"
+                };
+                assert!(ct.starts_with(want), "{path}: {ct}");
+                if path == STREAM_PATH {
+                    // The current status comes first, at once.
+                    let mut body = r.into_body().into_data_stream();
+                    let first = body.next().await.unwrap().unwrap();
+                    let text = String::from_utf8(first.to_vec()).unwrap();
+                    assert!(text.starts_with("event: status\n"), "{text}");
+                    assert!(text.contains("\"published_total\":0"), "{text}");
+                }
+            }
+        }
+        // Without any ConnectInfo (not through `conn`): treated as remote.
+        let r = app
+            .clone()
+            .oneshot(Request::builder().uri(UI_PATH).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        hub.close();
+    }
 }
