@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -221,4 +221,101 @@ fn herald_token_status_mints_the_claim() {
         .verify(token.trim())
         .unwrap();
     assert!(!grants.status);
+}
+
+/// A `redis-server` on a free loopback port, killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+    /// Its working directory, removed on drop.
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dir", dir.path().to_str().unwrap(), "--save", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (apt-get install redis-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Redis {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn in_cluster_mode_the_status_names_the_node() {
+    let redis = Redis::start();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let node = |id: &'static str| {
+        Server::start_raw(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--jwt-key",
+                KEY,
+                "--transport",
+                &url,
+                "--node-id",
+                id,
+            ],
+            &[],
+        )
+    };
+    let a = node("node-a");
+    let b = node("node-b");
+    let mut status = Sub::open(&format!("{}/ui/stream", b.base), "", SubOpts::default()).await;
+    assert_eq!(status.status, 200);
+    let first = next_status(&mut status, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(first["node"], "node-b", "{first:#}");
+    let cluster = &first["cluster"];
+    assert_eq!(cluster["node_id"], "node-b", "{first:#}");
+    let nodes = cluster["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "a node knows only itself: {first:#}");
+    assert_eq!(nodes[0]["id"], "node-b");
+    assert_eq!(nodes[0]["this_node"], true);
+    assert!(first["history_backend"]
+        .as_str()
+        .unwrap()
+        .starts_with("memory"));
+
+    // Published through the other node, applied (and counted) here.
+    let id = publish(
+        &a.hub(),
+        &[("topic", "https://example.com/c"), ("data", "x")],
+    )
+    .await;
+    let v = status_until(&mut status, "the update applied", |v| {
+        v["published_total"] == 1 && v["cluster"]["applied_total"].as_u64() >= Some(1)
+    })
+    .await;
+    assert_eq!(v["history"]["newest_id"], id.as_str(), "{v:#}");
+    assert_eq!(v["cluster"]["nodes"][0]["caught_up"], true, "{v:#}");
+    assert_eq!(v["ready"], true);
 }
