@@ -96,7 +96,7 @@ pub fn decide(
     let who = match (peer, forwarded) {
         (None, _) => "an unknown address".to_string(),
         (Some(ip), None) => ip.to_string(),
-        (Some(ip), Some(h)) => format!("{ip} through a proxy (the request has a {h} header)"),
+        (Some(ip), Some(h)) => format!("{ip} through a proxy (the request carries the header {h})"),
     };
     let Some(token) = find_token(headers, query_token)? else {
         return Err(HttpError::unauthorized(format!(
