@@ -265,6 +265,10 @@ pub struct Grants {
     /// `exp`, with its sub-second part: a stream ends when the token
     /// expires, whatever the number format.
     pub expires_at: Option<SystemTime>,
+    /// The Herald claim `{"herald": {"status": true}}`: the bearer may open
+    /// the status page (`/ui/`) from any address. Anything but `true`
+    /// grants nothing (and does not make the token invalid).
+    pub status: bool,
 }
 
 /// A NumericDate claim (`exp`, `nbf`): absent, or a finite, non-negative
@@ -303,6 +307,7 @@ impl Grants {
     pub fn from_claims(claims: &Value) -> Result<Grants, AuthError> {
         let mut g = Grants {
             expires_at: time_claim(claims, "exp")?,
+            status: claims.pointer("/herald/status") == Some(&Value::Bool(true)),
             ..Grants::default()
         };
         if let Some(m) = claims.get("mercure") {
@@ -458,11 +463,27 @@ pub fn mint_hs256(
     payload: Option<Value>,
     ttl_secs: Option<u64>,
 ) -> Result<String, jsonwebtoken::errors::Error> {
+    mint_hs256_with(secret, publish, subscribe, payload, ttl_secs, None)
+}
+
+/// [`mint_hs256`], plus a `herald` claim: `{"status": true}` lets the
+/// bearer open the status page (`herald token --status`).
+pub fn mint_hs256_with(
+    secret: &str,
+    publish: &[String],
+    subscribe: &[String],
+    payload: Option<Value>,
+    ttl_secs: Option<u64>,
+    herald: Option<Value>,
+) -> Result<String, jsonwebtoken::errors::Error> {
     let mut mercure = json!({ "publish": publish, "subscribe": subscribe });
     if let Some(p) = &payload {
         mercure["payload"] = p.clone();
     }
     let mut claims = json!({ "mercure": mercure, "sub": "herald-dev" });
+    if let Some(h) = herald {
+        claims["herald"] = h;
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -730,5 +751,31 @@ mod tests {
             forged.verify(&token).is_err(),
             "still refused the second time"
         );
+    }
+
+    #[test]
+    fn the_status_claim_must_be_true() {
+        assert!(verify(json!({"herald": {"status": true}})).unwrap().status);
+        assert!(
+            !verify(json!({"mercure": {"subscribe": ["*"]}}))
+                .unwrap()
+                .status
+        );
+        for other in [json!("true"), json!(1), json!(null), json!(false)] {
+            let g = verify(json!({"herald": {"status": other}})).unwrap();
+            assert!(!g.status, "{other}");
+        }
+        assert!(!verify(json!({"herald": true})).unwrap().status);
+        let minted = mint_hs256_with(
+            "secret",
+            &[],
+            &[],
+            None,
+            Some(60),
+            Some(json!({"status": true})),
+        )
+        .unwrap();
+        let g = Verifier::hmac("secret").unwrap().verify(&minted).unwrap();
+        assert!(g.status && g.publish.is_empty() && g.subscribe.is_empty());
     }
 }

@@ -42,6 +42,10 @@ enum Command {
         /// Lifetime (e.g. 1h, 30m); 0 for no expiry.
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: std::time::Duration,
+        /// Let the token open the status page (/ui/) from any address: adds
+        /// the claim {"herald": {"status": true}}.
+        #[arg(long)]
+        status: bool,
     },
     /// Publish one update.
     Publish {
@@ -154,15 +158,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
             subscribe,
             payload,
             ttl,
+            status,
         } => {
             let payload = payload
                 .map(|p| serde_json::from_str(&p))
                 .transpose()
                 .context("--payload is not valid JSON")?;
             let ttl = (!ttl.is_zero()).then_some(ttl.as_secs());
+            let herald_claim = status.then(|| serde_json::json!({ "status": true }));
             println!(
                 "{}",
-                herald::auth::mint_hs256(&jwt_key, &publish, &subscribe, payload, ttl)?
+                herald::auth::mint_hs256_with(
+                    &jwt_key,
+                    &publish,
+                    &subscribe,
+                    payload,
+                    ttl,
+                    herald_claim
+                )?
             );
             Ok(())
         }

@@ -115,6 +115,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             out,
             "         curl -H 'Authorization: Bearer {token}' -d topic=https://example.com/hello -d data=hi http://{addr}{HUB_PATH}"
         )?;
+        writeln!(
+            out,
+            "  status page (open from this machine): http://{addr}/ui/"
+        )?;
         writeln!(out, "  set --jwt-key (or HERALD_JWT_KEY) for a stable key")?;
     }
     out.flush()?;
@@ -138,6 +142,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         publisher: publisher.map(Arc::new),
         subscriber: subscriber.map(Arc::new),
     };
+    crate::http::status::start(&state);
     let app = router(state);
     let (stop_connections, connections_stopped) = tokio::sync::watch::channel(false);
     let mut signal = std::pin::pin!(shutdown_signal());

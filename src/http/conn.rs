@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -29,6 +29,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use axum::Router;
 use futures_util::StreamExt;
@@ -245,7 +246,10 @@ fn canned(status: &str, retry_after: bool, message: &str) -> Vec<u8> {
 /// Serve one accepted connection until it ends. `shutdown` turns true when
 /// the server stops: hyper connections then finish their request and close;
 /// event streams end when the hub closes them. `_slot` is held until the
-/// connection is gone.
+/// connection is gone. Every request carries the socket's peer address as
+/// `ConnectInfo<SocketAddr>` (asked of the socket when a request arrives,
+/// so an idle connection keeps no copy): the address a handler may trust,
+/// unlike any forwarding header.
 pub async fn serve_connection(
     tcp: TcpStream,
     app: Router,
@@ -276,7 +280,13 @@ pub async fn serve_connection(
             return;
         }
         Ok(Err(_)) | Ok(Ok(Head::Closed)) => return,
-        Ok(Ok(Head::Lean(request))) => *request,
+        Ok(Ok(Head::Lean(request))) => {
+            let mut request = *request;
+            if let Ok(peer) = tcp.peer_addr() {
+                request.extensions_mut().insert(ConnectInfo(peer));
+            }
+            request
+        }
         Ok(Ok(Head::Other)) => {
             // Boxed, so the state of every lean connection's task stays
             // small: hyper's connection future is large.
@@ -504,6 +514,7 @@ async fn serve_with_hyper(
     mut shutdown: watch::Receiver<bool>,
     timeouts: Timeouts,
 ) {
+    let peer: Option<SocketAddr> = tcp.peer_addr().ok();
     let io = TokioIo::new(Prefixed {
         prefix: already_read,
         pos: 0,
@@ -517,7 +528,11 @@ async fn serve_with_hyper(
                 if r.version() == Version::HTTP_11 && !r.headers().contains_key(header::HOST) {
                     return Ok::<_, Infallible>(missing_host());
                 }
-                app.oneshot(r.map(Body::new)).await
+                let mut r = r.map(Body::new);
+                if let Some(peer) = peer {
+                    r.extensions_mut().insert(ConnectInfo(peer));
+                }
+                app.oneshot(r).await
             }
         },
     ));

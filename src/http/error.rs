@@ -32,6 +32,16 @@ impl HttpError {
     pub fn too_large(message: impl Into<String>) -> HttpError {
         HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, message)
     }
+
+    /// 401 with a plain Bearer challenge (no token was presented) and a
+    /// message of the caller's.
+    pub fn unauthorized(message: impl Into<String>) -> HttpError {
+        HttpError {
+            status: StatusCode::UNAUTHORIZED,
+            message: message.into(),
+            challenge: Some(None),
+        }
+    }
 }
 
 impl From<AuthError> for HttpError {

@@ -8,6 +8,7 @@ pub mod conn;
 mod error;
 pub mod form;
 mod publish;
+pub mod status;
 mod subscribe;
 mod subscriptions;
 
@@ -64,6 +65,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/herald.js", get(client_js::serve))
+        .route("/ui", get(status::redirect))
+        .route(status::UI_PATH, get(status::page))
+        .route(status::STREAM_PATH, get(status::stream))
         .route("/metrics", get(metrics));
     if state.config.demo {
         app = app.route(

@@ -26,10 +26,12 @@
 
 mod queue;
 mod registry;
+mod status;
 mod stream;
 
 pub use crate::update::Update;
 pub use registry::SubscriptionInfo;
+pub use status::{HistoryStatus, HubStatus, STATUS_EVENT_TYPE, STATUS_TOPIC};
 pub use stream::SubscriberStream;
 
 use std::panic::AssertUnwindSafe;
@@ -595,7 +597,11 @@ impl Hub {
             let mut head = self.order.lock();
             for (p, reply) in batch.into_iter().zip(replies.iter_mut()) {
                 if !p.durable {
-                    self.fan_out(&p.update, &mut cut_off);
+                    if Hub::is_status_event(&p.update) {
+                        self.deliver_status(&p.update, &mut cut_off);
+                    } else {
+                        self.fan_out(&p.update, &mut cut_off);
+                    }
                     continue;
                 }
                 let mut result = results.next().unwrap_or_else(|| {

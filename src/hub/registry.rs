@@ -189,6 +189,23 @@ impl Registry {
         }
     }
 
+    /// The subscribers that asked for exactly this topic (an exact
+    /// selector), whatever else they asked for: `*` and patterns are not
+    /// looked at. One hash lookup.
+    pub fn exact_subscribers<'a>(&'a self, topic: &str) -> impl Iterator<Item = (u64, &'a Entry)> {
+        self.by_topic
+            .get(topic)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.entries.get(k).map(|e| (*k, e)))
+    }
+
+    /// Distinct exact topics subscribed to, distinct patterns in use, and
+    /// subscribers with a `*` selector.
+    pub fn topic_counts(&self) -> (usize, usize, usize) {
+        (self.by_topic.len(), self.patterns.len(), self.any.len())
+    }
+
     /// Distinct compiled patterns currently evaluated on each publish.
     #[cfg(test)]
     fn pattern_groups(&self) -> usize {
