@@ -202,6 +202,9 @@ pub struct Cluster {
     /// To the presence task (subscription events and this node's
     /// subscriptions); set by [`Cluster::start_presence`].
     changes: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Change>>,
+    /// The nodes heard from within [`PRESENCE_TTL`] and how long ago (ms),
+    /// as of the last heartbeat: for the status page.
+    known_nodes: Mutex<Vec<(String, u64)>>,
     pub stats: ClusterStats,
 }
 
@@ -225,6 +228,7 @@ impl Cluster {
             fault: Mutex::new(Some("catching up with the cluster log".into())),
             caught_up: AtomicBool::new(false),
             changes: std::sync::OnceLock::new(),
+            known_nodes: Mutex::new(Vec::new()),
             stats: ClusterStats::default(),
             config,
         });
@@ -577,6 +581,48 @@ impl Cluster {
 
     pub fn is_caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Relaxed)
+    }
+
+    /// Every node says it is alive (`herald:{p0}:nodes`, scored by time)
+    /// every 5 s and reads who else is: the node list of the status page.
+    pub fn start_heartbeat(self: &Arc<Self>) {
+        let cluster = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PRESENCE_HEARTBEAT);
+            loop {
+                tick.tick().await;
+                let Some(c) = cluster.upgrade() else { return };
+                let now = crate::history::now_ms();
+                let since = now.saturating_sub(PRESENCE_TTL.as_millis() as u64);
+                let Ok(mut conn) = c.connection().await else {
+                    continue;
+                };
+                let mut pipe = redis::pipe();
+                pipe.zadd(&c.keys.nodes, &c.config.node_id, now).ignore();
+                pipe.cmd("ZRANGEBYSCORE")
+                    .arg(&c.keys.nodes)
+                    .arg(since)
+                    .arg("+inf")
+                    .arg("WITHSCORES");
+                let seen: redis::RedisResult<(Vec<(String, u64)>,)> =
+                    pipe.query_async(&mut conn).await;
+                match seen {
+                    Ok((nodes,)) => {
+                        *c.known_nodes.lock() = nodes
+                            .into_iter()
+                            .map(|(id, at)| (id, now.saturating_sub(at)))
+                            .collect();
+                    }
+                    Err(_) => c.drop_connection().await,
+                }
+            }
+        });
+    }
+
+    /// The nodes heard from lately, with how long ago (ms), as of the last
+    /// heartbeat.
+    pub fn nodes(&self) -> Vec<(String, u64)> {
+        self.known_nodes.lock().clone()
     }
 
     /// Start the tail: back-fill from the start of the log, then follow

@@ -81,6 +81,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .context("--transport")?;
         hub.set_cluster(cluster.clone());
         cluster.start_tail(&hub);
+        cluster.start_heartbeat();
         if config.subscriptions {
             cluster.start_presence();
         }

@@ -267,9 +267,12 @@ pub struct ClusterStatus {
 pub struct NodeStatus {
     pub id: String,
     pub this_node: bool,
-    pub caught_up: bool,
-    pub ready: bool,
+    /// Known for this node only.
+    pub caught_up: Option<bool>,
+    pub ready: Option<bool>,
     pub not_ready: Option<String>,
+    /// Since its last heartbeat.
+    pub last_seen_ms: Option<u64>,
 }
 
 /// The status now, as the JSON of one event. Reads one record of history:
@@ -285,14 +288,31 @@ fn snapshot(hub: &Hub, state: &AppState) -> StatusEvent {
         let readiness = c.readiness();
         ClusterStatus {
             node_id: c.node_id().to_string(),
-            nodes: vec![NodeStatus {
-                id: c.node_id().to_string(),
-                this_node: true,
-                caught_up: c.is_caught_up(),
-                ready: readiness.is_ok(),
-                not_ready: readiness.err(),
-            }],
-            nodes_note: "this node only: the shared log does not record which nodes tail it; open each node's /ui/ to see it",
+            nodes: {
+                let mut nodes = vec![NodeStatus {
+                    id: c.node_id().to_string(),
+                    this_node: true,
+                    caught_up: Some(c.is_caught_up()),
+                    ready: Some(readiness.is_ok()),
+                    not_ready: readiness.err(),
+                    last_seen_ms: Some(0),
+                }];
+                nodes.extend(
+                    c.nodes()
+                        .into_iter()
+                        .filter(|(id, _)| id != c.node_id())
+                        .map(|(id, ago)| NodeStatus {
+                            id,
+                            this_node: false,
+                            caught_up: None,
+                            ready: None,
+                            not_ready: None,
+                            last_seen_ms: Some(ago),
+                        }),
+                );
+                nodes
+            },
+            nodes_note: "every node heard from within 15 s (each says it is alive every 5 s); the state of the others is on their own /ui/",
             applied_total: c.stats.applied.load(Relaxed),
             resets_total: c.stats.resets.load(Relaxed),
             reconnects_total: c.stats.reconnects.load(Relaxed),

@@ -673,7 +673,12 @@ impl Hub {
         subscription: Subscription,
         resume: Option<ResumeFrom>,
     ) -> Result<Subscribed, HubError> {
-        if let Some(cluster) = self.cluster.get() {
+        // The status page watches the node whatever its state.
+        let status_only = subscription
+            .selectors
+            .iter()
+            .all(|s| matches!(s, TopicSelector::Exact(t) if t == status::STATUS_TOPIC));
+        if let (Some(cluster), false) = (self.cluster.get(), status_only) {
             if !cluster.is_caught_up() {
                 return Err(HubError::Unavailable(format!(
                     "node {} is still reading the cluster log; retry in a moment",
