@@ -111,6 +111,11 @@ impl Drop for Redis {
     }
 }
 
+/// The tests of this file each run a Redis and several nodes (some an
+/// nginx too): one at a time, so a loaded 2-core machine does not starve
+/// them into timeouts.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn node(redis: &Redis, extra: &[&str]) -> Server {
     let url = redis.url();
     let mut args = vec![
@@ -156,6 +161,7 @@ fn private_reader(topic: &str) -> String {
 
 #[tokio::test]
 async fn three_nodes_act_as_one_hub() {
+    let _serial = SERIAL.lock().await;
     let redis = Redis::start(&[]);
     let nodes = [node(&redis, &[]), node(&redis, &[]), node(&redis, &[])];
     for n in &nodes {
@@ -265,6 +271,7 @@ async fn three_nodes_act_as_one_hub() {
 
 #[tokio::test]
 async fn a_subscriber_resumes_on_any_node_without_gap_or_duplicate() {
+    let _serial = SERIAL.lock().await;
     let redis = Redis::start(&[]);
     let nodes = [node(&redis, &[]), node(&redis, &[]), node(&redis, &[])];
     for n in &nodes {
@@ -342,6 +349,7 @@ async fn a_subscriber_resumes_on_any_node_without_gap_or_duplicate() {
 
 #[tokio::test]
 async fn redis_down_answers_503_then_recovers_losing_nothing_acknowledged() {
+    let _serial = SERIAL.lock().await;
     let mut redis = Redis::start(&["--appendonly", "yes", "--appendfsync", "always"]);
     let a = node(&redis, &["--heartbeat", "200ms"]);
     let b = node(&redis, &["--heartbeat", "200ms"]);
@@ -393,13 +401,25 @@ async fn redis_down_answers_503_then_recovers_losing_nothing_acknowledged() {
 
 #[tokio::test]
 async fn a_flushed_log_makes_old_resume_points_answer_earliest() {
+    let _serial = SERIAL.lock().await;
     let redis = Redis::start(&[]);
     let a = node(&redis, &[]);
     let b = node(&redis, &[]);
     wait_ready(&a.base, 200).await;
     wait_ready(&b.base, 200).await;
     let old = publish(&a.hub(), &[("topic", "f"), ("data", "old")]).await;
-    let mut watch = Sub::ok(&b.hub(), "topic=f").await;
+    // Resuming from it makes node b hold the request until it has applied
+    // "old": the watcher then sees only what comes after.
+    let mut watch = Sub::open(
+        &b.hub(),
+        "topic=f",
+        SubOpts {
+            last_event_id: Some(&old),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(watch.status, 200);
     assert!(redis.cmd(&["FLUSHALL"]).contains("OK"));
     // Noticed while idle (the log's counter went back), not only when the
     // next entry arrives.
@@ -428,6 +448,7 @@ async fn a_flushed_log_makes_old_resume_points_answer_earliest() {
 
 #[tokio::test]
 async fn entries_that_are_not_updates_are_skipped_and_counted() {
+    let _serial = SERIAL.lock().await;
     let redis = Redis::start(&[]);
     let a = node(&redis, &[]);
     wait_ready(&a.base, 200).await;
@@ -503,6 +524,7 @@ fn an_unreachable_redis_at_startup_is_a_clear_error() {
 
 #[tokio::test]
 async fn subscribers_of_a_killed_node_resume_on_another_exactly_once() {
+    let _serial = SERIAL.lock().await;
     let redis = Redis::start(&[]);
     let mut a = node(&redis, &[]);
     let b = node(&redis, &[]);
@@ -628,6 +650,7 @@ impl Drop for Nginx {
 /// whichever node is next and still see every update once, in log order.
 #[tokio::test]
 async fn behind_nginx_reconnecting_clients_see_no_gap_and_no_duplicate() {
+    let _serial = SERIAL.lock().await;
     const UPDATES: usize = 10_000;
     let redis = Redis::start(&[]);
     let nodes = [node(&redis, &[]), node(&redis, &[]), node(&redis, &[])];
@@ -750,6 +773,7 @@ fn has_match(list: &[serde_json::Value], topic: &str, active: bool) -> bool {
 
 #[tokio::test]
 async fn the_subscriptions_api_and_events_answer_for_the_whole_cluster() {
+    let _serial = SERIAL.lock().await;
     let redis = Redis::start(&[]);
     let a = node(&redis, &["--subscriptions"]);
     let mut b = node(&redis, &["--subscriptions"]);
@@ -844,6 +868,7 @@ async fn the_subscriptions_api_and_events_answer_for_the_whole_cluster() {
 
 #[tokio::test]
 async fn a_node_that_is_behind_says_so_instead_of_resuming_wrongly() {
+    let _serial = SERIAL.lock().await;
     let redis = Redis::start(&[]);
     let a = node(&redis, &[]);
     wait_ready(&a.base, 200).await;
