@@ -353,9 +353,10 @@ async fn read_all(State(app): State<Shared>, headers: HeaderMap) -> Result<Json<
             "SELECT n.id FROM notifications n WHERE (n.user = ?1 OR n.user IS NULL)
                AND NOT EXISTS (SELECT 1 FROM reads r WHERE r.user = ?1 AND r.notification_id = n.id)",
         )?;
-        let ids = stmt
-            .query_map(params![name], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<i64>>>()?;
+        let mut ids = Vec::new();
+        for id in stmt.query_map(params![name], |r| r.get::<_, i64>(0))? {
+            ids.push(id?);
+        }
         ids
     };
     mark_read(&app, &name, ids).await

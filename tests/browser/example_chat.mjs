@@ -59,6 +59,7 @@ await main('chat', async (browser) => {
   await say(a1, 'hi bob');
   await expectMessages('everyone sees "hi bob"', [a1, a2, b1, b2], ['hi bob']);
   await say(b2, 'hi alice, what\'s up?');
+  await expectMessages('bob\'s reply is in', [b2], ['hi bob', 'hi alice, what\'s up?']);
   await say(a2, 'lunch at noon?');
   const talk = ['hi bob', 'hi alice, what\'s up?', 'lunch at noon?'];
   await expectMessages('everyone sees the conversation', [a1, a2, b1, b2], talk);
