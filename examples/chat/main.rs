@@ -55,6 +55,17 @@ struct App {
     db: Mutex<Connection>,
 }
 
+impl App {
+    /// Run `f` on the database. The lock is never held across an `.await`
+    /// (its guard would make the handler's future `!Send`).
+    fn with_db<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, AppError>,
+    ) -> Result<R, AppError> {
+        f(&self.db.lock().unwrap())
+    }
+}
+
 type Shared = Arc<App>;
 
 #[tokio::main]
@@ -123,10 +134,13 @@ async fn login(
     JsonBody(req): JsonBody<Login>,
 ) -> Result<Response, AppError> {
     let name = user_name(&req.name)?;
-    app.db.lock().unwrap().execute(
-        "INSERT OR IGNORE INTO users (name, created_at) VALUES (?1, ?2)",
-        params![name, now_ms()],
-    )?;
+    app.with_db(|db| {
+        db.execute(
+            "INSERT OR IGNORE INTO users (name, created_at) VALUES (?1, ?2)",
+            params![name, now_ms()],
+        )?;
+        Ok(())
+    })?;
     Ok((
         [(header::SET_COOKIE, app.sessions.login(&name))],
         Json(json!({ "name": name })),
@@ -210,8 +224,7 @@ async fn start_conversation(
         (&other, &me)
     };
     let id = format!("{a}~{b}");
-    let created = {
-        let db = app.db.lock().unwrap();
+    let created = app.with_db(|db| {
         let known: Option<String> = db
             .query_row(
                 "SELECT name FROM users WHERE name = ?1",
@@ -224,11 +237,11 @@ async fn start_conversation(
                 "no user named {other:?} (a user exists once they have logged in)"
             )));
         }
-        db.execute(
+        Ok(db.execute(
             "INSERT OR IGNORE INTO conversations (id, a, b, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![id, a, b, now_ms()],
-        )? > 0
-    };
+        )? > 0)
+    })?;
     if created {
         let event = json!({ "kind": "conversation", "id": id, "members": [a, b] });
         for user in [a, b] {
@@ -259,16 +272,15 @@ async fn send(
     JsonBody(req): JsonBody<Outgoing>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     let me = app.sessions.user(&headers)?;
-    let member: Option<String> = app
-        .db
-        .lock()
-        .unwrap()
-        .query_row(
-            "SELECT id FROM conversations WHERE id = ?1 AND (a = ?2 OR b = ?2)",
-            params![id, me],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let member: Option<String> = app.with_db(|db| {
+        Ok(db
+            .query_row(
+                "SELECT id FROM conversations WHERE id = ?1 AND (a = ?2 OR b = ?2)",
+                params![id, me],
+                |r| r.get(0),
+            )
+            .optional()?)
+    })?;
     if member.is_none() {
         return Err(AppError::not_found(format!(
             "no conversation {id:?} among yours"

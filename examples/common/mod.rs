@@ -275,12 +275,17 @@ impl Publisher {
         data: &serde_json::Value,
         private: bool,
     ) -> Result<String, AppError> {
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        form.append_pair("topic", topic)
-            .append_pair("data", &data.to_string());
-        if private {
-            form.append_pair("private", "on");
-        }
+        // Built apart: the serializer is not `Send`, so it must not live
+        // across the `.await` below.
+        let body = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("topic", topic)
+                .append_pair("data", &data.to_string());
+            if private {
+                form.append_pair("private", "on");
+            }
+            form.finish()
+        };
         let unreachable = |e: reqwest::Error| {
             AppError::new(
                 StatusCode::BAD_GATEWAY,
@@ -292,7 +297,7 @@ impl Publisher {
             .post(&self.endpoint)
             .bearer_auth(&self.token)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(form.finish())
+            .body(body)
             .send()
             .await
             .map_err(unreachable)?;

@@ -48,6 +48,17 @@ struct App {
     db: Mutex<Connection>,
 }
 
+impl App {
+    /// Run `f` on the database. The lock is never held across an `.await`
+    /// (its guard would make the handler's future `!Send`).
+    fn with_db<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, AppError>,
+    ) -> Result<R, AppError> {
+        f(&self.db.lock().unwrap())
+    }
+}
+
 type Shared = Arc<App>;
 
 #[tokio::main]
@@ -123,10 +134,13 @@ async fn login(
     JsonBody(req): JsonBody<Login>,
 ) -> Result<Response, AppError> {
     let name = user_name(&req.name)?;
-    app.db.lock().unwrap().execute(
-        "INSERT OR IGNORE INTO users (name, created_at) VALUES (?1, ?2)",
-        params![name, now_ms()],
-    )?;
+    app.with_db(|db| {
+        db.execute(
+            "INSERT OR IGNORE INTO users (name, created_at) VALUES (?1, ?2)",
+            params![name, now_ms()],
+        )?;
+        Ok(())
+    })?;
     Ok((
         [(header::SET_COOKIE, app.sessions.login(&name))],
         Json(json!({ "name": name })),
@@ -254,14 +268,13 @@ async fn notify(
     let to = user_name(&req.to)?;
     let body = message_body(&req.body, MAX_BODY_CHARS)?;
     let kind = notification_type(&req.kind)?;
-    let known: Option<String> = app
-        .db
-        .lock()
-        .unwrap()
-        .query_row("SELECT name FROM users WHERE name = ?1", params![to], |r| {
-            r.get(0)
-        })
-        .optional()?;
+    let known: Option<String> = app.with_db(|db| {
+        Ok(db
+            .query_row("SELECT name FROM users WHERE name = ?1", params![to], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    })?;
     if known.is_none() {
         return Err(AppError::not_found(format!(
             "no user named {to:?} (a user exists once they have logged in)"
@@ -302,8 +315,7 @@ async fn broadcast(
 
 /// Mark `ids` read for `name`, then tell every tab of that user.
 async fn mark_read(app: &App, name: &str, ids: Vec<i64>) -> Result<Json<Value>, AppError> {
-    let unread = {
-        let db = app.db.lock().unwrap();
+    let unread = app.with_db(|db| {
         let now = now_ms();
         for id in &ids {
             db.execute(
@@ -311,8 +323,8 @@ async fn mark_read(app: &App, name: &str, ids: Vec<i64>) -> Result<Json<Value>, 
                 params![name, id, now],
             )?;
         }
-        unread_count(&db, name)?
-    };
+        Ok(unread_count(db, name)?)
+    })?;
     let change = json!({ "kind": "read", "ids": ids, "unread": unread });
     app.herald.publish(&user_topic(name), &change, true).await?;
     Ok(Json(change))
@@ -327,16 +339,15 @@ async fn read_one(
     let id: i64 = id
         .parse()
         .map_err(|_| AppError::bad_request(format!("notification id {id:?} is not a number")))?;
-    let visible: Option<i64> = app
-        .db
-        .lock()
-        .unwrap()
-        .query_row(
-            "SELECT id FROM notifications WHERE id = ?1 AND (user = ?2 OR user IS NULL)",
-            params![id, name],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let visible: Option<i64> = app.with_db(|db| {
+        Ok(db
+            .query_row(
+                "SELECT id FROM notifications WHERE id = ?1 AND (user = ?2 OR user IS NULL)",
+                params![id, name],
+                |r| r.get(0),
+            )
+            .optional()?)
+    })?;
     if visible.is_none() {
         return Err(AppError::not_found(format!(
             "no notification {id} in your inbox"
@@ -347,8 +358,7 @@ async fn read_one(
 
 async fn read_all(State(app): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
     let name = app.sessions.user(&headers)?;
-    let ids = {
-        let db = app.db.lock().unwrap();
+    let ids = app.with_db(|db| {
         let mut stmt = db.prepare(
             "SELECT n.id FROM notifications n WHERE (n.user = ?1 OR n.user IS NULL)
                AND NOT EXISTS (SELECT 1 FROM reads r WHERE r.user = ?1 AND r.notification_id = n.id)",
@@ -357,7 +367,7 @@ async fn read_all(State(app): State<Shared>, headers: HeaderMap) -> Result<Json<
         for id in stmt.query_map(params![name], |r| r.get::<_, i64>(0))? {
             ids.push(id?);
         }
-        ids
-    };
+        Ok(ids)
+    })?;
     mark_read(&app, &name, ids).await
 }
