@@ -12,6 +12,12 @@ if (!app || !heraldUrl || !shots) {
 }
 export const hub = `${heraldUrl}/.well-known/mercure`;
 
+const started = Date.now();
+/** Report a passed check, with the time since the start. */
+export function ok(message) {
+  console.log(`ok - ${message} [${((Date.now() - started) / 1000).toFixed(1)} s]`);
+}
+
 export function check(ok, message) {
   if (!ok) throw new Error(message);
 }
@@ -78,9 +84,10 @@ export function claimsOf(jwt) {
 
 /**
  * Read a subscription to the hub for `ms` and return what came (the raw
- * stream text). `lastEventId`: 'earliest' asks for all history.
+ * stream text). `lastEventId`: 'earliest' asks for all history; `onOpen`
+ * is called once the hub has answered 200 (the subscription is live).
  */
-export async function readStream(topics, { token, lastEventId, header = false, ms = 1200 } = {}) {
+export async function readStream(topics, { token, lastEventId, header = false, ms = 800, onOpen } = {}) {
   const url = new URL(hub);
   for (const t of topics) url.searchParams.append('topic', t);
   const headers = { accept: 'text/event-stream' };
@@ -93,6 +100,7 @@ export async function readStream(topics, { token, lastEventId, header = false, m
   try {
     const resp = await fetch(url, { headers, signal: ctl.signal });
     check(resp.status === 200, `subscribe answered ${resp.status}`);
+    onOpen?.();
     const dec = new TextDecoder();
     for await (const chunk of resp.body) text += dec.decode(chunk, { stream: true });
   } catch (e) {

@@ -3,7 +3,7 @@
 // or by replay. Started by tests/example_chat.rs. Prints `ok - ...` per check.
 import {
   hub, shots, check, sleep, until, person, openTab, ready, logIn, cookieOf, claimsOf,
-  readStream, call, expectError, restartApp, main,
+  readStream, call, expectError, restartApp, main, ok,
 } from './apps_common.mjs';
 
 const COOKIE = 'chat_session';
@@ -19,11 +19,13 @@ async function messagesOf(page) {
 }
 
 async function open(page, id) {
+  await page.bringToFront();
   await page.waitForSelector(`#conversations button[data-id="${id}"]`, { timeout: 5_000 });
   await page.click(`#conversations button[data-id="${id}"]`);
 }
 
 async function say(page, text) {
+  await page.bringToFront();
   await page.fill('#text', text);
   await page.click('#send-form button');
 }
@@ -48,9 +50,10 @@ await main('chat', async (browser) => {
   const b1 = await logIn(bob, 'bob');
   const b2 = await ready(await openTab(bob));
   const c1 = await logIn(carol, 'carol');
-  console.log('ok - alice and bob logged in through the form (two tabs each), carol in one');
+  ok('alice and bob logged in through the form (two tabs each), carol in one');
 
   // --- alice starts a conversation with bob; it appears in all their tabs
+  await a1.bringToFront();
   await a1.fill('#with', 'bob');
   await a1.click('#start-form button');
   for (const page of [a1, a2, b1, b2]) await until('the conversation is listed', async () => (await conversationsOf(page)).includes(AB));
@@ -64,9 +67,10 @@ await main('chat', async (browser) => {
   const talk = ['hi bob', 'hi alice, what\'s up?', 'lunch at noon?'];
   await expectMessages('everyone sees the conversation', [a1, a2, b1, b2], talk);
   check((await conversationsOf(c1)).length === 0, `carol lists ${await conversationsOf(c1)}`);
-  console.log('ok - alice starts a conversation with bob: it appears live in their four tabs; messages from any tab reach all four, in order');
+  ok('alice starts a conversation with bob: it appears live in their four tabs; messages from any tab reach all four, in order');
 
   // --- carol talks to alice: a new conversation while alice's tabs are open
+  await c1.bringToFront();
   await c1.fill('#with', 'alice');
   await c1.click('#start-form button');
   await until('carol has the conversation open', async () => (await c1.textContent('#title')).includes('alice'));
@@ -81,7 +85,7 @@ await main('chat', async (browser) => {
   await expectMessages('alice\'s other tab stays on bob', [a1], talk);
   await sleep(300);
   for (const page of [b1, b2]) check(JSON.stringify(await conversationsOf(page)) === JSON.stringify([AB]), `bob lists ${await conversationsOf(page)}`);
-  console.log('ok - a new conversation (carol with alice) reaches alice\'s open tabs live (fresh token, resubscribed without loss); bob never sees it');
+  ok('a new conversation (carol with alice) reaches alice\'s open tabs live (fresh token, resubscribed without loss); bob never sees it');
 
   // --- isolation: carol cannot read alice~bob, live or by replay -----------
   const carolMe = await c1.evaluate(() => fetch('/api/me').then((r) => r.json()));
@@ -101,12 +105,14 @@ await main('chat', async (browser) => {
   check(talk.every((m) => bobReplay.includes(m)), `bob's replay: ${bobReplay}`);
   for (const r of replays.slice(0, 3)) check(!r.includes('hi bob') && !r.includes('lunch'), `carol's replay got: ${r}`);
   check(!replays[3].includes('data:'), `an anonymous replay got: ${replays[3]}`);
+  let opened = 0;
+  const onOpen = () => opened++;
   const live = Promise.all([
-    readStream([topicOf(AB)], { token: carolMe.token, ms: 1500 }),
-    readStream(['https://example.app/conversations/{id}'], { token: carolMe.token, ms: 1500 }),
-    readStream([topicOf(AB)], { token: bobMe.token, ms: 1500 }),
+    readStream([topicOf(AB)], { token: carolMe.token, ms: 1000, onOpen }),
+    readStream(['https://example.app/conversations/{id}'], { token: carolMe.token, ms: 1000, onOpen }),
+    readStream([topicOf(AB)], { token: bobMe.token, ms: 1000, onOpen }),
   ]);
-  await sleep(400);
+  await until('the live streams are open', () => opened === 3);
   await say(a1, 'the secret plan');
   const [carolExact, carolTemplate, bobLive] = await live;
   check(bobLive.includes('the secret plan'), `bob's live stream: ${bobLive}`);
@@ -115,7 +121,7 @@ await main('chat', async (browser) => {
   await expectError('carol posts into alice~bob', 404, 'no conversation', 'POST', `/api/conversations/${AB}/messages`,
     { cookie: carolCookie, json: { body: 'let me in' } });
   check((await conversationsOf(c1)).join() === 'alice~carol', `carol lists ${await conversationsOf(c1)}`);
-  console.log('ok - carol cannot read alice~bob: her token lists only her conversations; guessing the topic (exact or {id} template) gives her nothing, live or by replay (last_event_id and Last-Event-ID: earliest), nor anonymous; posting into it is 404');
+  ok('carol cannot read alice~bob: her token lists only her conversations; guessing the topic (exact or {id} template) gives her nothing, live or by replay (last_event_id and Last-Event-ID: earliest), nor anonymous; posting into it is 404');
 
   // --- history on reload (from Herald), and after an app restart ----------
   talk.push('the secret plan');
@@ -133,9 +139,10 @@ await main('chat', async (browser) => {
   await say(b2, 'see you there');
   talk.push('see you there');
   await expectMessages('the reloaded tabs are live', [a1, a2, b1, b2], talk);
-  console.log('ok - a reloaded tab gets the whole conversation back from Herald\'s history (resume from earliest), also after the app restarted; and is live again');
+  ok('a reloaded tab gets the whole conversation back from Herald\'s history (resume from earliest), also after the app restarted; and is live again');
 
   // --- bad input in the page ---------------------------------------------
+  await b1.bringToFront();
   await b1.fill('#text', '   ');
   await b1.click('#send-form button');
   await until('the page shows the empty-message error', async () => (await b1.textContent('#error')).includes('body must not be empty'));
@@ -145,7 +152,7 @@ await main('chat', async (browser) => {
   await b1.fill('#with', 'nobody');
   await b1.click('#start-form button');
   await until('the page shows the unknown-user error', async () => (await b1.textContent('#error')).includes('no user named "nobody"'));
-  console.log('ok - bad input in the page (empty message, yourself, unknown user) shows the server\'s clear message');
+  ok('bad input in the page (empty message, yourself, unknown user) shows the server\'s clear message');
 
   // --- bad requests, curl-style --------------------------------------------
   const aliceCookie = await cookieOf(alice, COOKIE);
@@ -160,15 +167,16 @@ await main('chat', async (browser) => {
   errors.push(await expectError('bad name', 400, 'not valid', 'POST', '/api/conversations', { cookie: aliceCookie, json: { with: '../bob' } }));
   errors.push(await expectError('not JSON', 400, 'invalid JSON', 'POST', '/api/conversations', { cookie: aliceCookie, raw: '{', contentType: 'application/json' }));
   errors.push(await expectError('no content type', 415, 'Content-Type', 'POST', '/api/conversations', { cookie: aliceCookie, raw: 'with=bob' }));
-  console.log(`ok - bad requests get a clear 4xx: ${errors.length} cases (401 no login, 400 empty, 413 oversize, 404 unknown or not yours, ...)`);
+  ok(`bad requests get a clear 4xx: ${errors.length} cases (401 no login, 400 empty, 413 oversize, 404 unknown or not yours, ...)`);
 
   // --- the hub itself, as scenario 5 asks -----------------------------------
   const notSse = await fetch(`${hub}?topic=${encodeURIComponent(topicOf(AB))}`, { headers: { accept: 'application/json' } });
   check(notSse.status === 406, `Accept: application/json answered ${notSse.status}`);
   const forged = await fetch(`${hub}?topic=${encodeURIComponent(topicOf(AB))}`, { headers: { accept: 'text/event-stream', authorization: 'Bearer not.a.jwt' } });
   check(forged.status === 401, `a bad token answered ${forged.status}`);
-  console.log('ok - the hub refuses a client that does not accept text/event-stream (406) and a bad token (401)');
+  ok('the hub refuses a client that does not accept text/event-stream (406) and a bad token (401)');
 
-  await b1.evaluate(() => document.getElementById('error').hidden = true);
+  await b1.evaluate(() => { document.getElementById('error').hidden = true; });
+  await b1.fill('#with', '');
   await b1.screenshot({ path: `${shots}/chat.png` });
 });

@@ -3,7 +3,7 @@
 // Started by tests/example_notifications.rs. Prints `ok - ...` per check.
 import {
   app, hub, shots, check, sleep, until, person, openTab, ready, logIn, cookieOf, claimsOf,
-  readStream, call, expectError, restartApp, main,
+  readStream, call, expectError, restartApp, main, ok,
 } from './apps_common.mjs';
 
 const COOKIE = 'notifications_session';
@@ -39,12 +39,14 @@ async function expectView(what, pages, badge, want) {
 }
 
 async function send(page, to, body) {
+  await page.bringToFront();
   await page.fill('#to', to);
   await page.fill('#body', body);
   await page.click('#send');
 }
 
 async function clickMarkRead(page, text) {
+  await page.bringToFront();
   await page.locator('#inbox li', { hasText: text }).locator('button.mark-read').click();
 }
 
@@ -62,7 +64,7 @@ await main('notifications', async (browser) => {
   }
   const sameOrigin = new URL(app).origin === new URL(hub).origin;
   check(!sameOrigin, 'the app and the hub should be on different origins');
-  console.log('ok - alice and bob logged in through the form, two tabs each; all four streams open (hub on another origin)');
+  ok('alice and bob logged in through the form, two tabs each; all four streams open (hub on another origin)');
 
   // --- a personal notification: every tab of the recipient, nobody else ---
   const t0 = Date.now();
@@ -73,14 +75,14 @@ await main('notifications', async (browser) => {
   await expectView('alice sees the like', [a1, a2], 1, [['bob liked your post', true]]);
   await sleep(300);
   for (const page of [b1, b2]) check(!texts(await view(page)).includes('bob liked your post'), 'bob sees a notification for alice');
-  console.log(`ok - a personal notification reaches both tabs of its user (${latency} ms from the click), and no one else`);
+  ok(`a personal notification reaches both tabs of its user (${latency} ms from the click), and no one else`);
 
   // --- a broadcast: everyone ---------------------------------------------
   await a1.fill('#body', 'Maintenance tonight at 22:00');
   await a1.click('#broadcast');
   await expectView('alice sees the broadcast', [a1, a2], 2, [['Maintenance tonight at 22:00', true], ['bob liked your post', true]]);
   await expectView('bob sees the broadcast', [b1, b2], 2, [['Maintenance tonight at 22:00', true], ['Your export is ready', true]]);
-  console.log('ok - a broadcast reaches every tab of every user; badges count 2');
+  ok('a broadcast reaches every tab of every user; badges count 2');
 
   // --- read state syncs across the user's tabs at once -------------------
   await clickMarkRead(b1, 'Your export is ready');
@@ -89,7 +91,7 @@ await main('notifications', async (browser) => {
   await expectView('alice\'s tabs follow "mark all read"', [a1, a2], 0, [['Maintenance tonight at 22:00', false], ['bob liked your post', false]]);
   await sleep(300);
   await expectView('bob keeps his own read state', [b1, b2], 1, [['Maintenance tonight at 22:00', true], ['Your export is ready', false]]);
-  console.log('ok - "mark read" in one tab and "mark all read" in another: the user\'s other tab follows at once; read state is per user');
+  ok('"mark read" in one tab and "mark all read" in another: the user\'s other tab follows at once; read state is per user');
 
   // --- isolation: carol sees broadcasts, never another user's notifications
   const carol = await person(browser);
@@ -112,11 +114,13 @@ await main('notifications', async (browser) => {
   // Live: carol listens on bob's topic while alice notifies bob.
   const aliceCookie = await cookieOf(alice, COOKIE);
   const carolCookie = await cookieOf(carol, COOKIE);
+  let opened = 0;
+  const onOpen = () => opened++;
   const live = Promise.all([
-    readStream([topicOf('bob')], { token: carolMe.token, ms: 1500 }),
-    readStream([topicOf('bob')], { token: bobMe.token, ms: 1500 }),
+    readStream([topicOf('bob')], { token: carolMe.token, ms: 1000, onOpen }),
+    readStream([topicOf('bob')], { token: bobMe.token, ms: 1000, onOpen }),
   ]);
-  await sleep(400);
+  await until('the live streams are open', () => opened === 2);
   const sent = await call('POST', '/api/notifications', { cookie: aliceCookie, json: { to: 'bob', body: 'Meeting moved to 3pm', type: 'calendar' } });
   check(sent.status === 201, `notify answered ${sent.status} ${JSON.stringify(sent.body)}`);
   const [carolLive, bobLive] = await live;
@@ -129,7 +133,7 @@ await main('notifications', async (browser) => {
   // Nor can carol touch bob's inbox through the app.
   await expectError('carol marks bob\'s notification read', 404, 'no notification', 'POST',
     `/api/notifications/${sent.body.id}/read`, { cookie: carolCookie });
-  console.log('ok - carol cannot read bob\'s notifications: her token grants her topic only; nothing on bob\'s topic for her or anonymous, live or by replay (last_event_id=earliest); 404 for his notification ids');
+  ok('carol cannot read bob\'s notifications: her token grants her topic only; nothing on bob\'s topic for her or anonymous, live or by replay (last_event_id=earliest); 404 for his notification ids');
 
   // --- persistence: reload, and a restart of the app (SIGKILL) ----------
   const bobNow = [['Meeting moved to 3pm', true], ['Maintenance tonight at 22:00', true], ['Your export is ready', false]];
@@ -144,7 +148,7 @@ await main('notifications', async (browser) => {
   await clickMarkRead(b2, 'Meeting moved to 3pm');
   await expectView('bob\'s tabs after mark read', [b1, b2], 1,
     [['Meeting moved to 3pm', false], ['Maintenance tonight at 22:00', true], ['Your export is ready', false]]);
-  console.log('ok - the inbox and its read state survive a reload and a restart of the app (SQLite); sync works after it');
+  ok('the inbox and its read state survive a reload and a restart of the app (SQLite); sync works after it');
 
   // --- CORS: the hub answers the app's origin, not an unlisted one -------
   const probe = (page) => page.evaluate((h) => fetch(`${h}?topic=https://example.app/broadcasts`, { headers: { accept: 'text/event-stream' } })
@@ -154,9 +158,10 @@ await main('notifications', async (browser) => {
   const unlisted = await probe(other);
   check(listed === 'read 200' && unlisted === 'blocked', `CORS: app origin ${listed}, unlisted origin ${unlisted}`);
   await other.close();
-  console.log('ok - CORS: herald.js and the stream load from the hub for the app\'s origin (--cors-origins); an unlisted origin is blocked');
+  ok('CORS: herald.js and the stream load from the hub for the app\'s origin (--cors-origins); an unlisted origin is blocked');
 
   // --- bad input in the page ----------------------------------------------
+  await a1.bringToFront();
   await a1.fill('#body', '   ');
   await a1.fill('#to', 'bob');
   await a1.click('#send');
@@ -167,7 +172,7 @@ await main('notifications', async (browser) => {
   await until('the page shows the too-long error', async () => (await a1.textContent('#error')).includes('at most 1000'));
   check(!(await a1.isHidden('#error')), 'the error is hidden');
   await a1.screenshot({ path: `${shots}/notifications-error.png` });
-  console.log('ok - bad input in the form (empty body, unknown user, too long) shows the server\'s clear message');
+  ok('bad input in the form (empty body, unknown user, too long) shows the server\'s clear message');
 
   // --- bad requests, curl-style --------------------------------------------
   const errors = [];
@@ -185,7 +190,7 @@ await main('notifications', async (browser) => {
   errors.push(await expectError('bad name', 400, 'not valid', 'POST', '/api/login', { json: { name: 'bob smith' } }));
   errors.push(await expectError('empty name', 400, 'must not be empty', 'POST', '/api/login', { json: { name: '' } }));
   errors.push(await expectError('forged cookie', 401, 'log in again', 'GET', '/api/notifications', { cookie: `${COOKIE}=${carolMe.token}` }));
-  console.log(`ok - bad requests get a clear 4xx: ${errors.length} cases (401 no login, 400 empty body, 413 oversize, 404 unknown id, ...)`);
+  ok(`bad requests get a clear 4xx: ${errors.length} cases (401 no login, 400 empty body, 413 oversize, 404 unknown id, ...)`);
 
   await b1.bringToFront();
   await b1.screenshot({ path: `${shots}/notifications.png` });
