@@ -30,6 +30,9 @@ echo "==> cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --check
 cargo clippy --release --locked --all-targets -- -D warnings
 
+echo "==> cargo build --examples (the example apps, driven by tests/example_*.rs)"
+cargo build --release --locked --examples
+
 echo "==> cargo test (unit + integration + browser)"
 # Benchmarks (bench/*.rs) are programs that print figures, run by hand
 # (`cargo bench --bench NAME`); clippy above has compiled them.

@@ -272,3 +272,6 @@ impl Sub {
 pub fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+/// The example apps' tests (tests/example_*.rs).
+pub mod apps;

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Starts Herald and the example apps on fixed loopback ports, prints their
+# URLs; Ctrl-C stops everything this script started.
+#
+#   bash examples/run.sh
+#
+# Herald runs with its embedded defaults (disk history under the data dir),
+# a fixed development key shared with the apps through HERALD_JWT_KEY, and
+# --cors-origins listing every app (their pages subscribe across origins).
+# Data (Herald's history, the apps' SQLite files) stays in
+# target/examples-data between runs; delete it to start afresh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+
+# One line per app: example name, port, what it is. The binary is
+# `cargo build --example NAME`; it gets LISTEN, DATA_DIR, HERALD_URL,
+# HERALD_JWT_KEY and SESSION_KEY in its environment.
+APPS=(
+  "notifications 3001 per-user notification center (scenario 1)"
+  "chat          3005 instant messaging (scenario 5)"
+)
+
+HERALD_PORT="${HERALD_PORT:-8080}"
+export HERALD_URL="http://127.0.0.1:$HERALD_PORT"
+# A development key: anyone who knows it can publish. Never use it outside
+# your machine.
+export HERALD_JWT_KEY="${HERALD_JWT_KEY:-herald-examples-development-key}"
+export SESSION_KEY="${SESSION_KEY:-herald-examples-session-key}"
+DATA="${EXAMPLES_DATA_DIR:-$CARGO_TARGET_DIR/examples-data}"
+mkdir -p "$DATA"
+
+echo "==> building herald and the examples (cargo build --release)"
+cargo build --release --bin herald --examples
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  if [ ${#pids[@]} -gt 0 ]; then
+    echo
+    echo "==> stopping (pids ${pids[*]})"
+    kill "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+  fi
+}
+trap stop EXIT
+trap 'stop; exit 130' INT TERM
+
+origins=()
+for app in "${APPS[@]}"; do
+  read -r _ port _ <<<"$app"
+  origins+=("http://127.0.0.1:$port")
+done
+cors=$(IFS=,; echo "${origins[*]}")
+
+HERALD_LOG="${HERALD_LOG:-herald=warn}" "$CARGO_TARGET_DIR/release/herald" serve \
+  --listen "127.0.0.1:$HERALD_PORT" \
+  --data-dir "$DATA/herald" \
+  --cors-origins "$cors" >"$DATA/herald.log" 2>&1 &
+pids+=($!)
+
+for app in "${APPS[@]}"; do
+  read -r name port _ <<<"$app"
+  LISTEN="127.0.0.1:$port" DATA_DIR="$DATA/$name" \
+    "$CARGO_TARGET_DIR/release/examples/$name" >"$DATA/$name.log" 2>&1 &
+  pids+=($!)
+done
+
+# Wait until each is listening (or has died).
+wait_port() {
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    for pid in "${pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null || { echo "a process exited; see the logs in $DATA" >&2; return 1; }
+    done
+    sleep 0.1
+  done
+  echo "127.0.0.1:$1 is not listening after 10 s; see the logs in $DATA" >&2
+  return 1
+}
+wait_port "$HERALD_PORT"
+for app in "${APPS[@]}"; do
+  read -r _ port _ <<<"$app"
+  wait_port "$port"
+done
+
+echo
+echo "Herald          $HERALD_URL/   (hub: $HERALD_URL/.well-known/mercure)"
+for app in "${APPS[@]}"; do
+  read -r name port what <<<"$app"
+  printf '%-15s http://127.0.0.1:%s/   %s\n' "$name" "$port" "$what"
+done
+echo
+echo "Open an app in two browser profiles (or a normal and a private window) to be two users."
+echo "Logs: $DATA/*.log. Ctrl-C stops everything."
+# Until Ctrl-C, or until one of them exits (then the others are stopped).
+wait -n "${pids[@]}" || true
+echo "a process exited; see the logs in $DATA" >&2

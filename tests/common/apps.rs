@@ -1,0 +1,192 @@
+//! Support for the example apps' tests (tests/example_*.rs): find the
+//! example's binary, start it beside a real herald, and run its Playwright
+//! script (tests/browser/example_*.mjs) against both.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::SystemTime;
+
+use super::{publisher, Server, KEY};
+
+/// The session key the tests give the apps (so a restarted app still
+/// knows the browser's login cookie).
+pub const SESSION_KEY: &str = "example-tests-session-key";
+
+/// `target/<profile>`: the test binary lives in `target/<profile>/deps`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Where the tests save their screenshots: `target/screenshots`.
+pub fn screenshot_dir() -> PathBuf {
+    let dir = profile_dir()
+        .parent()
+        .expect("target dir")
+        .join("screenshots");
+    std::fs::create_dir_all(&dir).expect("create target/screenshots");
+    dir
+}
+
+fn newest_source(dir: &Path) -> SystemTime {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir)
+        .expect("read example sources")
+        .flatten()
+    {
+        if let Ok(m) = entry.metadata().and_then(|m| m.modified()) {
+            newest = newest.max(m);
+        }
+    }
+    newest
+}
+
+/// The example's binary (`cargo build --release --examples`, which
+/// scripts/test-all.sh runs before the tests), refusing a stale one.
+pub fn example_bin(name: &str) -> PathBuf {
+    let bin = profile_dir().join("examples").join(name);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} not found: build the examples first (`cargo build --release --examples`; scripts/test-all.sh does)",
+                bin.display()
+            )
+        });
+    let sources = newest_source(&root.join(name)).max(newest_source(&root.join("common")));
+    assert!(
+        built >= sources,
+        "{} is older than its sources: rebuild it (`cargo build --release --examples`)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free loopback port (for herald, whose --cors-origins must name the
+/// apps before it starts, and the apps need its URL).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A running example app.
+pub struct App {
+    pub child: Child,
+    pub base: String,
+}
+
+impl App {
+    pub fn start(bin: &Path, listen: &str, herald_url: &str, data_dir: &Path) -> App {
+        let mut child = Command::new(bin)
+            .env("LISTEN", listen)
+            .env("HERALD_URL", herald_url)
+            .env("HERALD_JWT_KEY", KEY)
+            .env("SESSION_KEY", SESSION_KEY)
+            .env("DATA_DIR", data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start example app");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("app exited before listening")
+                .expect("read stdout");
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                break addr.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        App { child, base }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Start herald and the example, run `tests/browser/<script>`; the script
+/// may print `@restart-app` to have the app killed (SIGKILL) and started
+/// again on the same port and data dir. Returns the script's report.
+pub fn run_example(name: &str, script: &str) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is not installed: run scripts/test-all.sh (or `npm ci` in tests/browser)"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} not found: run scripts/test-all.sh (it installs Debian's chromium)"
+    );
+    let bin = example_bin(name);
+    let data = tempfile::tempdir().expect("app data dir");
+
+    let herald_port = free_port();
+    let herald_url = format!("http://127.0.0.1:{herald_port}");
+    let mut app = App::start(&bin, "127.0.0.1:0", &herald_url, data.path());
+    let app_addr = app.base.strip_prefix("http://").expect("http").to_string();
+    // The app's page subscribes across origins: Herald lists it.
+    let server = Server::start_raw(
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{herald_port}"),
+            "--jwt-key",
+            KEY,
+            "--cors-origins",
+            &app.base,
+        ],
+        &[],
+    );
+
+    let mut node = Command::new("node")
+        .arg(script)
+        .current_dir(&dir)
+        .env("APP_URL", &app.base)
+        .env("HERALD_URL", &server.base)
+        .env("HERALD_TOKEN", publisher())
+        .env("SCREENSHOT_DIR", screenshot_dir())
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run node");
+    let mut to_node = node.stdin.take().expect("stdin");
+    let from_node = BufReader::new(node.stdout.take().expect("stdout"));
+    let mut report = String::new();
+    for line in from_node.lines() {
+        let line = line.expect("read node output");
+        if line == "@restart-app" {
+            app.kill();
+            app = App::start(&bin, &app_addr, &herald_url, data.path());
+            writeln!(to_node, "restarted").expect("answer node");
+            continue;
+        }
+        println!("{line}");
+        report.push_str(&line);
+        report.push('\n');
+    }
+    let status = node.wait().expect("wait for node");
+    drop(app);
+    drop(server);
+    assert!(status.success(), "{script} failed:\n{report}");
+    report
+}

@@ -1,0 +1,13 @@
+//! The notification center example (examples/notifications, scenario 1) in
+//! real Chromium: two users, two tabs each, through the page as a person
+//! uses it; plus bad requests answered with clear 4xx. The checks are in
+//! `tests/browser/example_notifications.mjs`. Needs the example built
+//! (`cargo build --release --examples`, as scripts/test-all.sh does).
+
+mod common;
+
+#[test]
+fn notification_center_in_chromium() {
+    let report = common::apps::run_example("notifications", "example_notifications.mjs");
+    assert_eq!(report.matches("ok - ").count(), 9, "{report}");
+}
