@@ -18,6 +18,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 # HERALD_JWT_KEY and SESSION_KEY in its environment.
 APPS=(
   "notifications 3001 per-user notification center (scenario 1)"
+  "dashboard     3004 live dashboard: CPU, memory, network, price, log tail (scenario 4)"
   "chat          3005 instant messaging (scenario 5)"
 )
 

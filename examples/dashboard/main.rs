@@ -225,7 +225,7 @@ async fn sampler(app: Shared, herald: Publisher) {
         price = (price * (1.0 + step)).max(1.0);
         let price = (price * 100.0).round() / 100.0;
 
-        if seq % 10 == 0 {
+        if seq.is_multiple_of(10) {
             app.log(format!(
                 "sample {seq}: cpu {} · memory {} · price {price:.2}",
                 cpu.map_or("?".into(), |c| format!("{c:.1} %")),
@@ -268,7 +268,10 @@ async fn sampler(app: Shared, herald: Publisher) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) if !herald_down => {
                 herald_down = true;
-                app.log(format!("publishing failed: {}", e.message));
+                app.log(format!(
+                    "publishing failed: {}",
+                    e.message.trim_start_matches("saved, but ")
+                ));
             }
             Err(_) if !herald_down => {
                 herald_down = true;
