@@ -134,25 +134,27 @@ fn comment_json(id: i64, stored: &str, likes: i64, v: i64) -> Value {
     })
 }
 
+/// HGETALL of the bodies, ZRANGE WITHSCORES of the scores, the version.
+type Snapshot = (Vec<(i64, String)>, Vec<(i64, f64)>, Option<i64>);
+
 /// `GET /api/comments`: every comment, most liked first (ties: oldest
 /// first), read in one MULTI; plus what the page needs to subscribe.
 async fn list(State(app): State<Shared>) -> Result<Json<Value>, AppError> {
     let mut con = app.redis.clone();
-    let (bodies, scores, version): (Vec<(i64, String)>, Vec<(i64, f64)>, Option<i64>) =
-        redis::pipe()
-            .atomic()
-            .cmd("HGETALL")
-            .arg(COMMENTS)
-            .cmd("ZRANGE")
-            .arg(SCORES)
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .cmd("GET")
-            .arg(VERSION)
-            .query_async(&mut con)
-            .await
-            .map_err(redis_error)?;
+    let (bodies, scores, version): Snapshot = redis::pipe()
+        .atomic()
+        .cmd("HGETALL")
+        .arg(COMMENTS)
+        .cmd("ZRANGE")
+        .arg(SCORES)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .cmd("GET")
+        .arg(VERSION)
+        .query_async(&mut con)
+        .await
+        .map_err(redis_error)?;
     let version = version.unwrap_or(0);
     let bodies: std::collections::HashMap<i64, String> = bodies.into_iter().collect();
     let mut comments: Vec<(i64, i64)> = scores
@@ -199,7 +201,11 @@ async fn add(
         .map_err(redis_error)?;
     let comment = comment_json(id, &stored, 0, v);
     app.herald
-        .publish(TOPIC, &json!({ "kind": "comment", "comment": comment }), false)
+        .publish(
+            TOPIC,
+            &json!({ "kind": "comment", "comment": comment }),
+            false,
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(comment)))
 }
