@@ -8,16 +8,20 @@
 # a fixed development key shared with the apps through HERALD_JWT_KEY, and
 # --cors-origins listing every app (their pages subscribe across origins).
 # Data (Herald's history, the apps' SQLite files) stays in
-# target/examples-data between runs; delete it to start afresh.
+# target/examples-data between runs; delete it to start afresh. The likes
+# app keeps its comments in a redis-server started here on port 6390
+# (REDIS_PORT) with `--save ''`: in memory only, gone when this script stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
 # One line per app: example name, port, what it is. The binary is
 # `cargo build --example NAME`; it gets LISTEN, DATA_DIR, HERALD_URL,
-# HERALD_JWT_KEY and SESSION_KEY in its environment.
+# HERALD_JWT_KEY, SESSION_KEY and REDIS_URL in its environment.
 APPS=(
   "notifications 3001 per-user notification center (scenario 1)"
+  "likes         3002 live likes and comments, in Redis (scenario 2)"
+  "dashboard     3004 live dashboard: CPU, memory, network, price, log tail (scenario 4)"
   "chat          3005 instant messaging (scenario 5)"
 )
 
@@ -53,6 +57,30 @@ for app in "${APPS[@]}"; do
 done
 cors=$(IFS=,; echo "${origins[*]}")
 
+# Wait until each is listening (or has died).
+wait_port() {
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    for pid in "${pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null || { echo "a process exited; see the logs in $DATA" >&2; return 1; }
+    done
+    sleep 0.1
+  done
+  echo "127.0.0.1:$1 is not listening after 10 s; see the logs in $DATA" >&2
+  return 1
+}
+command -v redis-server >/dev/null 2>&1 || {
+  echo "redis-server not found (apt-get install redis-server): the likes example needs it" >&2
+  exit 1
+}
+REDIS_PORT="${REDIS_PORT:-6390}"
+export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+  --dir "$DATA" >"$DATA/redis.log" 2>&1 &
+pids+=($!)
+# The apps connect at startup: Redis first.
+wait_port "$REDIS_PORT"
+
 HERALD_LOG="${HERALD_LOG:-herald=warn}" "$CARGO_TARGET_DIR/release/herald" serve \
   --listen "127.0.0.1:$HERALD_PORT" \
   --data-dir "$DATA/herald" \
@@ -66,18 +94,6 @@ for app in "${APPS[@]}"; do
   pids+=($!)
 done
 
-# Wait until each is listening (or has died).
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    for pid in "${pids[@]}"; do
-      kill -0 "$pid" 2>/dev/null || { echo "a process exited; see the logs in $DATA" >&2; return 1; }
-    done
-    sleep 0.1
-  done
-  echo "127.0.0.1:$1 is not listening after 10 s; see the logs in $DATA" >&2
-  return 1
-}
 wait_port "$HERALD_PORT"
 for app in "${APPS[@]}"; do
   read -r _ port _ <<<"$app"
@@ -86,6 +102,7 @@ done
 
 echo
 echo "Herald          $HERALD_URL/   (hub: $HERALD_URL/.well-known/mercure)"
+echo "Redis           $REDIS_URL   (the likes app's store; in memory only)"
 for app in "${APPS[@]}"; do
   read -r name port what <<<"$app"
   printf '%-15s http://127.0.0.1:%s/   %s\n' "$name" "$port" "$what"

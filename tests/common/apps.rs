@@ -84,8 +84,15 @@ pub struct App {
 }
 
 impl App {
-    pub fn start(bin: &Path, listen: &str, herald_url: &str, data_dir: &Path) -> App {
+    pub fn start(
+        bin: &Path,
+        listen: &str,
+        herald_url: &str,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> App {
         let mut child = Command::new(bin)
+            .envs(env.iter().copied())
             .env("LISTEN", listen)
             .env("HERALD_URL", herald_url)
             .env("HERALD_JWT_KEY", KEY)
@@ -125,6 +132,11 @@ impl Drop for App {
 /// may print `@restart-app` to have the app killed (SIGKILL) and started
 /// again on the same port and data dir. Returns the script's report.
 pub fn run_example(name: &str, script: &str) -> String {
+    run_example_with_env(name, script, &[])
+}
+
+/// [`run_example`], the app getting `env` too (e.g. `REDIS_URL`).
+pub fn run_example_with_env(name: &str, script: &str, env: &[(&str, &str)]) -> String {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
         dir.join("node_modules/playwright-core").exists(),
@@ -140,7 +152,7 @@ pub fn run_example(name: &str, script: &str) -> String {
 
     let herald_port = free_port();
     let herald_url = format!("http://127.0.0.1:{herald_port}");
-    let mut app = App::start(&bin, "127.0.0.1:0", &herald_url, data.path());
+    let mut app = App::start(&bin, "127.0.0.1:0", &herald_url, data.path(), env);
     let app_addr = app.base.strip_prefix("http://").expect("http").to_string();
     // The app's page subscribes across origins: Herald lists it.
     let server = Server::start_raw(
@@ -176,7 +188,7 @@ pub fn run_example(name: &str, script: &str) -> String {
         let line = line.expect("read node output");
         if line == "@restart-app" {
             app.kill();
-            app = App::start(&bin, &app_addr, &herald_url, data.path());
+            app = App::start(&bin, &app_addr, &herald_url, data.path(), env);
             writeln!(to_node, "restarted").expect("answer node");
             continue;
         }
@@ -189,4 +201,47 @@ pub fn run_example(name: &str, script: &str) -> String {
     drop(server);
     assert!(status.success(), "{script} failed:\n{report}");
     report
+}
+
+/// A throwaway `redis-server` on a free loopback port (no persistence),
+/// killed when dropped.
+pub struct Redis {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("redis dir");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dir", dir.path().to_str().expect("utf-8 path")])
+            .args(["--save", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (apt-get install redis-server)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not come up on port {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Redis {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

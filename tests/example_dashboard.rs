@@ -1,0 +1,13 @@
+//! The live dashboard example (examples/dashboard, scenario 4) in real
+//! Chromium: values that move every second, two people's tabs that agree,
+//! the app's log tail, and a busy tab that catches up in one frame. The
+//! checks are in `tests/browser/example_dashboard.mjs`. Needs the example
+//! built (`cargo build --release --examples`, as scripts/test-all.sh does).
+
+mod common;
+
+#[test]
+fn dashboard_in_chromium() {
+    let report = common::apps::run_example("dashboard", "example_dashboard.mjs");
+    assert_eq!(report.matches("ok - ").count(), 6, "{report}");
+}
