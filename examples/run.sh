@@ -17,10 +17,12 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
 # One line per app: example name, port, what it is. The binary is
 # `cargo build --example NAME`; it gets LISTEN, DATA_DIR, HERALD_URL,
-# HERALD_JWT_KEY, SESSION_KEY and REDIS_URL in its environment.
+# HERALD_JWT_KEY, SESSION_KEY and REDIS_URL in its environment (export's
+# worker publishes through HERALD_PUBLISH_URL, unset here: the same Herald).
 APPS=(
   "notifications 3001 per-user notification center (scenario 1)"
   "likes         3002 live likes and comments, in Redis (scenario 2)"
+  "export        3003 async export job: progress bar, then a download pop-up (scenario 3)"
   "dashboard     3004 live dashboard: CPU, memory, network, price, log tail (scenario 4)"
   "chat          3005 instant messaging (scenario 5)"
 )

@@ -1,0 +1,485 @@
+//! Scenario 3: an async export job, its progress pushed to the page.
+//!
+//! Log in with a name (a signed cookie) and press "Export": the app starts
+//! the job in a *separate worker process* (this same binary, run as
+//! `export worker ...`), which writes a CSV file for a few seconds and
+//! publishes its progress (0..100 %) and finally a "ready" event with the
+//! download link. The page shows a progress bar, then a pop-up with the
+//! link; the app serves the file to its owner only.
+//!
+//! Herald integration, all of it:
+//! - the worker publishes *private* updates on the user's topic
+//!   `https://example.app/users/{name}/jobs` with a publisher JWT it mints
+//!   for that topic (the key it shares with Herald, `HERALD_JWT_KEY`);
+//! - the page gets a subscriber JWT for its user's topic only (`GET
+//!   /api/me`) and subscribes with herald.js, imported from the hub;
+//! - cluster mode: the page subscribes on `HERALD_URL` (node A), the worker
+//!   publishes through `HERALD_PUBLISH_URL` (node B, default `HERALD_URL`);
+//!   Herald's Redis transport carries the updates from B to A.
+//!
+//! Run: `bash examples/run.sh` (or `cargo run --release --example export`
+//! with `HERALD_JWT_KEY`, `HERALD_URL`, `HERALD_PUBLISH_URL`, `LISTEN`,
+//! `DATA_DIR`). `EXPORT_STEP_MS` (default 400) is the worker's pace: ten
+//! steps of it per job.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use common::*;
+
+const PAGE: &str = include_str!("page.html");
+/// Rows per export when the request does not say.
+const DEFAULT_ROWS: u64 = 2000;
+const MAX_ROWS: u64 = 100_000;
+/// Running jobs one user may have at once.
+const MAX_RUNNING: usize = 3;
+/// Progress steps per job (10 %, 20 %, ... 100 %).
+const STEPS: u64 = 10;
+
+fn user_topic(name: &str) -> String {
+    format!("https://example.app/users/{name}/jobs")
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum JobState {
+    Running,
+    Ready,
+    Failed,
+}
+
+impl JobState {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Ready => "ready",
+            JobState::Failed => "failed",
+        }
+    }
+}
+
+struct Job {
+    owner: String,
+    rows: u64,
+    created_at: i64,
+    state: JobState,
+}
+
+struct App {
+    settings: Settings,
+    sessions: Sessions,
+    /// Where the worker publishes (node B in a cluster).
+    publish_url: String,
+    exports_dir: PathBuf,
+    jobs: Mutex<HashMap<String, Job>>,
+}
+
+type Shared = Arc<App>;
+
+fn publish_url_from_env(settings: &Settings) -> String {
+    std::env::var("HERALD_PUBLISH_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| v.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| settings.herald_url.clone())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    if args.get(1).map(String::as_str) == Some("worker") {
+        std::process::exit(runtime.block_on(worker(&args[2..])));
+    }
+    runtime.block_on(serve_app());
+}
+
+async fn serve_app() {
+    let settings = Settings::from_env("127.0.0.1:3003", "export-data");
+    let exports_dir = settings.data_dir.join("exports");
+    if let Err(e) = std::fs::create_dir_all(&exports_dir) {
+        eprintln!("error: cannot create {}: {e}", exports_dir.display());
+        std::process::exit(1);
+    }
+    let app = Arc::new(App {
+        sessions: Sessions::new("export_session", &settings.session_key),
+        publish_url: publish_url_from_env(&settings),
+        exports_dir,
+        jobs: Mutex::new(HashMap::new()),
+        settings,
+    });
+    let listen = app.settings.listen.clone();
+    serve(router(app), &listen, "export").await;
+}
+
+fn router(app: Shared) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/api/login", post(login))
+        .route("/api/logout", post(logout))
+        .route("/api/me", get(me))
+        .route("/api/exports", get(list).post(start_export))
+        .route("/api/exports/{id}", get(status))
+        .route("/api/exports/{id}/download", get(download))
+        .fallback(|| async { AppError::not_found("no such page or API") })
+        .layer(DefaultBodyLimit::max(16 * 1024))
+        .with_state(app)
+}
+
+async fn index(State(app): State<Shared>) -> Response {
+    page(PAGE, &app.settings)
+}
+
+#[derive(Deserialize)]
+struct Login {
+    name: String,
+}
+
+async fn login(
+    State(app): State<Shared>,
+    JsonBody(req): JsonBody<Login>,
+) -> Result<Response, AppError> {
+    let name = user_name(&req.name)?;
+    Ok((
+        [(header::SET_COOKIE, app.sessions.login(&name))],
+        Json(json!({ "name": name })),
+    )
+        .into_response())
+}
+
+async fn logout(State(app): State<Shared>) -> Response {
+    (
+        [(header::SET_COOKIE, app.sessions.logout())],
+        Json(json!({})),
+    )
+        .into_response()
+}
+
+/// Who is logged in, and what the page needs to subscribe: the hub (node
+/// A), the topic, and a subscriber JWT that may read this user's topic only.
+async fn me(State(app): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
+    let name = app.sessions.user(&headers)?;
+    let topic = user_topic(&name);
+    Ok(Json(json!({
+        "name": name,
+        "hub": format!("{}/.well-known/mercure", app.settings.herald_url),
+        "topics": [topic],
+        "token": subscriber_token(&app.settings, &[topic]),
+    })))
+}
+
+fn file_of(app: &App, id: &str) -> PathBuf {
+    app.exports_dir.join(format!("{id}.csv"))
+}
+
+fn job_json(app: &App, id: &str, job: &Job) -> Value {
+    // The worker renames the file into place before it says "ready": a
+    // finished file is ready even if the app has not yet seen it exit.
+    let state = if job.state == JobState::Running && file_of(app, id).exists() {
+        JobState::Ready
+    } else {
+        job.state
+    };
+    json!({
+        "id": id,
+        "rows": job.rows,
+        "created_at": job.created_at,
+        "state": state.as_str(),
+        "download": format!("/api/exports/{id}/download"),
+    })
+}
+
+/// A job id is 32 lowercase hex digits (a v4 UUID, simple form).
+fn job_id(raw: &str) -> Result<String, AppError> {
+    if raw.len() != 32 || !raw.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(AppError::bad_request(format!(
+            "{raw:?} is not a job id (32 hex digits)"
+        )));
+    }
+    Ok(raw.to_string())
+}
+
+/// The job `raw`, if it is `name`'s: 400 for a malformed id, 404 for an
+/// unknown one, 403 for another user's.
+fn owned_job(app: &App, name: &str, raw: &str) -> Result<(String, Value), AppError> {
+    let id = job_id(raw)?;
+    let jobs = app.jobs.lock().unwrap();
+    let job = jobs
+        .get(&id)
+        .ok_or_else(|| AppError::not_found(format!("no export job {id}")))?;
+    if job.owner != name {
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            format!("export job {id} belongs to another user"),
+        ));
+    }
+    Ok((id.clone(), job_json(app, &id, job)))
+}
+
+async fn list(State(app): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
+    let name = app.sessions.user(&headers)?;
+    let jobs = app.jobs.lock().unwrap();
+    let mut mine: Vec<Value> = jobs
+        .iter()
+        .filter(|(_, j)| j.owner == name)
+        .map(|(id, j)| job_json(&app, id, j))
+        .collect();
+    mine.sort_by_key(|j| std::cmp::Reverse(j["created_at"].as_i64()));
+    Ok(Json(json!({ "jobs": mine })))
+}
+
+async fn status(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let name = app.sessions.user(&headers)?;
+    Ok(Json(owned_job(&app, &name, &id)?.1))
+}
+
+#[derive(Deserialize, Default)]
+struct StartExport {
+    #[serde(default)]
+    rows: Option<Value>,
+}
+
+fn rows_of(raw: &Option<Value>) -> Result<u64, AppError> {
+    match raw {
+        None | Some(Value::Null) => Ok(DEFAULT_ROWS),
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=MAX_ROWS).contains(&n) => Ok(n),
+            _ => Err(AppError::bad_request(format!(
+                "rows must be a whole number from 1 to {MAX_ROWS}, not {v}"
+            ))),
+        },
+    }
+}
+
+/// `POST /api/exports {"rows"}`: start an export in a worker process;
+/// answers 202 with the job. Its progress arrives on the user's topic.
+async fn start_export(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<StartExport>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let name = app.sessions.user(&headers)?;
+    let rows = rows_of(&req.rows)?;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    {
+        let mut jobs = app.jobs.lock().unwrap();
+        let running = jobs
+            .values()
+            .filter(|j| j.owner == name && j.state == JobState::Running)
+            .count();
+        if running >= MAX_RUNNING {
+            return Err(AppError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("you already have {running} exports running; wait for one to finish"),
+            ));
+        }
+        jobs.insert(
+            id.clone(),
+            Job {
+                owner: name.clone(),
+                rows,
+                created_at: now_ms(),
+                state: JobState::Running,
+            },
+        );
+    }
+    let exe = std::env::current_exe().map_err(AppError::internal)?;
+    let spawned = tokio::process::Command::new(exe)
+        .arg("worker")
+        .args(["--job", &id, "--user", &name, "--rows", &rows.to_string()])
+        .arg("--out")
+        .arg(file_of(&app, &id))
+        .env("HERALD_PUBLISH_URL", &app.publish_url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            app.jobs.lock().unwrap().remove(&id);
+            return Err(AppError::internal(format!("cannot start the worker: {e}")));
+        }
+    };
+    let watcher = app.clone();
+    let job = id.clone();
+    tokio::spawn(async move {
+        let ok = matches!(child.wait().await, Ok(s) if s.success());
+        let state = if ok && file_of(&watcher, &job).exists() {
+            JobState::Ready
+        } else {
+            JobState::Failed
+        };
+        if let Some(j) = watcher.jobs.lock().unwrap().get_mut(&job) {
+            j.state = state;
+        }
+    });
+    let body = owned_job(&app, &name, &id)?.1;
+    Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+/// `GET /api/exports/{id}/download`: the file, to its owner only.
+async fn download(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    let name = app.sessions.user(&headers)?;
+    let (id, job) = owned_job(&app, &name, &id)?;
+    if job["state"] == "failed" {
+        return Err(AppError::new(
+            StatusCode::GONE,
+            format!("export job {id} failed; start a new one"),
+        ));
+    }
+    let bytes = match tokio::fs::read(file_of(&app, &id)).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(AppError::new(
+                StatusCode::CONFLICT,
+                format!("export job {id} is not finished yet"),
+            ))
+        }
+        Err(e) => return Err(AppError::internal(e)),
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"export-{id}.csv\""),
+            ),
+            (header::CACHE_CONTROL, "private, no-store".to_string()),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+// --- the worker process --------------------------------------------------
+
+struct WorkerArgs {
+    job: String,
+    user: String,
+    rows: u64,
+    out: PathBuf,
+}
+
+fn worker_args(args: &[String]) -> Result<WorkerArgs, String> {
+    let mut map = HashMap::new();
+    let mut it = args.iter();
+    while let Some(k) = it.next() {
+        let v = it.next().ok_or_else(|| format!("{k} needs a value"))?;
+        map.insert(k.as_str(), v.clone());
+    }
+    let get = |k: &str| map.get(k).cloned().ok_or_else(|| format!("missing {k}"));
+    Ok(WorkerArgs {
+        job: job_id(&get("--job")?).map_err(|e| e.message)?,
+        user: user_name(&get("--user")?).map_err(|e| e.message)?,
+        rows: get("--rows")?
+            .parse()
+            .map_err(|e| format!("--rows: {e}"))?,
+        out: PathBuf::from(get("--out")?),
+    })
+}
+
+/// `export worker --job ID --user NAME --rows N --out FILE`: write the
+/// export step by step, publishing progress through `HERALD_PUBLISH_URL`.
+async fn worker(args: &[String]) -> i32 {
+    let w = match worker_args(args) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("usage: export worker --job ID --user NAME --rows N --out FILE: {e}");
+            return 2;
+        }
+    };
+    let mut settings = Settings::from_env("127.0.0.1:0", "export-data");
+    settings.herald_url = publish_url_from_env(&settings);
+    let topic = user_topic(&w.user);
+    let herald = Publisher::new(&settings, &[topic.as_str()]);
+    let step_ms: u64 = std::env::var("EXPORT_STEP_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    let pid = std::process::id();
+    let event = |kind: &str, percent: u64| {
+        json!({ "kind": kind, "job": w.job, "percent": percent, "rows": w.rows, "worker": pid })
+    };
+    match run_job(&w, &herald, &topic, step_ms, &event).await {
+        Ok(bytes) => {
+            let mut ready = event("ready", 100);
+            ready["bytes"] = json!(bytes);
+            ready["download"] = json!(format!("/api/exports/{}/download", w.job));
+            match herald.publish(&topic, &ready, true).await {
+                Ok(_) => 0,
+                Err(e) => {
+                    eprintln!("export worker {}: {}", w.job, e.message);
+                    1
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("export worker {}: {e}", w.job);
+            let mut failed = event("failed", 0);
+            failed["error"] = json!(e);
+            let _ = herald.publish(&topic, &failed, true).await;
+            1
+        }
+    }
+}
+
+async fn run_job(
+    w: &WorkerArgs,
+    herald: &Publisher,
+    topic: &str,
+    step_ms: u64,
+    event: &impl Fn(&str, u64) -> Value,
+) -> Result<usize, String> {
+    let tmp = w.out.with_extension("csv.part");
+    let mut file = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let mut bytes = 0usize;
+    let mut write = |s: String| -> Result<(), String> {
+        bytes += s.len();
+        file.write_all(s.as_bytes()).map_err(|e| e.to_string())
+    };
+    write(format!("# export {} for {}\n", w.job, w.user))?;
+    write("row,user,value\n".to_string())?;
+    herald
+        .publish(topic, &event("progress", 0), true)
+        .await
+        .map_err(|e| e.message)?;
+    let mut done = 0u64;
+    for step in 1..=STEPS {
+        tokio::time::sleep(Duration::from_millis(step_ms)).await;
+        let upto = w.rows * step / STEPS;
+        while done < upto {
+            done += 1;
+            write(format!("{done},{},{}\n", w.user, done * done % 9973))?;
+        }
+        if step < STEPS {
+            herald
+                .publish(topic, &event("progress", step * 100 / STEPS), true)
+                .await
+                .map_err(|e| e.message)?;
+        }
+    }
+    file.sync_all().map_err(|e| e.to_string())?;
+    drop(file);
+    std::fs::rename(&tmp, &w.out).map_err(|e| e.to_string())?;
+    Ok(bytes)
+}

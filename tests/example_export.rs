@@ -1,0 +1,121 @@
+//! The async export example (examples/export, scenario 3) in real
+//! Chromium, clustered: a real `redis-server`, two herald nodes sharing it
+//! with `--transport redis://...`, the page subscribing on node 1 and the
+//! export worker (a separate process the app starts) publishing through
+//! node 2. The page's progress bar advances, the "ready" pop-up appears,
+//! its link downloads the file; another user sees nothing of the job (live
+//! or by replay, on either node) and cannot download it; bad input gets a
+//! clear 4xx. The checks are in `tests/browser/example_export.mjs`. Needs
+//! the example built (`cargo build --release --examples`) and
+//! `redis-server` on PATH.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::apps::{example_bin, free_port, screenshot_dir, App, Redis};
+use common::{publisher, Server, KEY};
+
+/// Wait until the node answers `/readyz` 200 (it caught up with the log).
+fn wait_ready(base: &str) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = reqwest::get(format!("{base}/readyz")).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "{base}/readyz is not 200");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+#[test]
+fn export_in_chromium_on_two_clustered_nodes() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is not installed: run scripts/test-all.sh (or `npm ci` in tests/browser)"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} not found: run scripts/test-all.sh (it installs Debian's chromium)"
+    );
+    let bin = example_bin("export");
+    let redis = Redis::start();
+    let data = tempfile::tempdir().expect("app data dir");
+
+    // The app needs both hub URLs, the hubs need the app's origin: choose
+    // the hubs' ports first.
+    let (port1, port2) = (free_port(), free_port());
+    let (node1_url, node2_url) = (
+        format!("http://127.0.0.1:{port1}"),
+        format!("http://127.0.0.1:{port2}"),
+    );
+    let app = App::start(
+        &bin,
+        "127.0.0.1:0",
+        &node1_url,
+        data.path(),
+        &[
+            ("HERALD_PUBLISH_URL", &node2_url),
+            ("EXPORT_STEP_MS", "400"),
+        ],
+    );
+    let node = |port: u16| {
+        Server::start_raw(
+            &[
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--jwt-key",
+                KEY,
+                "--transport",
+                &redis.url,
+                "--cors-origins",
+                &app.base,
+            ],
+            &[],
+        )
+    };
+    let node1 = node(port1);
+    let node2 = node(port2);
+    wait_ready(&node1.base);
+    wait_ready(&node2.base);
+
+    let mut script = Command::new("node")
+        .arg("example_export.mjs")
+        .current_dir(&dir)
+        .env("APP_URL", &app.base)
+        .env("HERALD_URL", &node1.base)
+        .env("HERALD2_URL", &node2.base)
+        .env("HERALD_TOKEN", publisher())
+        .env("SCREENSHOT_DIR", screenshot_dir())
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run node");
+    let mut report = String::new();
+    for line in BufReader::new(script.stdout.take().expect("stdout")).lines() {
+        let line = line.expect("read node output");
+        println!("{line}");
+        report.push_str(&line);
+        report.push('\n');
+    }
+    let status = script.wait().expect("wait for node");
+    drop(app);
+    drop(node1);
+    drop(node2);
+    drop(redis);
+    assert!(status.success(), "example_export.mjs failed:\n{report}");
+    assert_eq!(report.matches("ok - ").count(), 6, "{report}");
+}
