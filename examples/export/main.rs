@@ -203,7 +203,11 @@ fn job_json(app: &App, id: &str, job: &Job) -> Value {
 
 /// A job id is 32 lowercase hex digits (a v4 UUID, simple form).
 fn job_id(raw: &str) -> Result<String, AppError> {
-    if raw.len() != 32 || !raw.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if raw.len() != 32
+        || !raw
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(AppError::bad_request(format!(
             "{raw:?} is not a job id (32 hex digits)"
         )));
@@ -391,9 +395,7 @@ fn worker_args(args: &[String]) -> Result<WorkerArgs, String> {
     Ok(WorkerArgs {
         job: job_id(&get("--job")?).map_err(|e| e.message)?,
         user: user_name(&get("--user")?).map_err(|e| e.message)?,
-        rows: get("--rows")?
-            .parse()
-            .map_err(|e| format!("--rows: {e}"))?,
+        rows: get("--rows")?.parse().map_err(|e| format!("--rows: {e}"))?,
         out: PathBuf::from(get("--out")?),
     })
 }
@@ -417,9 +419,7 @@ async fn worker(args: &[String]) -> i32 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(400);
     let pid = std::process::id();
-    let event = |kind: &str, percent: u64| {
-        json!({ "kind": kind, "job": w.job, "percent": percent, "rows": w.rows, "worker": pid })
-    };
+    let event = |kind: &str, percent: u64| json!({ "kind": kind, "job": w.job, "percent": percent, "rows": w.rows, "worker": pid });
     match run_job(&w, &herald, &topic, step_ms, &event).await {
         Ok(bytes) => {
             let mut ready = event("ready", 100);
