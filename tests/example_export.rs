@@ -2,7 +2,8 @@
 //! Chromium, clustered: a real `redis-server`, two herald nodes sharing it
 //! with `--transport redis://...`, the page subscribing on node 1 and the
 //! export worker (a separate process the app starts) publishing through
-//! node 2. The page's progress bar advances, the "ready" pop-up appears,
+//! node 2 (node 1 refuses the app's publisher tokens, so the events can
+//! only reach the page through node 2 and Redis). The page's progress bar advances, the "ready" pop-up appears,
 //! its link downloads the file; another user sees nothing of the job (live
 //! or by replay, on either node) and cannot download it; bad input gets a
 //! clear 4xx. The checks are in `tests/browser/example_export.mjs`. Needs
@@ -18,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use common::apps::{example_bin, free_port, screenshot_dir, App, Redis};
 use common::{publisher, Server, KEY};
+
+/// Node 1's publisher key: not the one the worker mints its tokens with.
+const NODE1_PUBLISHER_KEY: &str = "node-1-takes-no-publishes-from-the-app";
 
 /// Wait until the node answers `/readyz` 200 (it caught up with the log).
 fn wait_ready(base: &str) {
@@ -69,24 +73,27 @@ fn export_in_chromium_on_two_clustered_nodes() {
             ("EXPORT_STEP_MS", "400"),
         ],
     );
-    let node = |port: u16| {
-        Server::start_raw(
-            &[
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--jwt-key",
-                KEY,
-                "--transport",
-                &redis.url,
-                "--cors-origins",
-                &app.base,
-            ],
-            &[],
-        )
+    let node = |port: u16, extra: &[&str]| {
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec![
+            "serve",
+            "--listen",
+            &listen,
+            "--jwt-key",
+            KEY,
+            "--transport",
+            &redis.url,
+            "--cors-origins",
+            &app.base,
+        ];
+        args.extend_from_slice(extra);
+        Server::start_raw(&args, &[])
     };
-    let node1 = node(port1);
-    let node2 = node(port2);
+    // Node 1 verifies publisher tokens with another key: it refuses the
+    // worker's, so whatever the page receives came through node 2 and
+    // Redis.
+    let node1 = node(port1, &["--publisher-jwt-key", NODE1_PUBLISHER_KEY]);
+    let node2 = node(port2, &[]);
     wait_ready(&node1.base);
     wait_ready(&node2.base);
 
@@ -97,6 +104,7 @@ fn export_in_chromium_on_two_clustered_nodes() {
         .env("HERALD_URL", &node1.base)
         .env("HERALD2_URL", &node2.base)
         .env("HERALD_TOKEN", publisher())
+        .env("APP_PID", app.child.id().to_string())
         .env("SCREENSHOT_DIR", screenshot_dir())
         .env("CHROMIUM", &chromium)
         .stdin(Stdio::null())

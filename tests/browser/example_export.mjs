@@ -57,7 +57,15 @@ await main('export', async (browser) => {
   check(new URL(app).origin !== new URL(heraldUrl).origin, 'the app and the hub should be on different origins');
   check(JSON.stringify(claimsOf(carolMe.token).mercure.subscribe) === JSON.stringify([topicOf('carol')]),
     `carol's token grants ${JSON.stringify(claimsOf(carolMe.token).mercure)}`);
-  ok('bob and carol logged in through the form; their pages\' streams are open on node 1 (the worker publishes on node 2)');
+  // Node 1 refuses the app's publisher tokens (another publisher key): what
+  // bob's page receives can only come through node 2 and Redis.
+  const refused = await fetch(`${heraldUrl}/.well-known/mercure`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${process.env.HERALD_TOKEN}`, 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ topic: topicOf('bob'), data: '{"kind":"probe"}', private: 'on' }),
+  });
+  check(refused.status === 401, `node 1 answered ${refused.status} to a publish with the app's key`);
+  ok('bob and carol logged in through the form; their pages\' streams are open on node 1, which refuses the app\'s publishers (401): the worker publishes on node 2');
 
   // Live listeners on bob's topic while his job runs: carol (her token) on
   // both nodes, an anonymous client, and bob's own token as the control.
@@ -116,6 +124,7 @@ await main('export', async (browser) => {
     `bob's own stream on node 1 lacks the job's events: ${bobLive}`);
   const workers = new Set(bobEvents.map((e) => e.worker));
   check(workers.size === 1, `events from ${[...workers]} workers`);
+  check(![...workers].includes(Number(process.env.APP_PID)), 'the app published the events itself, not a worker process');
   for (const [who, text] of [['carol on node 1', carolLive1], ['carol on node 2', carolLive2], ['anonymous', anonLive]]) {
     check(!text.includes('data:'), `${who} got bob's events live: ${text}`);
   }
@@ -132,7 +141,7 @@ await main('export', async (browser) => {
   const carolJobs = await c1.evaluate(() => document.querySelectorAll('#jobs li').length);
   check(carolJobs === 0, `carol's page shows ${carolJobs} jobs`);
   check(await c1.isHidden('#popup'), 'carol\'s page shows a pop-up');
-  ok(`carol sees nothing of bob's job: not live (node 1, node 2, anonymous), not by replay (last_event_id=earliest), not in her page; bob's token, the control, got ${bobEvents.length} events`);
+  ok(`carol sees nothing of bob's job: not live (node 1, node 2, anonymous), not by replay (last_event_id=earliest), not in her page; bob's token, the control, got ${bobEvents.length} events, all from worker process ${[...workers][0]} (the app is ${process.env.APP_PID})`);
 
   const carolCookie = await cookieOf(carol, COOKIE);
   await expectError('carol downloads bob\'s file', 403, 'another user', 'GET', `/api/exports/${jobId}/download`, { cookie: carolCookie });
