@@ -113,11 +113,12 @@ async fn serve_app() {
         eprintln!("error: cannot create {}: {e}", exports_dir.display());
         std::process::exit(1);
     }
+    let jobs = load_jobs(&exports_dir);
     let app = Arc::new(App {
         sessions: Sessions::new("export_session", &settings.session_key),
         publish_url: publish_url_from_env(&settings),
         exports_dir,
-        jobs: Mutex::new(HashMap::new()),
+        jobs: Mutex::new(jobs),
         settings,
     });
     let listen = app.settings.listen.clone();
@@ -180,6 +181,57 @@ async fn me(State(app): State<Shared>, headers: HeaderMap) -> Result<Json<Value>
     })))
 }
 
+/// The jobs of earlier runs, from their `{id}.json` records (so a
+/// restarted app still serves their files to their owners): ready if the
+/// file is there, else failed (a worker that outlived the app and finishes
+/// later makes it ready: see `job_json`).
+fn load_jobs(dir: &std::path::Path) -> HashMap<String, Job> {
+    let mut jobs = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return jobs;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|n| job_id(n).ok())
+        else {
+            continue;
+        };
+        let Some(record) = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        else {
+            continue;
+        };
+        let (Some(owner), Some(rows), Some(created_at)) = (
+            record["owner"].as_str(),
+            record["rows"].as_u64(),
+            record["created_at"].as_i64(),
+        ) else {
+            continue;
+        };
+        let state = if dir.join(format!("{id}.csv")).exists() {
+            JobState::Ready
+        } else {
+            JobState::Failed
+        };
+        let owner = owner.to_string();
+        jobs.insert(
+            id,
+            Job {
+                owner,
+                rows,
+                created_at,
+                state,
+            },
+        );
+    }
+    jobs
+}
+
 fn file_of(app: &App, id: &str) -> PathBuf {
     app.exports_dir.join(format!("{id}.csv"))
 }
@@ -187,7 +239,7 @@ fn file_of(app: &App, id: &str) -> PathBuf {
 fn job_json(app: &App, id: &str, job: &Job) -> Value {
     // The worker renames the file into place before it says "ready": a
     // finished file is ready even if the app has not yet seen it exit.
-    let state = if job.state == JobState::Running && file_of(app, id).exists() {
+    let state = if file_of(app, id).exists() {
         JobState::Ready
     } else {
         job.state
@@ -293,12 +345,17 @@ async fn start_export(
                 format!("you already have {running} exports running; wait for one to finish"),
             ));
         }
+        let created_at = now_ms();
+        let record = json!({ "owner": name, "rows": rows, "created_at": created_at });
+        let path = app.exports_dir.join(format!("{id}.json"));
+        std::fs::write(&path, record.to_string())
+            .map_err(|e| AppError::internal(format!("{}: {e}", path.display())))?;
         jobs.insert(
             id.clone(),
             Job {
                 owner: name.clone(),
                 rows,
-                created_at: now_ms(),
+                created_at,
                 state: JobState::Running,
             },
         );
