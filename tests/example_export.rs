@@ -17,7 +17,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::apps::{example_bin, free_port, screenshot_dir, App, Redis};
+use common::apps::{example_bin, screenshot_dir, App};
+use common::redis::{free_port, Redis};
 use common::{publisher, Server, KEY};
 
 /// Node 1's publisher key: not the one the worker mints its tokens with.
@@ -53,7 +54,8 @@ fn export_in_chromium_on_two_clustered_nodes() {
         "{chromium} not found: run scripts/test-all.sh (it installs Debian's chromium)"
     );
     let bin = example_bin("export");
-    let redis = Redis::start();
+    let redis = Redis::start(&[]);
+    let redis_url = redis.url();
     let data = tempfile::tempdir().expect("app data dir");
 
     // The app needs both hub URLs, the hubs need the app's origin: choose
@@ -82,7 +84,7 @@ fn export_in_chromium_on_two_clustered_nodes() {
             "--jwt-key",
             KEY,
             "--transport",
-            &redis.url,
+            &redis_url,
             "--cors-origins",
             &app.base,
         ];

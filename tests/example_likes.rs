@@ -10,11 +10,11 @@ mod common;
 
 #[test]
 fn likes_in_chromium() {
-    let redis = common::apps::Redis::start();
+    let redis = common::redis::Redis::start(&[]);
     let report = common::apps::run_example_with_env(
         "likes",
         "example_likes.mjs",
-        &[("REDIS_URL", &redis.url)],
+        &[("REDIS_URL", &redis.url())],
     );
     drop(redis);
     assert_eq!(report.matches("ok - ").count(), 6, "{report}");

@@ -67,15 +67,9 @@ pub fn example_bin(name: &str) -> PathBuf {
     bin
 }
 
-/// A free loopback port (for herald, whose --cors-origins must name the
-/// apps before it starts, and the apps need its URL).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+// Herald's port is chosen first: its --cors-origins must name the apps
+// before it starts, and the apps need its URL.
+use super::redis::free_port;
 
 /// A running example app.
 pub struct App {
@@ -201,47 +195,4 @@ pub fn run_example_with_env(name: &str, script: &str, env: &[(&str, &str)]) -> S
     drop(server);
     assert!(status.success(), "{script} failed:\n{report}");
     report
-}
-
-/// A throwaway `redis-server` on a free loopback port (no persistence),
-/// killed when dropped.
-pub struct Redis {
-    child: Child,
-    pub url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    pub fn start() -> Redis {
-        let port = free_port();
-        let dir = tempfile::tempdir().expect("redis dir");
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--dir", dir.path().to_str().expect("utf-8 path")])
-            .args(["--save", ""])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (apt-get install redis-server)");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not come up on port {port}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Redis {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -275,3 +275,5 @@ pub fn enc(s: &str) -> String {
 
 /// The example apps' tests (tests/example_*.rs).
 pub mod apps;
+
+pub mod redis;
