@@ -281,15 +281,7 @@ impl Cluster {
                 return Err(error.clone());
             }
         }
-        match self
-            .client
-            .get_multiplexed_async_connection_with_config(
-                &AsyncConnectionConfig::new()
-                    .set_connection_timeout(CONNECT_TIMEOUT)
-                    .set_response_timeout(RESPONSE_TIMEOUT),
-            )
-            .await
-        {
+        match self.dial(RESPONSE_TIMEOUT).await {
             Ok(conn) => {
                 *self.dial_failure.lock() = None;
                 let mut slot = self.conn.lock().await;
@@ -301,6 +293,17 @@ impl Cluster {
                 Err(error)
             }
         }
+    }
+
+    /// A new connection whose commands fail after `response_timeout`.
+    async fn dial(&self, response_timeout: Duration) -> redis::RedisResult<MultiplexedConnection> {
+        self.client
+            .get_multiplexed_async_connection_with_config(
+                &AsyncConnectionConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(response_timeout),
+            )
+            .await
     }
 
     /// Forget the publish connection after an error: the next call dials
@@ -646,15 +649,8 @@ impl Cluster {
             }
             drop(hub_ref);
             if conn.is_none() {
-                match self
-                    .client
-                    .get_multiplexed_async_connection_with_config(
-                        &AsyncConnectionConfig::new()
-                            .set_connection_timeout(CONNECT_TIMEOUT)
-                            .set_response_timeout(BLOCK + RESPONSE_TIMEOUT),
-                    )
-                    .await
-                {
+                // Its reads block up to BLOCK before they answer.
+                match self.dial(BLOCK + RESPONSE_TIMEOUT).await {
                     Ok(c) => {
                         if self.stats.reconnects.fetch_add(1, Ordering::Relaxed) > 0 {
                             tracing::info!(node = %self.config.node_id, "reconnected to the cluster log");

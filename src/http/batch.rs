@@ -24,8 +24,6 @@ use serde::Deserialize;
 use super::publish::{authorize_publisher, parse_fields, read_body, require_media_type};
 use super::{AppState, HttpError};
 use crate::auth::AuthError;
-use crate::hub::IdOrigin;
-use crate::update::Update;
 
 /// One line of a batch.
 #[derive(Debug, Deserialize)]
@@ -149,21 +147,7 @@ async fn handle(
                 )));
             }
         }
-        let (id, origin) = match req.id {
-            Some(id) => (id, IdOrigin::Chosen),
-            None => (Update::generate_id(), IdOrigin::Generated),
-        };
-        updates.push((
-            Update::new(
-                id,
-                req.topics,
-                req.private,
-                req.event_type,
-                req.retry,
-                req.data,
-            ),
-            origin,
-        ));
+        updates.push(req.into_update());
     }
     if updates.is_empty() {
         return Err(HttpError::bad_request(

@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::{check_cookie_origin, find_token, form, verify, AppState, HttpError, HUB_PATH};
 use crate::auth::AuthError;
-use crate::hub::Update;
+use crate::hub::{IdOrigin, Update};
 use crate::sse::{is_control_or_format, validate_field_value};
 
 /// A publish request, validated but not yet authorized.
@@ -20,6 +20,26 @@ pub struct PublishRequest {
     pub id: Option<String>,
     pub event_type: Option<String>,
     pub retry: Option<u64>,
+}
+
+impl PublishRequest {
+    /// The update to publish, with the publisher's id or a fresh one, and
+    /// which of the two it is.
+    pub fn into_update(self) -> (Update, IdOrigin) {
+        let (id, origin) = match self.id {
+            Some(id) => (id, IdOrigin::Chosen),
+            None => (Update::generate_id(), IdOrigin::Generated),
+        };
+        let update = Update::new(
+            id,
+            self.topics,
+            self.private,
+            self.event_type,
+            self.retry,
+            self.data,
+        );
+        (update, origin)
+    }
 }
 
 /// Validate the form fields. Limits (number and length of topics) answer
@@ -218,15 +238,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Str
         ))
         .into());
     }
-    let id = req.id.unwrap_or_else(Update::generate_id);
-    let update = Update::new(
-        id,
-        req.topics,
-        req.private,
-        req.event_type,
-        req.retry,
-        req.data,
-    );
+    let (update, _) = req.into_update();
     let update = state.hub.publish(update).await?;
     Ok(update.id.clone())
 }

@@ -310,24 +310,37 @@ impl Hub {
     /// `durable: false` marks live-only events (subscription events from
     /// any node): delivered, never stored.
     pub async fn apply(&self, updates: Vec<Arc<Update>>, durable: bool) -> Result<(), HubError> {
-        if updates.is_empty() {
+        let updates = updates.into_iter().map(|u| (u, false));
+        self.commit_together(updates, durable, None).await
+    }
+
+    /// Hand updates to the committer as one request, in order, and wait
+    /// for its answer, which rides on the last of them. `(update,
+    /// chosen_id)` pairs; `group` makes them all-or-nothing.
+    async fn commit_together(
+        &self,
+        updates: impl ExactSizeIterator<Item = (Arc<Update>, bool)>,
+        durable: bool,
+        group: Option<u64>,
+    ) -> Result<(), HubError> {
+        let Some(last) = updates.len().checked_sub(1) else {
             return Ok(());
-        }
+        };
         let (reply, answer) = oneshot::channel();
         let mut reply = Some(reply);
-        let last = updates.len() - 1;
         let pending = updates
-            .into_iter()
             .enumerate()
-            .map(|(i, update)| Pending {
+            .map(|(i, (update, chosen_id))| Pending {
                 update,
                 reply: if i == last { reply.take() } else { None },
                 durable,
-                group: None,
-                chosen_id: false,
+                group,
+                chosen_id,
             })
             .collect();
         self.enqueue(CommitRequest::PublishAll(pending))?;
+        // A dropped reply means the committer stopped (or panicked) before
+        // these updates were stored.
         answer.await.map_err(|_| self.stopped_error())??;
         Ok(())
     }
@@ -422,22 +435,8 @@ impl Hub {
             return Ok(updates);
         }
         let group = self.next_key.fetch_add(1, Ordering::Relaxed);
-        let (reply, answer) = oneshot::channel();
-        let mut reply = Some(reply);
-        let last = updates.len() - 1;
-        let pending = updates
-            .iter()
-            .enumerate()
-            .map(|(i, u)| Pending {
-                update: u.clone(),
-                reply: if i == last { reply.take() } else { None },
-                durable: true,
-                group: Some(group),
-                chosen_id: chosen[i],
-            })
-            .collect();
-        self.enqueue(CommitRequest::PublishAll(pending))?;
-        answer.await.map_err(|_| self.stopped_error())??;
+        let pairs = updates.iter().cloned().zip(chosen);
+        self.commit_together(pairs, true, Some(group)).await?;
         Ok(updates)
     }
 
