@@ -1,35 +1,46 @@
 //! Cluster mode: many Herald nodes act as one hub, on Redis.
 //!
-//! One ordered log (a Redis stream) holds every update; every node tails it
-//! and delivers what it reads in log order, so every node applies the same
+//! The log is a Redis stream (or `P` of them, "partitions", on one Redis
+//! or spread over several); every node tails every partition and applies
+//! what it reads in one merged order, so every node applies the same
 //! sequence. See docs/cluster.md for the design and what each setting
 //! promises.
 //!
-//! - **Publish** (any node): one Lua script checks that the ids are new,
-//!   takes the next numbers of the log's counter, `XADD`s each update and
-//!   records `id -> number`; only then does the publisher get 200. A batch
-//!   is one script call: all of it or nothing.
-//! - **Tail** (every node): `XREAD BLOCK` on its own connection from the
-//!   last entry applied; each page is applied to the node's history (an
-//!   in-memory replica of the log) and delivered, through the hub's
-//!   committer, in order.
-//! - **Counter**: each entry carries the log's counter value (`n`). A node
-//!   that sees anything but `last + 1` missed entries (it fell behind the
-//!   log's cap) or the log was reset (Redis flushed or restored from an old
-//!   snapshot): it says so in the log, drops its replica (so a resume from
-//!   before answers `earliest` instead of silently skipping) and goes on.
+//! - **Publish** (any node): an update goes to the partition of its first
+//!   (canonical) topic, so each topic lives in one partition. One Lua script
+//!   per Redis checks that the ids are new, takes the next numbers of the
+//!   partition's counter, stamps each entry with the Redis clock (`t`,
+//!   microseconds, strictly increasing per partition), `XADD`s it and
+//!   records `id -> partition:number`; only then does the publisher get
+//!   200. A request whose ids and partitions all live on one Redis is one
+//!   script call: all of it or nothing. Otherwise its ids are first
+//!   reserved on the Redis that owns them (see [`Cluster::append`]).
+//! - **Tail** (every node): one reader per Redis (`XREAD BLOCK` over its
+//!   partitions, on its own connection) hands entries to one merger, which
+//!   applies them in `(t, partition)` order up to the low watermark: an
+//!   entry goes out once no partition can still produce an earlier one (the
+//!   next unread entry of a partition is later than the last one read; an
+//!   idle partition is asked, in one atomic `XREVRANGE` + `TIME`, whether
+//!   anything is unread, and if not the Redis clock bounds it).
+//! - **Counter**: each entry carries its partition's counter value (`n`). A
+//!   node that sees anything but `last + 1` missed entries (it fell behind
+//!   the log's cap) or the log was reset (Redis flushed or restored from an
+//!   old snapshot): it says so in the log, drops its replica (so a resume
+//!   from before answers `earliest` instead of silently skipping) and goes
+//!   on.
 //! - **Resume on another node**: an id this node has not applied yet (it
 //!   came from a faster node) is looked up in Redis, and the subscriber is
-//!   held (at most [`RESUME_HOLD`]) until the tail has applied it.
+//!   held (at most [`RESUME_HOLD`]) until the merger has applied it.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::history::record;
 use crate::hub::{Hub, HubError, SubscriptionInfo};
@@ -38,7 +49,9 @@ use crate::update::Update;
 /// How long a resuming subscriber waits for this node to apply the id it
 /// resumes from (it was published through a faster node).
 pub const RESUME_HOLD: Duration = Duration::from_secs(2);
-/// Entries read from the log at once.
+/// Most partitions (`--redis-partitions`).
+pub const MAX_PARTITIONS: usize = 256;
+/// Entries read from a partition at once.
 const PAGE: usize = 512;
 /// `XREAD BLOCK` time; the tail's connection answers within it.
 const BLOCK: Duration = Duration::from_secs(1);
@@ -53,33 +66,85 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Ids are remembered in Redis (for duplicates and cross-node resume) this
 /// long when `--history-max-age` is not set.
 const DEFAULT_ID_TTL: Duration = Duration::from_secs(24 * 3600);
+/// An id reserved by a publish that spans two Redis instances stays
+/// reserved this long if the publishing node dies half-way.
+const RESERVATION_HOLD: Duration = Duration::from_secs(30);
+/// How often the merger asks again about a partition whose entries are on
+/// their way to it.
+const PROBE_AGAIN: Duration = Duration::from_millis(2);
 
 /// Checks every id, then appends every update: all or nothing.
-/// KEYS: log, counter. ARGV: id key prefix, maxlen, id ttl ms, live ("1":
-/// live-only entries such as subscription events, which are delivered but
-/// never stored, and whose ids are not kept), then (id, record) pairs.
-/// Returns the counter value of each update, or `{"dup", id}`.
+/// KEYS, four per update: its id key, its partition's log, counter and
+/// clock keys. ARGV: maxlen, id ttl ms, mode, then per update: id, record,
+/// partition. Mode `s`: stored, ids checked and recorded here; `r`: stored,
+/// ids reserved and recorded by the caller on another Redis; `l`: live-only
+/// entries (subscription events: delivered, never stored, ids not kept).
+/// Each entry's `t` is the Redis clock in microseconds, strictly increasing
+/// within a partition and within one call. Returns the counter value of
+/// each update, or `{"dup", id}`, or `{"busy", id}` (reserved by a publish
+/// in flight).
 const APPEND: &str = r#"
-local prefix, maxlen, ttl, live = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
-if not live then
-  for i = 5, #ARGV, 2 do
-    if redis.call('EXISTS', prefix .. ARGV[i]) == 1 then
-      return {'dup', ARGV[i]}
-    end
+local maxlen, ttl, mode = ARGV[1], ARGV[2], ARGV[3]
+local count = #KEYS / 4
+if mode == 's' then
+  local seen = {}
+  for i = 0, count - 1 do
+    local key, id = KEYS[i * 4 + 1], ARGV[4 + i * 3]
+    local v = redis.call('GET', key)
+    if v == 'pending' then return {'busy', id} end
+    if v or seen[key] then return {'dup', id} end
+    seen[key] = true
   end
 end
+local clock = redis.call('TIME')
+local prev = tonumber(clock[1]) * 1000000 + tonumber(clock[2]) - 1
 local out = {}
-for i = 5, #ARGV, 2 do
-  local n = redis.call('INCR', KEYS[2])
-  if live then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'n', n, 'r', ARGV[i + 1], 'l', '1')
+for i = 0, count - 1 do
+  local idk, log, ctr, tk = KEYS[i * 4 + 1], KEYS[i * 4 + 2], KEYS[i * 4 + 3], KEYS[i * 4 + 4]
+  local rec, part = ARGV[5 + i * 3], ARGV[6 + i * 3]
+  local n = redis.call('INCR', ctr)
+  local last = tonumber(redis.call('GET', tk) or '0')
+  local t = prev + 1
+  if t <= last then t = last + 1 end
+  prev = t
+  local ts = string.format('%d', t)
+  redis.call('SET', tk, ts)
+  if mode == 'l' then
+    redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'n', n, 't', ts, 'r', rec, 'l', '1')
   else
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'n', n, 'r', ARGV[i + 1])
-    redis.call('SET', prefix .. ARGV[i], n, 'PX', ttl)
+    redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'n', n, 't', ts, 'r', rec)
+    if mode == 's' then
+      redis.call('SET', idk, part .. ':' .. n, 'PX', ttl)
+    end
   end
   out[#out + 1] = n
 end
 return out
+"#;
+
+/// Reserves ids for a publish whose ids live on another Redis than its
+/// log entries. KEYS: id keys. ARGV: hold ms, then the ids. Returns `ok`,
+/// `{"dup", id}` or `{"busy", id}`, having reserved all or none.
+const RESERVE: &str = r#"
+local seen = {}
+for i = 1, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  if v == 'pending' then return {'busy', ARGV[i + 1]} end
+  if v or seen[KEYS[i]] then return {'dup', ARGV[i + 1]} end
+  seen[KEYS[i]] = true
+end
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], 'pending', 'PX', ARGV[1])
+end
+return 'ok'
+"#;
+
+/// Drops reservations that were not used. KEYS: id keys.
+const RELEASE: &str = r#"
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == 'pending' then redis.call('DEL', KEYS[i]) end
+end
+return 'ok'
 "#;
 
 /// A node's subscriptions are kept in Redis this long after its last
@@ -91,36 +156,175 @@ const PRESENCE_HEARTBEAT: Duration = Duration::from_secs(5);
 /// Cluster settings, from the command line.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// `redis://[user:password@]host:port[/db]`.
-    pub url: String,
+    /// `redis://[user:password@]host:port[/db]`, one per Redis instance;
+    /// partition `p` lives on `urls[p % urls.len()]`.
+    pub urls: Vec<String>,
+    /// How many logs the updates are spread over, by topic.
+    pub partitions: usize,
     /// This node's name, in logs and `/readyz`.
     pub node_id: String,
-    /// The log keeps about this many entries (`MAXLEN ~`).
+    /// Each partition's log keeps about this many entries (`MAXLEN ~`).
     pub max_len: usize,
     /// Ids are remembered this long (for duplicates and cross-node resume).
     pub id_ttl: Option<Duration>,
 }
 
-/// Keys of the log in Redis (one partition: `{p0}`, a hash tag, so the
-/// keys of one log live on one Redis Cluster slot).
-struct Keys {
+impl ClusterConfig {
+    /// Split `--transport` (comma-separated URLs).
+    pub fn urls_of(transport: &str) -> Vec<String> {
+        transport
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.urls.is_empty() {
+            anyhow::bail!("--transport names no Redis");
+        }
+        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
+            anyhow::bail!(
+                "--redis-partitions {} is out of range: 1 to {MAX_PARTITIONS}",
+                self.partitions
+            );
+        }
+        if self.partitions < self.urls.len() {
+            anyhow::bail!(
+                "--redis-partitions {} is fewer than the {} Redis instances in --transport: \
+                 each instance holds at least one partition",
+                self.partitions,
+                self.urls.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Keys of one partition (`{pN}` is a hash tag: a partition's keys live
+/// on one Redis Cluster slot).
+struct PartKeys {
     log: String,
     counter: String,
+    /// The clock of the partition's last entry (`t`).
+    clock: String,
     id_prefix: String,
+}
+
+impl PartKeys {
+    fn new(p: usize) -> PartKeys {
+        PartKeys {
+            log: format!("herald:{{p{p}}}:log"),
+            counter: format!("herald:{{p{p}}}:n"),
+            clock: format!("herald:{{p{p}}}:t"),
+            id_prefix: format!("herald:{{p{p}}}:id:"),
+        }
+    }
+}
+
+/// Keys kept once for the cluster, on the first Redis.
+struct SharedKeys {
     /// Followed by a node id: that node's subscriptions (a hash).
     presence_prefix: String,
     /// Nodes with subscriptions, scored by their last heartbeat (ms).
     nodes: String,
+    /// The partition layout every node must share.
+    layout: String,
 }
 
-impl Keys {
-    fn new() -> Keys {
-        Keys {
-            log: "herald:{p0}:log".into(),
-            counter: "herald:{p0}:n".into(),
-            id_prefix: "herald:{p0}:id:".into(),
-            presence_prefix: "herald:{p0}:subs:".into(),
-            nodes: "herald:{p0}:nodes".into(),
+/// One Redis instance and the partitions it holds.
+struct Instance {
+    url: String,
+    client: redis::Client,
+    /// The shared connection (publishes, look-ups, presence), dialled on
+    /// demand after an error.
+    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// When and why the last dial failed.
+    dial_failure: Mutex<Option<(Instant, String)>>,
+    partitions: Vec<usize>,
+    /// Set once its reader has read everything there was at start.
+    caught_up: AtomicBool,
+    /// Why its reader is not following its partitions right now.
+    fault: Mutex<Option<String>>,
+}
+
+fn redis_error(url: &str, e: &redis::RedisError) -> String {
+    format!("the cluster log (Redis at {url}) is unreachable: {e}")
+}
+
+impl Instance {
+    /// The shared connection, dialled when there is none. Dialling happens
+    /// outside the lock, and for a second after a failed dial every caller
+    /// fails at once with that error: during an outage publishes answer 503
+    /// immediately instead of queueing behind each other's connect timeouts.
+    async fn connection(&self) -> Result<MultiplexedConnection, String> {
+        {
+            let slot = self.conn.lock().await;
+            if let Some(conn) = slot.as_ref() {
+                return Ok(conn.clone());
+            }
+        }
+        if let Some((at, error)) = &*self.dial_failure.lock() {
+            if at.elapsed() < DIAL_RETRY {
+                return Err(error.clone());
+            }
+        }
+        match self.dial(RESPONSE_TIMEOUT).await {
+            Ok(conn) => {
+                *self.dial_failure.lock() = None;
+                let mut slot = self.conn.lock().await;
+                Ok(slot.get_or_insert(conn).clone())
+            }
+            Err(e) => {
+                let error = redis_error(&self.url, &e);
+                *self.dial_failure.lock() = Some((Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
+    }
+
+    /// A new connection whose commands fail after `response_timeout`.
+    async fn dial(&self, response_timeout: Duration) -> redis::RedisResult<MultiplexedConnection> {
+        self.client
+            .get_multiplexed_async_connection_with_config(
+                &AsyncConnectionConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(response_timeout),
+            )
+            .await
+    }
+
+    /// Forget the shared connection after an error: the next call dials
+    /// again.
+    async fn drop_connection(&self) {
+        *self.conn.lock().await = None;
+    }
+
+    /// Run a command or script on the shared connection; an error drops
+    /// the connection and is described.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, String> {
+        let mut conn = self.connection().await?;
+        match cmd.query_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.drop_connection().await;
+                Err(redis_error(&self.url, &e))
+            }
+        }
+    }
+
+    fn set_fault(&self, node: &str, reason: String) {
+        let mut fault = self.fault.lock();
+        if fault.as_deref() != Some(reason.as_str()) {
+            tracing::error!(node = %node, redis = %self.url, %reason, "cluster log");
+        }
+        *fault = Some(reason);
+    }
+
+    fn clear_fault(&self, node: &str) {
+        if self.fault.lock().take().is_some() {
+            tracing::info!(node = %node, redis = %self.url, "following the cluster log");
         }
     }
 }
@@ -182,81 +386,171 @@ pub struct ClusterStats {
     pub bad_entries: AtomicU64,
     pub resets: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Idle partitions asked whether anything is unread (the watermark).
+    pub probes: AtomicU64,
+}
+
+/// Where an update is in the log: its partition and counter value.
+pub type LogPosition = (usize, u64);
+
+/// An update of a publish, on its way to the log.
+struct Outgoing<'a> {
+    update: &'a Update,
+    record: Vec<u8>,
+    /// Its log's partition (of its first topic).
+    partition: usize,
+    /// The partition whose id keys remember its id: for an id the publisher
+    /// chose, the id's own (so that a reuse is found whatever the topic);
+    /// for one the hub generated (unique by construction), the update's.
+    id_partition: usize,
+}
+
+/// A log entry read by a reader, for the merger.
+struct Entry {
+    partition: usize,
+    stream_id: String,
+    n: u64,
+    t: Option<u64>,
+    /// None: not a Herald update (counted and skipped).
+    update: Option<(Arc<Update>, bool)>,
+    /// `(last, n)`: the partition's counter did not continue.
+    gap: Option<(u64, u64)>,
+}
+
+/// From the readers to the merger.
+enum Read {
+    Entries(Vec<Entry>),
+    /// The partition's counter went backwards while idle: the log was
+    /// flushed or restored.
+    Reset {
+        partition: usize,
+        last: u64,
+        got: u64,
+    },
+    /// That Redis's reader has read everything there was at start.
+    CaughtUp(usize),
+}
+
+/// A stable hash (FNV-1a): every node must route a topic to the same
+/// partition.
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 pub struct Cluster {
     config: ClusterConfig,
-    client: redis::Client,
-    keys: Keys,
+    instances: Vec<Instance>,
+    parts: Vec<PartKeys>,
+    shared: SharedKeys,
     script: redis::Script,
-    /// The publish connection, reconnected on demand after an error.
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
-    /// When and why the last dial failed.
-    dial_failure: Mutex<Option<(std::time::Instant, String)>>,
-    /// Counter value of the last entry this node applied.
-    applied: watch::Sender<u64>,
-    /// Why the tail is not following the log right now, if it is not.
-    fault: Mutex<Option<String>>,
-    /// Set once the startup back-fill is done.
-    caught_up: AtomicBool,
+    reserve: redis::Script,
+    release: redis::Script,
+    /// Per partition, the counter value of the last entry this node
+    /// applied.
+    applied: watch::Sender<Vec<u64>>,
     /// To the presence task (subscription events and this node's
     /// subscriptions); set by [`Cluster::start_presence`].
-    changes: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Change>>,
+    changes: std::sync::OnceLock<mpsc::UnboundedSender<Change>>,
     /// The nodes heard from within [`PRESENCE_TTL`] and how long ago (ms),
     /// as of the last heartbeat: for the status page.
     known_nodes: Mutex<Vec<(String, u64)>>,
     pub stats: ClusterStats,
 }
 
-fn redis_error(url: &str, e: &redis::RedisError) -> String {
-    format!("the cluster log (Redis at {url}) is unreachable: {e}")
-}
-
 impl Cluster {
-    /// Connect and check the Redis at `config.url`: a Redis that may evict
-    /// keys would lose updates silently, so it is refused by name.
+    /// Connect to and check every Redis: a Redis that may evict keys would
+    /// lose updates silently, so it is refused by name; so is a layout of
+    /// partitions other than the one the cluster already uses.
     pub async fn connect(config: ClusterConfig) -> anyhow::Result<Arc<Cluster>> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| anyhow::anyhow!("--transport {}: {e}", config.url))?;
+        config.check()?;
+        let mut instances = Vec::new();
+        for (i, url) in config.urls.iter().enumerate() {
+            let client = redis::Client::open(url.as_str())
+                .map_err(|e| anyhow::anyhow!("--transport {url}: {e}"))?;
+            instances.push(Instance {
+                url: url.clone(),
+                client,
+                conn: tokio::sync::Mutex::new(None),
+                dial_failure: Mutex::new(None),
+                partitions: (i..config.partitions).step_by(config.urls.len()).collect(),
+                caught_up: AtomicBool::new(false),
+                fault: Mutex::new(Some("catching up with the cluster log".into())),
+            });
+        }
         let cluster = Arc::new(Cluster {
-            client,
-            keys: Keys::new(),
+            instances,
+            parts: (0..config.partitions).map(PartKeys::new).collect(),
+            shared: SharedKeys {
+                presence_prefix: "herald:{p0}:subs:".into(),
+                nodes: "herald:{p0}:nodes".into(),
+                layout: "herald:{p0}:layout".into(),
+            },
             script: redis::Script::new(APPEND),
-            conn: tokio::sync::Mutex::new(None),
-            dial_failure: Mutex::new(None),
-            applied: watch::channel(0).0,
-            fault: Mutex::new(Some("catching up with the cluster log".into())),
-            caught_up: AtomicBool::new(false),
+            reserve: redis::Script::new(RESERVE),
+            release: redis::Script::new(RELEASE),
+            applied: watch::channel(vec![0; config.partitions]).0,
             changes: std::sync::OnceLock::new(),
             known_nodes: Mutex::new(Vec::new()),
             stats: ClusterStats::default(),
             config,
         });
-        let mut conn = cluster
-            .connection()
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}; is redis-server running there?"))?;
-        let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("maxmemory-policy")
-            .query_async(&mut conn)
-            .await;
-        match policy {
-            Ok(pair) => {
-                let value = pair.get(1).map(String::as_str).unwrap_or("noeviction");
-                if value != "noeviction" {
-                    anyhow::bail!(
-                        "Redis at {} has maxmemory-policy {value}: it may evict the log or its \
-                         ids and lose updates silently. Set maxmemory-policy noeviction \
-                         (redis-cli CONFIG SET maxmemory-policy noeviction, and in redis.conf)",
-                        cluster.config.url
-                    );
+        for instance in &cluster.instances {
+            let mut conn = instance
+                .connection()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}; is redis-server running there?"))?;
+            let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("maxmemory-policy")
+                .query_async(&mut conn)
+                .await;
+            match policy {
+                Ok(pair) => {
+                    let value = pair.get(1).map(String::as_str).unwrap_or("noeviction");
+                    if value != "noeviction" {
+                        anyhow::bail!(
+                            "Redis at {} has maxmemory-policy {value}: it may evict the log or its \
+                             ids and lose updates silently. Set maxmemory-policy noeviction \
+                             (redis-cli CONFIG SET maxmemory-policy noeviction, and in redis.conf)",
+                            instance.url
+                        );
+                    }
                 }
+                Err(e) => tracing::warn!(
+                    redis = %instance.url,
+                    error = %e,
+                    "cannot read Redis's maxmemory-policy (CONFIG disabled?); make sure it is noeviction"
+                ),
             }
-            Err(e) => tracing::warn!(
-                error = %e,
-                "cannot read Redis's maxmemory-policy (CONFIG disabled?); make sure it is noeviction"
-            ),
+        }
+        // Every node must route a topic to the same partition on the same
+        // Redis: the first node to start records the layout.
+        let layout = format!(
+            "{} partitions over {} Redis",
+            cluster.config.partitions,
+            cluster.config.urls.len()
+        );
+        let mut set = redis::cmd("SET");
+        set.arg(&cluster.shared.layout)
+            .arg(&layout)
+            .arg("NX")
+            .arg("GET");
+        let before: Option<String> = cluster
+            .home()
+            .query(&set)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(before) = before.filter(|b| *b != layout) {
+            anyhow::bail!(
+                "this cluster's log is laid out as {before} (key {} on {}), but this node was \
+                 given {layout}: every node needs the same --redis-partitions and the same \
+                 number of --transport URLs, in the same order. To change the layout, stop \
+                 every node and empty the Redis instances first",
+                cluster.shared.layout,
+                cluster.home().url
+            );
         }
         Ok(cluster)
     }
@@ -265,150 +559,344 @@ impl Cluster {
         &self.config.node_id
     }
 
-    /// The shared connection, dialled when there is none. Dialling happens
-    /// outside the lock, and for a second after a failed dial every caller
-    /// fails at once with that error: during an outage publishes answer 503
-    /// immediately instead of queueing behind each other's connect timeouts.
-    async fn connection(&self) -> Result<MultiplexedConnection, String> {
-        {
-            let slot = self.conn.lock().await;
-            if let Some(conn) = slot.as_ref() {
-                return Ok(conn.clone());
-            }
-        }
-        if let Some((at, error)) = &*self.dial_failure.lock() {
-            if at.elapsed() < DIAL_RETRY {
-                return Err(error.clone());
-            }
-        }
-        match self.dial(RESPONSE_TIMEOUT).await {
-            Ok(conn) => {
-                *self.dial_failure.lock() = None;
-                let mut slot = self.conn.lock().await;
-                Ok(slot.get_or_insert(conn).clone())
-            }
-            Err(e) => {
-                let error = redis_error(&self.config.url, &e);
-                *self.dial_failure.lock() = Some((std::time::Instant::now(), error.clone()));
-                Err(error)
-            }
-        }
+    /// The first Redis: it holds the cluster's shared keys (presence, the
+    /// node list, the layout).
+    fn home(&self) -> &Instance {
+        &self.instances[0]
     }
 
-    /// A new connection whose commands fail after `response_timeout`.
-    async fn dial(&self, response_timeout: Duration) -> redis::RedisResult<MultiplexedConnection> {
-        self.client
-            .get_multiplexed_async_connection_with_config(
-                &AsyncConnectionConfig::new()
-                    .set_connection_timeout(CONNECT_TIMEOUT)
-                    .set_response_timeout(response_timeout),
-            )
-            .await
+    fn instance_of(&self, partition: usize) -> usize {
+        partition % self.instances.len()
     }
 
-    /// Forget the publish connection after an error: the next call dials
-    /// again.
-    async fn drop_connection(&self) {
-        *self.conn.lock().await = None;
+    /// The partition of an update: that of its first (canonical) topic.
+    pub fn partition_of(&self, update: &Update) -> usize {
+        let topic = update.topics.first().map(String::as_str).unwrap_or("");
+        (fnv(topic) % self.config.partitions as u64) as usize
+    }
+
+    /// The partition that remembers an id the publisher chose.
+    fn id_home(&self, id: &str) -> usize {
+        (fnv(id) % self.config.partitions as u64) as usize
+    }
+
+    fn id_key(&self, partition: usize, id: &str) -> String {
+        format!("{}{id}", self.parts[partition].id_prefix)
+    }
+
+    fn id_ttl_ms(&self) -> u64 {
+        (self.config.id_ttl.unwrap_or(DEFAULT_ID_TTL).as_millis() as u64).max(1)
     }
 
     /// Append updates to the log, all or nothing; returns once Redis has
-    /// them. A duplicate id is [`HubError::History`] `DuplicateId` (409);
-    /// Redis unreachable or slow is [`HubError::Unavailable`] (503).
-    pub async fn append(&self, updates: &[Arc<Update>]) -> Result<(), HubError> {
-        self.append_as(updates, false).await
+    /// them. `chosen` says, per update, whether the publisher chose its id
+    /// (else the hub generated it). A duplicate id is [`HubError::History`]
+    /// `DuplicateId` (409); Redis unreachable or slow is
+    /// [`HubError::Unavailable`] (503).
+    ///
+    /// A request whose updates and ids all live on one Redis is one script
+    /// call there. One that spans Redis instances (a chosen id owned by
+    /// another instance than its topic's, or a batch over several) is done
+    /// in three steps: its ids are reserved where they live (all or none:
+    /// a duplicate refuses the whole request before anything is appended),
+    /// its entries are appended in request order, then its ids are
+    /// recorded. Only an outage between those steps can leave a batch half
+    /// appended; the publisher then gets 503 saying so.
+    pub async fn append(&self, updates: &[Arc<Update>], chosen: &[bool]) -> Result<(), HubError> {
+        self.append_as(updates, chosen, false).await
     }
 
-    async fn append_as(&self, updates: &[Arc<Update>], live: bool) -> Result<(), HubError> {
+    async fn append_as(
+        &self,
+        updates: &[Arc<Update>],
+        chosen: &[bool],
+        live: bool,
+    ) -> Result<(), HubError> {
         let now = crate::history::now_ms();
-        let ttl = self.config.id_ttl.unwrap_or(DEFAULT_ID_TTL).as_millis() as u64;
+        let out: Vec<Outgoing> = updates
+            .iter()
+            .enumerate()
+            .map(|(i, update)| {
+                let partition = self.partition_of(update);
+                Outgoing {
+                    update,
+                    record: record::encode(update, now),
+                    partition,
+                    id_partition: if chosen.get(i).copied().unwrap_or(true) && !live {
+                        self.id_home(&update.id)
+                    } else {
+                        partition
+                    },
+                }
+            })
+            .collect();
+        let first = self.instance_of(out.first().map_or(0, |o| o.partition));
+        let one_instance = out.iter().all(|o| {
+            self.instance_of(o.partition) == first && self.instance_of(o.id_partition) == first
+        });
+        if live {
+            // Subscription events: one each, no ids to keep.
+            for run in self.runs(&out) {
+                self.append_run(run, 'l').await?;
+            }
+            return Ok(());
+        }
+        if one_instance {
+            self.append_run(&out, 's').await?;
+            return Ok(());
+        }
+        self.append_spanning(&out).await
+    }
+
+    /// Consecutive updates whose entries go to the same Redis.
+    fn runs<'a, 'b>(&self, out: &'a [Outgoing<'b>]) -> Vec<&'a [Outgoing<'b>]> {
+        let mut runs = Vec::new();
+        let mut start = 0;
+        for i in 1..=out.len() {
+            if i == out.len()
+                || self.instance_of(out[i].partition) != self.instance_of(out[start].partition)
+            {
+                runs.push(&out[start..i]);
+                start = i;
+            }
+        }
+        runs
+    }
+
+    /// One APPEND call on the Redis of `run`'s partitions.
+    async fn append_run(&self, run: &[Outgoing<'_>], mode: char) -> Result<Vec<u64>, HubError> {
+        let Some(head) = run.first() else {
+            return Ok(Vec::new());
+        };
+        let instance = &self.instances[self.instance_of(head.partition)];
         let mut invocation = self.script.prepare_invoke();
         invocation
-            .key(&self.keys.log)
-            .key(&self.keys.counter)
-            .arg(&self.keys.id_prefix)
             .arg(self.config.max_len.max(1))
-            .arg(ttl.max(1))
-            .arg(if live { "1" } else { "0" });
-        for update in updates {
+            .arg(self.id_ttl_ms())
+            .arg(mode.to_string());
+        for o in run {
+            let keys = &self.parts[o.partition];
             invocation
-                .arg(update.id.as_str())
-                .arg(record::encode(update, now));
+                .key(self.id_key(o.id_partition, &o.update.id))
+                .key(&keys.log)
+                .key(&keys.counter)
+                .key(&keys.clock)
+                .arg(o.update.id.as_str())
+                .arg(o.record.as_slice())
+                .arg(o.partition);
         }
-        let mut conn = self
+        let mut conn = instance
             .connection()
             .await
             .map_err(|e| HubError::Unavailable(format!("{e}; the update was not published")))?;
         let answer: redis::RedisResult<Value> = invocation.invoke_async(&mut conn).await;
         match answer {
             Ok(Value::Array(items)) => {
-                if let (Some(Value::BulkString(tag)), Some(id)) = (items.first(), items.get(1)) {
-                    if tag.as_slice() == b"dup" {
-                        let id: String = redis::from_redis_value(id).unwrap_or_default();
-                        return Err(HubError::History(
-                            crate::history::HistoryError::DuplicateId(id),
-                        ));
-                    }
-                }
-                Ok(())
+                refusal(&items)?;
+                Ok(items
+                    .iter()
+                    .filter_map(|v| redis::from_redis_value(v).ok())
+                    .collect())
             }
             Ok(other) => Err(HubError::Unavailable(format!(
                 "the cluster log answered {other:?} to an append; the update may not have been published"
             ))),
             Err(e) => {
-                self.drop_connection().await;
+                instance.drop_connection().await;
                 Err(HubError::Unavailable(format!(
                     "{}; the update may not have been published: retry it (with its own id, a retry of a stored update answers 409)",
-                    redis_error(&self.config.url, &e)
+                    redis_error(&instance.url, &e)
                 )))
             }
         }
     }
 
-    /// The counter value under which `id` was appended, if Redis still
-    /// remembers it.
-    pub async fn position_of(&self, id: &str) -> Result<Option<u64>, String> {
-        let mut conn = self.connection().await?;
-        let key = format!("{}{id}", self.keys.id_prefix);
-        let found = redis::cmd("GET")
-            .arg(key)
-            .query_async::<Option<u64>>(&mut conn)
-            .await;
-        if found.is_err() {
-            self.drop_connection().await;
+    /// A publish whose updates and ids span Redis instances: reserve its
+    /// ids, append its entries in request order, record its ids.
+    async fn append_spanning(&self, out: &[Outgoing<'_>]) -> Result<(), HubError> {
+        // 1. Reserve the ids, all or none, instance by instance.
+        let by_instance = |pick: &dyn Fn(&Outgoing) -> usize| {
+            let mut groups: Vec<Vec<&Outgoing>> = vec![Vec::new(); self.instances.len()];
+            for o in out {
+                groups[self.instance_of(pick(o))].push(o);
+            }
+            groups
+        };
+        let id_groups = by_instance(&|o| o.id_partition);
+        let mut reserved = Vec::new();
+        for (i, group) in id_groups.iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let mut invocation = self.reserve.prepare_invoke();
+            invocation.arg(RESERVATION_HOLD.as_millis() as u64);
+            for o in group {
+                invocation
+                    .key(self.id_key(o.id_partition, &o.update.id))
+                    .arg(o.update.id.as_str());
+            }
+            let answer = self.invoke(i, &invocation).await;
+            let refused = match &answer {
+                Ok(Value::Array(items)) => refusal(items).err(),
+                Ok(_) => None,
+                Err(e) => Some(HubError::Unavailable(format!(
+                    "{e}; the update was not published"
+                ))),
+            };
+            if let Some(error) = refused {
+                self.release_ids(&reserved, &id_groups).await;
+                return Err(error);
+            }
+            reserved.push(i);
         }
-        found.map_err(|e| redis_error(&self.config.url, &e))
+        // 2. Append, in request order.
+        let mut positions = Vec::with_capacity(out.len());
+        for (k, run) in self.runs(out).into_iter().enumerate() {
+            match self.append_run(run, 'r').await {
+                Ok(ns) => positions.extend(run.iter().zip(ns)),
+                Err(e) => {
+                    // This run may or may not be in; later ones are not.
+                    let stored: Vec<&str> = positions
+                        .iter()
+                        .map(|(o, _)| o.update.id.as_str())
+                        .collect();
+                    let later: Vec<&Outgoing> =
+                        self.runs(out).into_iter().skip(k + 1).flatten().collect();
+                    self.release_list(&later).await;
+                    return Err(if stored.is_empty() {
+                        e
+                    } else {
+                        HubError::Unavailable(format!(
+                            "{e}; of this batch, {stored:?} were published, the rest may not have been: retry the rest"
+                        ))
+                    });
+                }
+            }
+        }
+        // 3. Record where each id is (replacing its reservation).
+        let ttl = self.id_ttl_ms();
+        for (i, group) in id_groups.iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for (o, n) in positions
+                .iter()
+                .filter(|(o, _)| self.instance_of(o.id_partition) == i)
+            {
+                pipe.cmd("SET")
+                    .arg(self.id_key(o.id_partition, &o.update.id))
+                    .arg(format!("{}:{n}", o.partition))
+                    .arg("PX")
+                    .arg(ttl)
+                    .ignore();
+            }
+            let instance = &self.instances[i];
+            let done: Result<(), String> = async {
+                let mut conn = instance.connection().await?;
+                pipe.query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| redis_error(&instance.url, &e))
+            }
+            .await;
+            if let Err(e) = done {
+                instance.drop_connection().await;
+                return Err(HubError::Unavailable(format!(
+                    "{e}; the update was published but its id could not be recorded: it is delivered, \
+                     but a retry within {RESERVATION_HOLD:?} answers 503 and one after that may publish it twice"
+                )));
+            }
+        }
+        Ok(())
     }
 
-    /// Wait (at most `limit`) until this node has applied the entry
-    /// numbered `n`; true when it has.
-    pub async fn wait_applied(&self, n: u64, limit: Duration) -> bool {
+    async fn invoke(
+        &self,
+        instance: usize,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Value, String> {
+        let instance = &self.instances[instance];
+        let mut conn = instance.connection().await?;
+        match invocation.invoke_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                instance.drop_connection().await;
+                Err(redis_error(&instance.url, &e))
+            }
+        }
+    }
+
+    async fn release_ids(&self, instances: &[usize], groups: &[Vec<&Outgoing<'_>>]) {
+        for &i in instances {
+            self.release_list(&groups[i]).await;
+        }
+    }
+
+    /// Best effort: an unreleased reservation expires by itself.
+    async fn release_list(&self, outs: &[&Outgoing<'_>]) {
+        let mut by_instance: Vec<Vec<String>> = vec![Vec::new(); self.instances.len()];
+        for o in outs {
+            by_instance[self.instance_of(o.id_partition)]
+                .push(self.id_key(o.id_partition, &o.update.id));
+        }
+        for (i, keys) in by_instance.into_iter().enumerate() {
+            if keys.is_empty() {
+                continue;
+            }
+            let mut invocation = self.release.prepare_invoke();
+            for key in &keys {
+                invocation.key(key);
+            }
+            if let Err(e) = self.invoke(i, &invocation).await {
+                tracing::warn!(error = %e, "could not release id reservations; they expire by themselves");
+            }
+        }
+    }
+
+    /// Where `id` is in the log, if Redis still remembers it.
+    pub async fn position_of(&self, id: &str) -> Result<Option<LogPosition>, String> {
+        // A chosen id lives in its own partition, a generated one in its
+        // update's: ask every partition, one MGET per Redis.
+        for instance in &self.instances {
+            let mut cmd = redis::cmd("MGET");
+            for &p in &instance.partitions {
+                cmd.arg(self.id_key(p, id));
+            }
+            let found: Vec<Option<String>> = instance.query(&cmd).await?;
+            if let Some(position) = found.iter().flatten().find_map(|v| parse_position(v)) {
+                return Ok(Some(position));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Wait (at most `limit`) until this node has applied the entry at
+    /// `position`; true when it has.
+    pub async fn wait_applied(&self, position: LogPosition, limit: Duration) -> bool {
+        let (partition, n) = position;
+        if partition >= self.config.partitions {
+            return false;
+        }
         let mut rx = self.applied.subscribe();
-        tokio::time::timeout(limit, rx.wait_for(|applied| *applied >= n))
+        tokio::time::timeout(limit, rx.wait_for(|applied| applied[partition] >= n))
             .await
             .is_ok_and(|r| r.is_ok())
     }
 
     /// Why this node cannot serve as part of the cluster right now.
     pub fn readiness(&self) -> Result<(), String> {
-        match &*self.fault.lock() {
-            Some(reason) => Err(format!("node {}: {reason}", self.config.node_id)),
-            None => Ok(()),
+        for instance in &self.instances {
+            if let Some(reason) = &*instance.fault.lock() {
+                return Err(format!("node {}: {reason}", self.config.node_id));
+            }
+            if !instance.caught_up.load(Ordering::Relaxed) {
+                return Err(format!(
+                    "node {}: catching up with the cluster log (Redis at {})",
+                    self.config.node_id, instance.url
+                ));
+            }
         }
-    }
-
-    fn set_fault(&self, reason: String) {
-        let mut fault = self.fault.lock();
-        if fault.as_deref() != Some(reason.as_str()) {
-            tracing::error!(node = %self.config.node_id, %reason, "cluster log");
-        }
-        *fault = Some(reason);
-    }
-
-    fn clear_fault(&self) {
-        if self.fault.lock().take().is_some() {
-            tracing::info!(node = %self.config.node_id, "following the cluster log");
-        }
+        Ok(())
     }
 
     /// Cluster-wide subscription events: `update` (live only) goes to
@@ -431,7 +919,7 @@ impl Cluster {
     /// subscriptions to Redis, and keeps the latter alive (a heartbeat
     /// every 5 s; they expire [`PRESENCE_TTL`] after the last one).
     pub fn start_presence(self: &Arc<Self>) {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         if self.changes.set(tx).is_err() {
             return;
         }
@@ -440,10 +928,10 @@ impl Cluster {
     }
 
     fn presence_key(&self) -> String {
-        format!("{}{}", self.keys.presence_prefix, self.config.node_id)
+        format!("{}{}", self.shared.presence_prefix, self.config.node_id)
     }
 
-    async fn presence(self: Arc<Self>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Change>) {
+    async fn presence(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Change>) {
         let key = self.presence_key();
         let mut tick = tokio::time::interval(PRESENCE_HEARTBEAT);
         // What this node holds. Written as it changes; rewritten whole only
@@ -475,7 +963,7 @@ impl Cluster {
                         next = rx.try_recv().ok();
                     }
                     if !events.is_empty() {
-                        if let Err(e) = self.append_as(&events, true).await {
+                        if let Err(e) = self.append_as(&events, &[], true).await {
                             tracing::warn!(error = %e, count = events.len(), "subscription events not sent to the cluster");
                         }
                     }
@@ -503,20 +991,20 @@ impl Cluster {
             }
             let now_ms = crate::history::now_ms();
             pipe.pexpire(&key, PRESENCE_TTL.as_millis() as i64).ignore();
-            pipe.zadd(&self.keys.nodes, &self.config.node_id, now_ms)
+            pipe.zadd(&self.shared.nodes, &self.config.node_id, now_ms)
                 .ignore();
             // Nodes silent for four expiries are forgotten.
             let forgotten = now_ms.saturating_sub(4 * PRESENCE_TTL.as_millis() as u64);
-            pipe.zrembyscore(&self.keys.nodes, 0, forgotten).ignore();
+            pipe.zrembyscore(&self.shared.nodes, 0, forgotten).ignore();
             stale = self.run_pipe(pipe).await.is_err();
         }
     }
 
     async fn run_pipe(&self, pipe: redis::Pipeline) -> Result<(), ()> {
-        let mut conn = self.connection().await.map_err(|_| ())?;
+        let mut conn = self.home().connection().await.map_err(|_| ())?;
         let done: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
         if done.is_err() {
-            self.drop_connection().await;
+            self.home().drop_connection().await;
         }
         done.map_err(|_| ())
     }
@@ -524,22 +1012,22 @@ impl Cluster {
     /// The subscriptions held by the other nodes (each node's own are in
     /// its registry): the nodes heard from within the presence expiry.
     pub async fn subscriptions_elsewhere(&self) -> Result<Vec<SubscriptionInfo>, String> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.home().connection().await?;
         let since = crate::history::now_ms().saturating_sub(PRESENCE_TTL.as_millis() as u64);
         let nodes: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(&self.keys.nodes)
+            .arg(&self.shared.nodes)
             .arg(since)
             .arg("+inf")
             .query_async(&mut conn)
             .await
-            .map_err(|e| redis_error(&self.config.url, &e))?;
+            .map_err(|e| redis_error(&self.home().url, &e))?;
         let mut out = Vec::new();
         for node in nodes.iter().filter(|n| **n != self.config.node_id) {
             let values: Vec<String> = redis::cmd("HVALS")
-                .arg(format!("{}{node}", self.keys.presence_prefix))
+                .arg(format!("{}{node}", self.shared.presence_prefix))
                 .query_async(&mut conn)
                 .await
-                .map_err(|e| redis_error(&self.config.url, &e))?;
+                .map_err(|e| redis_error(&self.home().url, &e))?;
             out.extend(
                 values
                     .iter()
@@ -550,8 +1038,8 @@ impl Cluster {
         Ok(out)
     }
 
-    /// The log does not continue where this node left it (`expected` was
-    /// the last counter applied, `got` what the log says now): Redis was
+    /// The log does not continue where this node left it (`last` was
+    /// the last counter read from a partition, `got` what the log says now): Redis was
     /// flushed or restored, or this node fell behind the log's cap. History
     /// is dropped, so resumes from before answer `earliest` instead of
     /// silently skipping what is gone.
@@ -567,7 +1055,7 @@ impl Cluster {
         );
         hub.forget_history();
         // Counters of the old log mean nothing in the new one.
-        self.applied.send_replace(0);
+        self.applied.send_replace(vec![0; self.config.partitions]);
     }
 
     /// Entries read could not be stored and delivered (a committer panic,
@@ -582,8 +1070,12 @@ impl Cluster {
         hub.forget_history();
     }
 
+    /// Every Redis's partitions have been read as far as they went at
+    /// start.
     pub fn is_caught_up(&self) -> bool {
-        self.caught_up.load(Ordering::Relaxed)
+        self.instances
+            .iter()
+            .all(|i| i.caught_up.load(Ordering::Relaxed))
     }
 
     /// Every node says it is alive (`herald:{p0}:nodes`, scored by time)
@@ -597,13 +1089,13 @@ impl Cluster {
                 let Some(c) = cluster.upgrade() else { return };
                 let now = crate::history::now_ms();
                 let since = now.saturating_sub(PRESENCE_TTL.as_millis() as u64);
-                let Ok(mut conn) = c.connection().await else {
+                let Ok(mut conn) = c.home().connection().await else {
                     continue;
                 };
                 let mut pipe = redis::pipe();
-                pipe.zadd(&c.keys.nodes, &c.config.node_id, now).ignore();
+                pipe.zadd(&c.shared.nodes, &c.config.node_id, now).ignore();
                 pipe.cmd("ZRANGEBYSCORE")
-                    .arg(&c.keys.nodes)
+                    .arg(&c.shared.nodes)
                     .arg(since)
                     .arg("+inf")
                     .arg("WITHSCORES");
@@ -616,7 +1108,7 @@ impl Cluster {
                             .map(|(id, at)| (id, now.saturating_sub(at)))
                             .collect();
                     }
-                    Err(_) => c.drop_connection().await,
+                    Err(_) => c.home().drop_connection().await,
                 }
             }
         });
@@ -628,41 +1120,61 @@ impl Cluster {
         self.known_nodes.lock().clone()
     }
 
-    /// Start the tail: back-fill from the start of the log, then follow
-    /// it, applying every page to `hub` in order, until the hub closes.
+    /// Start the tail: one reader per Redis (back-fill from the start of
+    /// its partitions, then follow them) and the merger that applies what
+    /// they read to `hub` in one order, until the hub closes.
     pub fn start_tail(self: &Arc<Self>, hub: &Arc<Hub>) {
+        // Bounded: a merger that falls behind holds the readers back
+        // rather than buffer without limit.
+        let (tx, rx) = mpsc::channel(4 * self.instances.len());
+        for i in 0..self.instances.len() {
+            let cluster = self.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move { cluster.read(i, tx).await });
+        }
         let cluster = self.clone();
         let hub = Arc::downgrade(hub);
-        tokio::spawn(async move { cluster.tail(hub).await });
+        tokio::spawn(async move { cluster.merge(hub, rx).await });
     }
 
-    async fn tail(self: Arc<Self>, hub: Weak<Hub>) {
+    /// The reader of one Redis: its partitions' entries, in order per
+    /// partition, to the merger.
+    async fn read(self: Arc<Self>, i: usize, tx: mpsc::Sender<Read>) {
+        let instance = &self.instances[i];
+        let node = self.config.node_id.as_str();
+        let parts = &instance.partitions;
         let mut conn: Option<MultiplexedConnection> = None;
-        // Last entry id read ("0" = from the start) and counter applied.
-        let mut position = String::from("0");
-        let mut last_n: Option<u64> = None;
+        // Per partition of this Redis: the last entry id read ("0" = from
+        // the start) and its counter.
+        let mut position: Vec<String> = vec!["0".into(); parts.len()];
+        let mut last_n: Vec<Option<u64>> = vec![None; parts.len()];
         let mut backoff = BACKOFF_MIN;
+        // Read everything there was at start (then reads block).
+        let mut caught_up = false;
         loop {
-            let Some(hub_ref) = hub.upgrade() else { return };
-            if hub_ref.is_closed() {
+            if tx.is_closed() {
                 return;
             }
-            drop(hub_ref);
             if conn.is_none() {
                 // Its reads block up to BLOCK before they answer.
-                match self.dial(BLOCK + RESPONSE_TIMEOUT).await {
+                match instance.dial(BLOCK + RESPONSE_TIMEOUT).await {
                     Ok(c) => {
-                        if self.stats.reconnects.fetch_add(1, Ordering::Relaxed) > 0 {
-                            tracing::info!(node = %self.config.node_id, "reconnected to the cluster log");
+                        if self.stats.reconnects.fetch_add(1, Ordering::Relaxed)
+                            >= self.instances.len() as u64
+                        {
+                            tracing::info!(node, redis = %instance.url, "reconnected to the cluster log");
                         }
                         conn = Some(c);
                         backoff = BACKOFF_MIN;
                     }
                     Err(e) => {
-                        self.set_fault(format!(
-                            "{}; retrying in {backoff:?}",
-                            redis_error(&self.config.url, &e)
-                        ));
+                        instance.set_fault(
+                            node,
+                            format!(
+                                "{}; retrying in {backoff:?}",
+                                redis_error(&instance.url, &e)
+                            ),
+                        );
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(BACKOFF_MAX);
                         continue;
@@ -674,117 +1186,403 @@ impl Cluster {
             // means the back-fill is done.
             let mut cmd = redis::cmd("XREAD");
             cmd.arg("COUNT").arg(PAGE);
-            if self.is_caught_up() {
+            if caught_up {
                 cmd.arg("BLOCK").arg(BLOCK.as_millis() as u64);
             }
-            cmd.arg("STREAMS").arg(&self.keys.log).arg(&position);
+            cmd.arg("STREAMS");
+            for &p in parts {
+                cmd.arg(&self.parts[p].log);
+            }
+            cmd.arg(&position);
             let read: redis::RedisResult<Option<redis::streams::StreamReadReply>> =
                 cmd.query_async(c).await;
-            let entries = match read {
-                Ok(reply) => reply
-                    .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
-                    .unwrap_or_default(),
+            let streams = match read {
+                Ok(reply) => reply.map(|r| r.keys).unwrap_or_default(),
                 Err(e) => {
                     conn = None;
-                    // The publish connection is as dead as this one: dial
+                    // The shared connection is as dead as this one: dial
                     // afresh on the next publish rather than fail it.
-                    self.drop_connection().await;
-                    self.set_fault(format!(
-                        "{}; reconnecting in {backoff:?}",
-                        redis_error(&self.config.url, &e)
-                    ));
+                    instance.drop_connection().await;
+                    instance.set_fault(
+                        node,
+                        format!(
+                            "{}; reconnecting in {backoff:?}",
+                            redis_error(&instance.url, &e)
+                        ),
+                    );
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
             };
+            let mut entries = Vec::new();
+            for stream in streams {
+                let Some(k) = parts.iter().position(|&p| self.parts[p].log == stream.key) else {
+                    continue;
+                };
+                for entry in stream.ids {
+                    position[k].clone_from(&entry.id);
+                    let n: Option<u64> = entry
+                        .map
+                        .get("n")
+                        .and_then(|v| redis::from_redis_value(v).ok());
+                    let t: Option<u64> = entry
+                        .map
+                        .get("t")
+                        .and_then(|v| redis::from_redis_value(v).ok());
+                    let decoded = entry
+                        .map
+                        .get("r")
+                        .and_then(|v| redis::from_redis_value::<Vec<u8>>(v).ok())
+                        .ok_or_else(|| "no record field".to_string())
+                        .and_then(|bytes| record::decode(&bytes));
+                    let update = match decoded {
+                        Ok((update, _)) => Some((Arc::new(update), !entry.map.contains_key("l"))),
+                        Err(_) => None,
+                    };
+                    if n.is_none() || update.is_none() {
+                        self.stats.bad_entries.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            node,
+                            entry = %entry.id,
+                            log = %stream.key,
+                            "skipped a log entry that is not a Herald update"
+                        );
+                    }
+                    // An entry without a counter cannot be placed: skipped.
+                    // A counted one counts even when its record is bad (a
+                    // newer record version, say): the next one follows it.
+                    let Some(n) = n else { continue };
+                    let gap = last_n[k].filter(|last| n != last + 1).map(|last| (last, n));
+                    last_n[k] = Some(n);
+                    entries.push(Entry {
+                        partition: parts[k],
+                        stream_id: entry.id,
+                        n,
+                        t,
+                        update,
+                        gap,
+                    });
+                }
+            }
             if entries.is_empty() {
                 // Idle: a log that was flushed or restored while its stream
                 // ids went backwards (another clock) would never show up in
                 // XREAD from our position; its counter does.
-                if let Some(last) = last_n {
-                    let counter: redis::RedisResult<Option<u64>> = redis::cmd("GET")
-                        .arg(&self.keys.counter)
-                        .query_async(c)
-                        .await;
-                    if let Ok(counter) = counter {
-                        if counter.unwrap_or(0) < last {
-                            if let Some(hub_ref) = hub.upgrade() {
-                                self.log_reset(&hub_ref, last, counter.unwrap_or(0));
+                let mut mget = redis::cmd("MGET");
+                for &p in parts {
+                    mget.arg(&self.parts[p].counter);
+                }
+                let counters: redis::RedisResult<Vec<Option<u64>>> = mget.query_async(c).await;
+                if let Ok(counters) = counters {
+                    for (k, counter) in counters.into_iter().enumerate() {
+                        let got = counter.unwrap_or(0);
+                        if let Some(last) = last_n[k].filter(|last| got < *last) {
+                            let reset = Read::Reset {
+                                partition: parts[k],
+                                last,
+                                got,
+                            };
+                            if tx.send(reset).await.is_err() {
+                                return;
                             }
-                            position = "0".into();
-                            last_n = None;
-                            continue;
+                            position[k] = "0".into();
+                            last_n[k] = None;
                         }
                     }
                 }
-                if !self.is_caught_up() {
-                    self.caught_up.store(true, Ordering::Relaxed);
-                    tracing::info!(
-                        node = %self.config.node_id,
-                        applied = self.stats.applied.load(Ordering::Relaxed),
-                        "caught up with the cluster log"
-                    );
+                if !caught_up {
+                    caught_up = true;
+                    // The merger says so once it has applied what came
+                    // before.
+                    if tx.send(Read::CaughtUp(i)).await.is_err() {
+                        return;
+                    }
                 }
-                self.clear_fault();
+                instance.clear_fault(node);
                 continue;
             }
-            if let Some(delay) = apply_delay() {
-                tokio::time::sleep(delay).await;
+            if tx.send(Read::Entries(entries)).await.is_err() {
+                return;
             }
-            let Some(hub_ref) = hub.upgrade() else { return };
-            let mut page = Vec::with_capacity(entries.len());
-            for entry in &entries {
-                position.clone_from(&entry.id);
-                let n: Option<u64> = entry
-                    .map
-                    .get("n")
-                    .and_then(|v| redis::from_redis_value(v).ok());
-                let decoded = entry
-                    .map
-                    .get("r")
-                    .and_then(|v| redis::from_redis_value::<Vec<u8>>(v).ok())
-                    .ok_or_else(|| "no record field".to_string())
-                    .and_then(|bytes| record::decode(&bytes));
-                if let (Some(n), Some(last)) = (n, last_n) {
-                    if n != last + 1 {
-                        // Store what came before, then drop the replica.
-                        if !apply_page(&hub_ref, std::mem::take(&mut page)).await {
-                            self.apply_failed(&hub_ref);
-                        }
-                        self.log_reset(&hub_ref, last, n);
-                    }
-                }
-                // A counted entry counts even when its record is bad (a
-                // newer record version, say): the next one follows it.
-                if n.is_some() {
-                    last_n = n;
-                }
-                let (Some(_), Ok((update, _))) = (n, decoded) else {
-                    self.stats.bad_entries.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        node = %self.config.node_id,
-                        entry = %entry.id,
-                        "skipped a log entry that is not a Herald update"
-                    );
-                    continue;
-                };
-                let live = entry.map.contains_key("l");
-                page.push((Arc::new(update), !live));
-            }
-            if !apply_page(&hub_ref, page).await {
-                self.apply_failed(&hub_ref);
-            }
-            if let Some(n) = last_n {
-                self.applied.send_replace(n);
-            }
-            self.stats
-                .applied
-                .fetch_add(entries.len() as u64, Ordering::Relaxed);
-            if self.is_caught_up() {
-                self.clear_fault();
+            if caught_up {
+                instance.clear_fault(node);
             }
         }
+    }
+
+    /// The merger: applies the readers' entries in `(t, partition)` order,
+    /// each once no partition can still produce an earlier one.
+    async fn merge(self: Arc<Self>, hub: Weak<Hub>, mut rx: mpsc::Receiver<Read>) {
+        let parts = self.config.partitions;
+        let mut merge = Merge::new(parts);
+        let mut stuck: Vec<usize> = Vec::new();
+        loop {
+            let read = if stuck.is_empty() {
+                match rx.recv().await {
+                    Some(read) => Some(read),
+                    None => return,
+                }
+            } else {
+                // Ask the partitions that hold the head back whether they
+                // have anything unread; if not, the Redis clock bounds them.
+                self.probe(&stuck, &mut merge).await;
+                match tokio::time::timeout(PROBE_AGAIN, rx.recv()).await {
+                    Ok(Some(read)) => Some(read),
+                    Ok(None) => return,
+                    Err(_) => None,
+                }
+            };
+            let Some(hub) = hub.upgrade() else { return };
+            if hub.is_closed() {
+                return;
+            }
+            let mut next = read;
+            let mut caught_up = Vec::new();
+            while let Some(read) = next.take() {
+                match read {
+                    Read::Entries(entries) => {
+                        for entry in entries {
+                            if let Some((last, got)) = entry.gap {
+                                // Apply what came before, then drop the
+                                // replica.
+                                self.apply(&hub, merge.drain()).await;
+                                self.log_reset(&hub, last, got);
+                            }
+                            merge.push(entry);
+                        }
+                    }
+                    Read::Reset {
+                        partition,
+                        last,
+                        got,
+                    } => {
+                        self.apply(&hub, merge.drain()).await;
+                        merge.forget(partition);
+                        self.log_reset(&hub, last, got);
+                    }
+                    Read::CaughtUp(i) => caught_up.push(i),
+                }
+                next = rx.try_recv().ok();
+            }
+            let (ready, blocked) = merge.ready();
+            stuck = blocked;
+            self.apply(&hub, ready).await;
+            for i in caught_up {
+                let instance = &self.instances[i];
+                instance.caught_up.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    node = %self.config.node_id,
+                    redis = %instance.url,
+                    applied = self.stats.applied.load(Ordering::Relaxed),
+                    "caught up with the cluster log"
+                );
+            }
+        }
+    }
+
+    /// One atomic look per Redis at the last entry of each partition in
+    /// `stuck` and at its clock: a partition with nothing unread can only
+    /// produce entries stamped from that clock on.
+    async fn probe(&self, stuck: &[usize], merge: &mut Merge) {
+        for (i, instance) in self.instances.iter().enumerate() {
+            let asked: Vec<usize> = stuck
+                .iter()
+                .copied()
+                .filter(|&p| self.instance_of(p) == i)
+                .collect();
+            if asked.is_empty() {
+                continue;
+            }
+            self.stats.probes.fetch_add(1, Ordering::Relaxed);
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for &p in &asked {
+                pipe.cmd("XREVRANGE")
+                    .arg(&self.parts[p].log)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1);
+            }
+            pipe.cmd("TIME");
+            let Ok(mut conn) = instance.connection().await else {
+                continue;
+            };
+            let answer: redis::RedisResult<Vec<Value>> = pipe.query_async(&mut conn).await;
+            let Ok(mut values) = answer else {
+                instance.drop_connection().await;
+                continue;
+            };
+            let Some(Ok((secs, micros))) = values
+                .pop()
+                .map(|v| redis::from_redis_value::<(u64, u64)>(&v))
+            else {
+                continue;
+            };
+            let clock = secs * 1_000_000 + micros;
+            for (&p, value) in asked.iter().zip(values) {
+                let last: Vec<redis::streams::StreamId> =
+                    redis::from_redis_value::<redis::streams::StreamRangeReply>(&value)
+                        .map(|r| r.ids)
+                        .unwrap_or_default();
+                let unread = last.first().map(|e| e.id.as_str()) != merge.last_read(p);
+                if !unread {
+                    merge.bound(p, clock);
+                }
+            }
+        }
+    }
+
+    async fn apply(&self, hub: &Hub, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        if let Some(delay) = apply_delay() {
+            tokio::time::sleep(delay).await;
+        }
+        let count = entries.len() as u64;
+        let mut tops: Vec<(usize, u64)> = Vec::new();
+        let mut page = Vec::with_capacity(entries.len());
+        for entry in entries {
+            tops.push((entry.partition, entry.n));
+            if let Some(update) = entry.update {
+                page.push(update);
+            }
+        }
+        if !apply_page(hub, page).await {
+            self.apply_failed(hub);
+        }
+        self.applied.send_modify(|applied| {
+            for (p, n) in tops {
+                applied[p] = n;
+            }
+        });
+        self.stats.applied.fetch_add(count, Ordering::Relaxed);
+    }
+}
+
+/// The merger's state: per partition, the entries read and not yet
+/// applied, and the least `t` its next unread entry can have.
+struct Merge {
+    queues: Vec<VecDeque<Entry>>,
+    /// The next unread entry of the partition has `t >= low`.
+    low: Vec<u64>,
+    /// Stream id of the last entry read from the partition.
+    last_read: Vec<Option<String>>,
+    /// `(t, partition)` of the last entry applied: an entry that arrives
+    /// below it (a Redis clock that stepped back) is applied next rather
+    /// than out of place.
+    floor: (u64, usize),
+}
+
+impl Merge {
+    fn new(parts: usize) -> Merge {
+        Merge {
+            queues: (0..parts).map(|_| VecDeque::new()).collect(),
+            low: vec![0; parts],
+            last_read: vec![None; parts],
+            floor: (0, 0),
+        }
+    }
+
+    fn push(&mut self, mut entry: Entry) {
+        let p = entry.partition;
+        let back = self.queues[p].back().and_then(|e| e.t).unwrap_or(0);
+        // An entry without a clock (written by an older Herald) sorts
+        // right after the one before it.
+        let t = entry.t.unwrap_or(self.low[p]).max(back).max(self.floor.0);
+        entry.t = Some(t);
+        self.low[p] = self.low[p].max(t + 1);
+        self.last_read[p] = Some(entry.stream_id.clone());
+        self.queues[p].push_back(entry);
+    }
+
+    fn last_read(&self, p: usize) -> Option<&str> {
+        self.last_read[p].as_deref()
+    }
+
+    /// Nothing unread in `p` as of Redis clock `clock`.
+    fn bound(&mut self, p: usize, clock: u64) {
+        self.low[p] = self.low[p].max(clock);
+    }
+
+    /// The partition was reset: what was read of it means nothing now.
+    fn forget(&mut self, p: usize) {
+        self.queues[p].clear();
+        self.last_read[p] = None;
+    }
+
+    /// Everything read, in order, watermark or not (before a reset).
+    fn drain(&mut self) -> Vec<Entry> {
+        let mut out = Vec::new();
+        while let Some(p) = self.head() {
+            out.push(self.take(p));
+        }
+        out
+    }
+
+    fn head(&self) -> Option<usize> {
+        (0..self.queues.len())
+            .filter_map(|p| self.queues[p].front().map(|e| (e.t.unwrap_or(0), p)))
+            .min()
+            .map(|(_, p)| p)
+    }
+
+    fn take(&mut self, p: usize) -> Entry {
+        let entry = self.queues[p].pop_front().expect("head has an entry");
+        self.floor = (entry.t.unwrap_or(0), p);
+        entry
+    }
+
+    /// The entries that can be applied now, in order, and the idle
+    /// partitions that hold the next one back.
+    fn ready(&mut self) -> (Vec<Entry>, Vec<usize>) {
+        let mut out = Vec::new();
+        while let Some(p) = self.head() {
+            let t = self.queues[p].front().and_then(|e| e.t).unwrap_or(0);
+            // Another partition with nothing read could still produce an
+            // entry that sorts before this one.
+            let blocking: Vec<usize> = (0..self.queues.len())
+                .filter(|&q| q != p && self.queues[q].is_empty() && (self.low[q], q) <= (t, p))
+                .collect();
+            if !blocking.is_empty() {
+                return (out, blocking);
+            }
+            out.push(self.take(p));
+        }
+        (out, Vec::new())
+    }
+}
+
+/// A duplicate or reserved id in a script's answer.
+fn refusal(items: &[Value]) -> Result<(), HubError> {
+    if let (Some(Value::BulkString(tag)), Some(id)) = (items.first(), items.get(1)) {
+        let id: String = redis::from_redis_value(id).unwrap_or_default();
+        match tag.as_slice() {
+            b"dup" => {
+                return Err(HubError::History(
+                    crate::history::HistoryError::DuplicateId(id),
+                ))
+            }
+            b"busy" => {
+                return Err(HubError::Unavailable(format!(
+                    "update id {id:?} is being published by another request right now; \
+                     retry in a moment (it answers 409 if that one stored it)"
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// An id key's value: `partition:counter` (or a bare counter, partition 0,
+/// as the first cluster version wrote it); `pending` is no position yet.
+fn parse_position(value: &str) -> Option<LogPosition> {
+    match value.split_once(':') {
+        Some((p, n)) => Some((p.parse().ok()?, n.parse().ok()?)),
+        None => Some((0, value.parse().ok()?)),
     }
 }
 
@@ -828,5 +1626,104 @@ async fn apply_run(hub: &Hub, run: Vec<Arc<Update>>, durable: bool) -> bool {
             tracing::error!(error = %e, "applying log entries failed");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(partition: usize, n: u64, t: u64) -> Entry {
+        Entry {
+            partition,
+            stream_id: format!("{t}-0"),
+            n,
+            t: Some(t),
+            update: None,
+            gap: None,
+        }
+    }
+
+    fn order(entries: &[Entry]) -> Vec<(usize, u64)> {
+        entries.iter().map(|e| (e.partition, e.n)).collect()
+    }
+
+    #[test]
+    fn the_merge_waits_for_idle_partitions_then_orders_by_clock() {
+        let mut m = Merge::new(3);
+        m.push(entry(1, 1, 20));
+        m.push(entry(0, 1, 10));
+        // Partition 2 has said nothing: it could still hold an earlier one.
+        let (ready, blocked) = m.ready();
+        assert!(ready.is_empty());
+        assert_eq!(blocked, vec![2]);
+        // Its clock says nothing before 15 can come from it.
+        m.bound(2, 15);
+        let (ready, blocked) = m.ready();
+        assert_eq!(order(&ready), vec![(0, 1)]);
+        assert_eq!(blocked, vec![0, 2]);
+        m.push(entry(2, 1, 18));
+        m.bound(0, 30);
+        // Partition 2 could still produce one at 19, before 20.
+        let (ready, blocked) = m.ready();
+        assert_eq!(order(&ready), vec![(2, 1)]);
+        assert_eq!(blocked, vec![2]);
+        m.bound(2, 25);
+        let (ready, blocked) = m.ready();
+        assert_eq!(order(&ready), vec![(1, 1)]);
+        assert!(blocked.is_empty());
+    }
+
+    #[test]
+    fn equal_clocks_order_by_partition_and_late_entries_are_not_lost() {
+        let mut m = Merge::new(2);
+        m.push(entry(1, 1, 10));
+        m.push(entry(0, 1, 10));
+        m.bound(0, 11);
+        m.bound(1, 11);
+        assert_eq!(order(&m.ready().0), vec![(0, 1), (1, 1)]);
+        // A clock that stepped back: applied next, not dropped.
+        m.push(entry(0, 2, 5));
+        m.bound(1, 20);
+        let (ready, _) = m.ready();
+        assert_eq!(order(&ready), vec![(0, 2)]);
+    }
+
+    #[test]
+    fn one_partition_never_waits() {
+        let mut m = Merge::new(1);
+        m.push(entry(0, 1, 10));
+        m.push(entry(0, 2, 11));
+        let (ready, blocked) = m.ready();
+        assert_eq!(order(&ready), vec![(0, 1), (0, 2)]);
+        assert!(blocked.is_empty());
+    }
+
+    #[test]
+    fn positions_parse_in_both_forms() {
+        assert_eq!(parse_position("3:17"), Some((3, 17)));
+        assert_eq!(parse_position("17"), Some((0, 17)));
+        assert_eq!(parse_position("pending"), None);
+    }
+
+    #[test]
+    fn the_layout_is_checked() {
+        let c = |urls: &[&str], partitions| ClusterConfig {
+            urls: urls.iter().map(|s| s.to_string()).collect(),
+            partitions,
+            node_id: "n".into(),
+            max_len: 10,
+            id_ttl: None,
+        };
+        assert!(c(&["redis://a"], 1).check().is_ok());
+        assert!(c(&["redis://a", "redis://b"], 4).check().is_ok());
+        let e = c(&["redis://a", "redis://b"], 1).check().unwrap_err();
+        assert!(e.to_string().contains("fewer than the 2 Redis"), "{e}");
+        assert!(c(&["redis://a"], 0).check().is_err());
+        assert!(c(&["redis://a"], MAX_PARTITIONS + 1).check().is_err());
+        assert_eq!(
+            ClusterConfig::urls_of(" redis://a:1 ,redis://b:2,"),
+            vec!["redis://a:1", "redis://b:2"]
+        );
     }
 }

@@ -279,10 +279,15 @@ settings! {
     /// Longest accepted JWT in bytes; a longer one is refused (401) unparsed. [default: 16384]
     max_token_len: usize = crate::auth::DEFAULT_MAX_TOKEN_LEN, env "HERALD_MAX_TOKEN_LEN";
     /// Cluster mode: the Redis that holds the shared log
-    /// (redis://[user:password@]host:port[/db]). Every node given the
-    /// same one acts as one hub: publish on any, receive on every, resume
-    /// on any. Unset (the default): a single node with its own history.
+    /// (redis://[user:password@]host:port[/db]), or several, comma-separated,
+    /// to spread --redis-partitions over. Every node given the same ones acts
+    /// as one hub: publish on any, receive on every, resume on any. Unset
+    /// (the default): a single node with its own history.
     transport: String = String::new(), env "HERALD_TRANSPORT", then empty_is_none => Option<String>;
+    /// Cluster mode: how many logs the updates are spread over, by a hash of
+    /// their first topic (1 to 256; at least one per --transport Redis).
+    /// Every node must use the same value. [default: 1]
+    redis_partitions: usize = 1, env "HERALD_REDIS_PARTITIONS";
     /// This node's name in cluster logs and /readyz (default: the host
     /// name and the process id).
     node_id: String = String::new(), env "HERALD_NODE_ID", then empty_is_none => Option<String>;
@@ -664,6 +669,7 @@ mod tests {
             max_connections = 17
             max_connections_per_ip = 18
             transport = "redis://127.0.0.1:6390/2"
+            redis_partitions = 4
             node_id = " node-a "
         "#;
         let keys: std::collections::BTreeSet<String> = toml
@@ -713,6 +719,7 @@ mod tests {
         assert_eq!(c.max_connections, 17);
         assert_eq!(c.max_connections_per_ip, 18);
         assert_eq!(c.transport.as_deref(), Some("redis://127.0.0.1:6390/2"));
+        assert_eq!(c.redis_partitions, 4);
         assert_eq!(c.node_id.as_deref(), Some("node-a"));
     }
 

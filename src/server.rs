@@ -72,7 +72,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     if let Some(url) = &config.transport {
         let node_id = config.node_id.clone().unwrap_or_else(default_node_id);
         let cluster = Cluster::connect(ClusterConfig {
-            url: url.clone(),
+            urls: ClusterConfig::urls_of(url),
+            partitions: config.redis_partitions,
             node_id: node_id.clone(),
             max_len: config.history_size,
             id_ttl: config.history_max_age,

@@ -238,8 +238,8 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Str
         ))
         .into());
     }
-    let (update, _) = req.into_update();
-    let update = state.hub.publish(update).await?;
+    let (update, origin) = req.into_update();
+    let update = state.hub.publish_as(update, origin).await?;
     Ok(update.id.clone())
 }
 

@@ -389,12 +389,25 @@ impl Hub {
     /// as the store promises) and offered to every matching subscriber's
     /// queue.
     pub async fn publish(&self, update: Update) -> Result<Arc<Update>, HubError> {
+        self.publish_as(update, IdOrigin::Chosen).await
+    }
+
+    /// [`Hub::publish`], saying whether the publisher chose the id or the
+    /// hub generated it (unique by construction: no look-up needed).
+    pub async fn publish_as(
+        &self,
+        update: Update,
+        origin: IdOrigin,
+    ) -> Result<Arc<Update>, HubError> {
         if self.is_closed() {
             return Err(HubError::ShuttingDown);
         }
         let update = Arc::new(update);
         if let Some(cluster) = self.cluster.get() {
-            cluster.append(std::slice::from_ref(&update)).await?;
+            let chosen = origin == IdOrigin::Chosen;
+            cluster
+                .append(std::slice::from_ref(&update), &[chosen])
+                .await?;
             return Ok(update);
         }
         let (reply, answer) = oneshot::channel();
@@ -403,7 +416,7 @@ impl Hub {
             reply: Some(reply),
             durable: true,
             group: None,
-            chosen_id: true,
+            chosen_id: origin == IdOrigin::Chosen,
         }))?;
         // A dropped reply means the committer stopped (or panicked) before
         // this update was stored.
@@ -431,7 +444,7 @@ impl Hub {
             .collect();
         let updates: Vec<Arc<Update>> = updates.into_iter().map(|(u, _)| Arc::new(u)).collect();
         if let Some(cluster) = self.cluster.get() {
-            cluster.append(&updates).await?;
+            cluster.append(&updates, &chosen).await?;
             return Ok(updates);
         }
         let group = self.next_key.fetch_add(1, Ordering::Relaxed);
@@ -700,8 +713,11 @@ impl Hub {
                 let position = cluster.position_of(id).await.map_err(|e| {
                     HubError::Unavailable(format!("cannot look up {id:?} in the cluster log: {e}"))
                 })?;
-                if let Some(n) = position {
-                    if !cluster.wait_applied(n, crate::cluster::RESUME_HOLD).await {
+                if let Some(position) = position {
+                    if !cluster
+                        .wait_applied(position, crate::cluster::RESUME_HOLD)
+                        .await
+                    {
                         return Err(HubError::Unavailable(format!(
                             "node {} has not yet received update {id:?} from the cluster log; retry in a moment",
                             cluster.node_id()
