@@ -20,7 +20,13 @@ use common::*;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn node(redis: &Redis, extra: &[&str]) -> Server {
-    let url = redis.url();
+    node_on(&[redis], 1, extra)
+}
+
+/// A node whose log is `partitions` partitions over `redis` (in order).
+fn node_on(redis: &[&Redis], partitions: usize, extra: &[&str]) -> Server {
+    let transport = redis.iter().map(|r| r.url()).collect::<Vec<_>>().join(",");
+    let partitions = partitions.to_string();
     let mut args = vec![
         "serve",
         "--listen",
@@ -28,10 +34,27 @@ fn node(redis: &Redis, extra: &[&str]) -> Server {
         "--jwt-key",
         KEY,
         "--transport",
-        &url,
+        &transport,
+        "--redis-partitions",
+        &partitions,
     ];
     args.extend_from_slice(extra);
     Server::start_raw(&args, &[])
+}
+
+/// The topics the multi-topic tests publish to: enough that four
+/// partitions over two Redis all get some (checked where it matters).
+const SPREAD: usize = 8;
+
+fn spread_topic(prefix: &str, i: usize) -> String {
+    format!("{prefix}/{}", i % SPREAD)
+}
+
+fn spread_query(prefix: &str) -> String {
+    (0..SPREAD)
+        .map(|i| format!("topic={}", spread_topic(prefix, i)))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 async fn ready(base: &str) -> (u16, String) {
@@ -429,19 +452,34 @@ fn an_unreachable_redis_at_startup_is_a_clear_error() {
 async fn subscribers_of_a_killed_node_resume_on_another_exactly_once() {
     let _serial = SERIAL.lock().await;
     let redis = Redis::start(&[]);
-    let mut a = node(&redis, &[]);
-    let b = node(&redis, &[]);
-    let c = node(&redis, &[]);
+    killed_node_resumes(&[&redis], 1).await;
+}
+
+#[tokio::test]
+async fn with_four_partitions_on_two_redis_a_killed_nodes_subscribers_resume_exactly_once() {
+    let _serial = SERIAL.lock().await;
+    let (r1, r2) = (Redis::start(&[]), Redis::start(&[]));
+    killed_node_resumes(&[&r1, &r2], 4).await;
+}
+
+/// Subscribers (to topics in every partition) of a node killed with
+/// SIGKILL resume on another node: every update once, in log order.
+async fn killed_node_resumes(redis: &[&Redis], partitions: usize) {
+    let mut a = node_on(redis, partitions, &[]);
+    let b = node_on(redis, partitions, &[]);
+    let c = node_on(redis, partitions, &[]);
     for n in [&a, &b, &c] {
         wait_ready(&n.base, 200).await;
     }
-    let mut on_a = Sub::ok(&a.hub(), "topic=k").await;
+    let query = spread_query("k");
+    let mut on_a = Sub::ok(&a.hub(), &query).await;
     // Publishes flow through node b the whole time.
     let hub_b = b.hub();
     let publisher = tokio::spawn(async move {
         let mut ids = Vec::new();
         for i in 0..200 {
-            ids.push(publish(&hub_b, &[("topic", "k"), ("data", &format!("m{i}"))]).await);
+            let topic = spread_topic("k", i);
+            ids.push(publish(&hub_b, &[("topic", &topic), ("data", &format!("m{i}"))]).await);
             if i % 10 == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -461,7 +499,7 @@ async fn subscribers_of_a_killed_node_resume_on_another_exactly_once() {
     let last = got.last().unwrap().clone();
     let mut on_c = Sub::open(
         &c.hub(),
-        "topic=k",
+        &query,
         SubOpts {
             last_event_id: Some(&last),
             ..Default::default()
@@ -554,15 +592,45 @@ impl Drop for Nginx {
 #[tokio::test]
 async fn behind_nginx_reconnecting_clients_see_no_gap_and_no_duplicate() {
     let _serial = SERIAL.lock().await;
-    const UPDATES: usize = 10_000;
     let redis = Redis::start(&[]);
-    let nodes = [node(&redis, &[]), node(&redis, &[]), node(&redis, &[])];
+    hopping_behind_nginx(&[&redis], 1).await;
+}
+
+#[tokio::test]
+async fn with_four_partitions_on_two_redis_reconnecting_clients_see_no_gap_and_no_duplicate() {
+    let _serial = SERIAL.lock().await;
+    let (r1, r2) = (Redis::start(&[]), Redis::start(&[]));
+    hopping_behind_nginx(&[&r1, &r2], 4).await;
+    // Both Redis carried part of the log.
+    for r in [&r1, &r2] {
+        let keys = r.cmd(&[
+            "EXISTS",
+            "herald:{p0}:log",
+            "herald:{p1}:log",
+            "herald:{p2}:log",
+            "herald:{p3}:log",
+        ]);
+        assert_eq!(keys.trim(), ":2", "two partitions on each Redis");
+    }
+}
+
+/// 10,000 updates over topics in every partition, published through the
+/// balancer; clients that keep reconnecting through it see the reference
+/// subscriber's sequence exactly.
+async fn hopping_behind_nginx(redis: &[&Redis], partitions: usize) {
+    const UPDATES: usize = 10_000;
+    let nodes = [
+        node_on(redis, partitions, &[]),
+        node_on(redis, partitions, &[]),
+        node_on(redis, partitions, &[]),
+    ];
     for n in &nodes {
         wait_ready(&n.base, 200).await;
     }
     let lb = Nginx::start(&[&nodes[0], &nodes[1], &nodes[2]]);
+    let query = spread_query("lb");
     // The reference: one subscriber that never moves.
-    let mut reference = Sub::ok(&nodes[0].hub(), "topic=lb").await;
+    let mut reference = Sub::ok(&nodes[0].hub(), &query).await;
 
     let publishers: Vec<_> = (0..8)
         .map(|w| {
@@ -570,7 +638,8 @@ async fn behind_nginx_reconnecting_clients_see_no_gap_and_no_duplicate() {
             tokio::spawn(async move {
                 let mut ids = Vec::new();
                 for i in (w..UPDATES).step_by(8) {
-                    ids.push(publish(&hub, &[("topic", "lb"), ("data", &format!("u{i}"))]).await);
+                    let topic = spread_topic("lb", i / 8);
+                    ids.push(publish(&hub, &[("topic", &topic), ("data", &format!("u{i}"))]).await);
                 }
                 ids
             })
@@ -579,6 +648,7 @@ async fn behind_nginx_reconnecting_clients_see_no_gap_and_no_duplicate() {
     let hoppers: Vec<_> = (0..3)
         .map(|h| {
             let hub = lb.hub();
+            let query = query.clone();
             tokio::spawn(async move {
                 let mut got: Vec<String> = Vec::new();
                 let mut hops = 0;
@@ -589,7 +659,7 @@ async fn behind_nginx_reconnecting_clients_see_no_gap_and_no_duplicate() {
                     let last = got.last().cloned();
                     let mut sub = Sub::open(
                         &hub,
-                        "topic=lb",
+                        &query,
                         SubOpts {
                             last_event_id: Some(last.as_deref().unwrap_or("earliest")),
                             ..Default::default()
@@ -810,4 +880,265 @@ async fn a_node_that_is_behind_says_so_instead_of_resuming_wrongly() {
     )
     .await;
     assert_eq!(held.status, 503);
+}
+
+async fn batch(hub: &str, lines: &[serde_json::Value]) -> (u16, String) {
+    let body: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let resp = reqwest::Client::new()
+        .post(format!("{hub}/batch"))
+        .bearer_auth(publisher())
+        .header("content-type", "application/x-ndjson")
+        .body(body.join("\n"))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// `--redis-partitions 4` over two Redis: topics spread over both, yet
+/// every node delivers one sequence (publish order, since each publish
+/// waits for the one before), privacy holds, ids are unique across
+/// partitions and Redis, a batch over both is whole and in order, and a
+/// resume on any node continues exactly.
+#[tokio::test]
+async fn four_partitions_on_two_redis_act_as_one_hub() {
+    let _serial = SERIAL.lock().await;
+    let (r1, r2) = (Redis::start(&[]), Redis::start(&[]));
+    let on = [&r1, &r2];
+    let nodes = [
+        node_on(&on, 4, &[]),
+        node_on(&on, 4, &[]),
+        node_on(&on, 4, &[]),
+    ];
+    for n in &nodes {
+        wait_ready(&n.base, 200).await;
+    }
+    let query = spread_query("p");
+    let topics: Vec<String> = (0..SPREAD).map(|i| spread_topic("p", i)).collect();
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let reader = token(&[], &topic_refs);
+    let opts = || SubOpts {
+        token: Some(&reader),
+        ..Default::default()
+    };
+    let mut on_b = Sub::open(&nodes[1].hub(), &query, opts()).await;
+    let mut on_c = Sub::open(&nodes[2].hub(), &query, opts()).await;
+    let mut anonymous_on_c = Sub::ok(&nodes[2].hub(), &query).await;
+    assert_eq!((on_b.status, on_c.status), (200, 200));
+
+    let mut expected = Vec::new();
+    let mut public = Vec::new();
+    for i in 0..64 {
+        let topic = spread_topic("p", i);
+        let data = format!("m{i}");
+        let id = format!("chosen-{i}");
+        let mut fields = vec![("topic", topic.as_str()), ("data", data.as_str())];
+        // Some ids chosen by the publisher (kept on the partition of the
+        // id, often on the other Redis), the others generated.
+        if i % 5 == 0 {
+            fields.push(("id", &id));
+        }
+        if i % 4 == 0 {
+            fields.push(("private", "on"));
+        }
+        let got = publish(&nodes[i % 3].hub(), &fields).await;
+        expected.push((got.clone(), data.clone()));
+        if i % 4 != 0 {
+            public.push(got);
+        }
+    }
+    for sub in [&mut on_b, &mut on_c] {
+        for (id, data) in &expected {
+            let ev = sub.next().await;
+            assert_eq!(
+                (&ev.id, &ev.data),
+                (id, data),
+                "one sequence, publish order"
+            );
+        }
+    }
+    for id in &public {
+        assert_eq!(&anonymous_on_c.next().await.id, id, "only public updates");
+    }
+    assert!(
+        anonymous_on_c
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing private leaks to an anonymous subscriber"
+    );
+    // Resume on node a from the middle: exactly the rest.
+    let mut resumed = Sub::open(
+        &nodes[0].hub(),
+        &query,
+        SubOpts {
+            token: Some(&reader),
+            last_event_id: Some(&expected[20].0),
+            ..Default::default()
+        },
+    )
+    .await;
+    for (id, _) in &expected[21..] {
+        assert_eq!(&resumed.next().await.id, id);
+    }
+
+    // An id is unique whatever the topic, partition or Redis.
+    for i in 1..SPREAD {
+        let body = format!("topic={}&id=chosen-0", spread_topic("p", i));
+        let (status, text) = publish_raw(&nodes[i % 3].hub(), Some(&publisher()), &body).await;
+        assert_eq!(status, 409, "{text}");
+    }
+
+    // A batch over every partition: whole, in request order.
+    let lines: Vec<serde_json::Value> = (0..24)
+        .map(|i| serde_json::json!({"topic": spread_topic("p", i * 3), "data": format!("b{i}")}))
+        .collect();
+    let (status, text) = batch(&nodes[2].hub(), &lines).await;
+    assert_eq!(status, 200, "{text}");
+    let ids: Vec<&str> = text.lines().collect();
+    assert_eq!(ids.len(), 24);
+    for (i, id) in ids.iter().enumerate() {
+        let ev = on_b.next().await;
+        assert_eq!((ev.id.as_str(), ev.data.as_str()), (*id, &*format!("b{i}")));
+    }
+    // A batch with an id already used is refused whole, wherever that id
+    // and its other updates live (ids repeated within one batch are a 400
+    // before the cluster is asked).
+    for used in ["chosen-5", "chosen-10", "chosen-15"] {
+        let mut lines: Vec<serde_json::Value> = (0..SPREAD)
+            .map(|i| serde_json::json!({"topic": spread_topic("p", i), "data": "no", "id": format!("{used}-{i}")}))
+            .collect();
+        lines[6]["id"] = used.into();
+        let (status, text) = batch(&nodes[0].hub(), &lines).await;
+        assert_eq!(status, 409, "{text}");
+    }
+    assert!(
+        on_b.next_within(Duration::from_millis(500)).await.is_none(),
+        "a refused batch delivers nothing"
+    );
+    // The refused batches reserved nothing: their other ids are free.
+    for used in ["chosen-5", "chosen-10", "chosen-15"] {
+        let body = format!("topic=p/3&id={used}-3");
+        let (status, text) = publish_raw(&nodes[1].hub(), Some(&publisher()), &body).await;
+        assert_eq!(status, 200, "{text}");
+    }
+
+    for r in on {
+        let keys = r.cmd(&[
+            "EXISTS",
+            "herald:{p0}:log",
+            "herald:{p1}:log",
+            "herald:{p2}:log",
+            "herald:{p3}:log",
+        ]);
+        assert_eq!(keys.trim(), ":2", "two partitions on each Redis");
+    }
+    for n in &nodes {
+        assert_eq!(metric(&n.base, "herald_cluster_bad_entries_total").await, 0);
+    }
+}
+
+/// One of two Redis stops: publishes to its partitions answer 503, the
+/// others are accepted but (one order for every node) delivered only once
+/// it is back; then everything acknowledged arrives once, in order.
+#[tokio::test]
+async fn with_one_of_two_redis_down_nothing_acknowledged_is_lost_or_reordered() {
+    let _serial = SERIAL.lock().await;
+    let aof = ["--appendonly", "yes", "--appendfsync", "always"];
+    let (r1, mut r2) = (Redis::start(&aof), Redis::start(&aof));
+    let a = node_on(&[&r1, &r2], 4, &[]);
+    let b = node_on(&[&r1, &r2], 4, &[]);
+    for n in [&a, &b] {
+        wait_ready(&n.base, 200).await;
+    }
+    let query = spread_query("d");
+    let mut sub = Sub::ok(&b.hub(), &query).await;
+    let mut acked = Vec::new();
+    for i in 0..16 {
+        acked.push(
+            publish(
+                &a.hub(),
+                &[("topic", &spread_topic("d", i)), ("data", "before")],
+            )
+            .await,
+        );
+    }
+    r2.stop();
+    wait_ready(&a.base, 503).await;
+    let (mut ok, mut refused) = (0, 0);
+    for i in 0..16 {
+        let started = Instant::now();
+        let body = format!("topic={}&data=during", spread_topic("d", i));
+        let (status, text) = publish_raw(&a.hub(), Some(&publisher()), &body).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "answered in bounded time"
+        );
+        match status {
+            200 => {
+                ok += 1;
+                acked.push(text);
+            }
+            503 => {
+                refused += 1;
+                assert!(text.contains("unreachable"), "{text}");
+            }
+            other => panic!("{other} {text}"),
+        }
+    }
+    assert!(ok > 0 && refused > 0, "{ok} accepted, {refused} refused");
+    r2.launch();
+    for n in [&a, &b] {
+        wait_ready(&n.base, 200).await;
+    }
+    for i in 0..16 {
+        acked.push(
+            publish(
+                &a.hub(),
+                &[("topic", &spread_topic("d", i)), ("data", "after")],
+            )
+            .await,
+        );
+    }
+    for id in &acked {
+        match sub.next_within(Duration::from_secs(15)).await {
+            Some(ev) => assert_eq!(&ev.id, id, "every acknowledged update, in order"),
+            None => panic!("missing {id}"),
+        }
+    }
+    assert!(
+        sub.next_within(Duration::from_millis(300)).await.is_none(),
+        "no duplicate"
+    );
+}
+
+/// Every node must route topics alike: a node given another layout than
+/// the cluster's is refused by name, as is a layout that cannot be.
+#[tokio::test]
+async fn a_node_with_another_partition_layout_is_refused() {
+    let _serial = SERIAL.lock().await;
+    let (r1, r2) = (Redis::start(&[]), Redis::start(&[]));
+    let first = node_on(&[&r1, &r2], 4, &[]);
+    wait_ready(&first.base, 200).await;
+    let transport = format!("{},{}", r1.url(), r2.url());
+    for (transport, partitions, says) in [
+        (
+            transport.as_str(),
+            "2",
+            "laid out as 4 partitions over 2 Redis",
+        ),
+        (&*r1.url(), "4", "laid out as 4 partitions over 2 Redis"),
+        (transport.as_str(), "1", "fewer than the 2 Redis"),
+        (transport.as_str(), "257", "out of range"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--jwt-key", KEY])
+            .args(["--transport", transport, "--redis-partitions", partitions])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run herald");
+        assert!(!out.status.success(), "herald must refuse to start");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+    }
 }

@@ -174,10 +174,12 @@ async fn metrics(State(s): State<AppState>) -> Response {
         body.push_str(&format!(
             "# HELP herald_cluster_applied_total Entries of the cluster log applied by this node.\n# TYPE herald_cluster_applied_total counter\nherald_cluster_applied_total {}\n\
              # HELP herald_cluster_bad_entries_total Log entries skipped because they are not Herald updates.\n# TYPE herald_cluster_bad_entries_total counter\nherald_cluster_bad_entries_total {}\n\
-             # HELP herald_cluster_resets_total Times the log did not continue where this node left it (history dropped).\n# TYPE herald_cluster_resets_total counter\nherald_cluster_resets_total {}\n",
+             # HELP herald_cluster_resets_total Times the log did not continue where this node left it (history dropped).\n# TYPE herald_cluster_resets_total counter\nherald_cluster_resets_total {}\n\
+             # HELP herald_cluster_probes_total Idle partitions asked whether they hold anything unread (the merge's watermark).\n# TYPE herald_cluster_probes_total counter\nherald_cluster_probes_total {}\n",
             cs.applied.load(Relaxed),
             cs.bad_entries.load(Relaxed),
             cs.resets.load(Relaxed),
+            cs.probes.load(Relaxed),
         ));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
