@@ -403,6 +403,29 @@ struct Outgoing<'a> {
     /// chose, the id's own (so that a reuse is found whatever the topic);
     /// for one the hub generated (unique by construction), the update's.
     id_partition: usize,
+    chosen: bool,
+}
+
+/// How an APPEND call treats ids.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Stored; ids checked and recorded by the call.
+    Stored,
+    /// Stored; ids reserved and recorded by the caller, on another Redis.
+    Reserved,
+    /// Live-only (subscription events): delivered, never stored, ids not
+    /// kept.
+    Live,
+}
+
+impl Mode {
+    fn flag(self) -> &'static str {
+        match self {
+            Mode::Stored => "s",
+            Mode::Reserved => "r",
+            Mode::Live => "l",
+        }
+    }
 }
 
 /// A log entry read by a reader, for the merger.
@@ -590,18 +613,26 @@ impl Cluster {
 
     /// Append updates to the log, all or nothing; returns once Redis has
     /// them. `chosen` says, per update, whether the publisher chose its id
-    /// (else the hub generated it). A duplicate id is [`HubError::History`]
-    /// `DuplicateId` (409); Redis unreachable or slow is
-    /// [`HubError::Unavailable`] (503).
+    /// (else the hub generated it, unique by construction). A duplicate id
+    /// is [`HubError::History`] `DuplicateId` (409); Redis unreachable or
+    /// slow is [`HubError::Unavailable`] (503).
     ///
-    /// A request whose updates and ids all live on one Redis is one script
-    /// call there. One that spans Redis instances (a chosen id owned by
-    /// another instance than its topic's, or a batch over several) is done
-    /// in three steps: its ids are reserved where they live (all or none:
-    /// a duplicate refuses the whole request before anything is appended),
-    /// its entries are appended in request order, then its ids are
-    /// recorded. Only an outage between those steps can leave a batch half
-    /// appended; the publisher then gets 503 saying so.
+    /// Each Redis gets one script call for the updates whose partitions it
+    /// holds; within a call, updates keep request order (increasing `t`).
+    /// - All on one Redis (always so with one Redis): one call, all or
+    ///   nothing.
+    /// - Over several Redis, every id kept where its update goes and the
+    ///   chosen ones on one Redis: that Redis's call first (a duplicate
+    ///   refuses the request before anything is appended), then the others
+    ///   at once (their generated ids cannot collide).
+    /// - Otherwise (a chosen id kept on another Redis than its update): the
+    ///   ids are first reserved where they are kept, on every Redis at once
+    ///   (a duplicate anywhere refuses the whole request, reserving
+    ///   nothing), then the entries are appended, then the ids recorded.
+    ///
+    /// Over several Redis, only an outage between those calls can leave a
+    /// batch partly appended; the publisher then gets 503 naming what was
+    /// published.
     pub async fn append(&self, updates: &[Arc<Update>], chosen: &[bool]) -> Result<(), HubError> {
         self.append_as(updates, chosen, false).await
     }
@@ -618,63 +649,125 @@ impl Cluster {
             .enumerate()
             .map(|(i, update)| {
                 let partition = self.partition_of(update);
+                let chosen = chosen.get(i).copied().unwrap_or(true) && !live;
                 Outgoing {
                     update,
                     record: record::encode(update, now),
                     partition,
-                    id_partition: if chosen.get(i).copied().unwrap_or(true) && !live {
+                    id_partition: if chosen {
                         self.id_home(&update.id)
                     } else {
                         partition
                     },
+                    chosen,
                 }
             })
             .collect();
-        let first = self.instance_of(out.first().map_or(0, |o| o.partition));
-        let one_instance = out.iter().all(|o| {
-            self.instance_of(o.partition) == first && self.instance_of(o.id_partition) == first
-        });
+        let groups = self.group_by(&out, |o| o.partition);
+        let touched: Vec<usize> = (0..groups.len())
+            .filter(|&i| !groups[i].is_empty())
+            .collect();
         if live {
-            // Subscription events: one each, no ids to keep.
-            for run in self.runs(&out) {
-                self.append_run(run, 'l').await?;
+            let mode = Mode::Live;
+            let calls = touched
+                .iter()
+                .map(|&i| self.append_group(i, &groups[i], mode));
+            for result in futures_util::future::join_all(calls).await {
+                result?;
             }
             return Ok(());
         }
-        if one_instance {
-            self.append_run(&out, 's').await?;
-            return Ok(());
+        let colocated = out
+            .iter()
+            .all(|o| self.instance_of(o.id_partition) == self.instance_of(o.partition));
+        let mut with_chosen = touched
+            .iter()
+            .copied()
+            .filter(|&i| groups[i].iter().any(|o| o.chosen));
+        let first = with_chosen.next();
+        if colocated && with_chosen.next().is_none() {
+            // Ids are checked by the call that appends them.
+            let mode = Mode::Stored;
+            let mut done: Vec<usize> = Vec::new();
+            if let Some(first) = first.filter(|_| touched.len() > 1) {
+                self.append_group(first, &groups[first], mode).await?;
+                done.push(first);
+            }
+            let rest: Vec<usize> = touched
+                .iter()
+                .copied()
+                .filter(|i| !done.contains(i))
+                .collect();
+            let calls = rest.iter().map(|&i| self.append_group(i, &groups[i], mode));
+            let results = futures_util::future::join_all(calls).await;
+            return self.partly(&groups, &done, &rest, results);
         }
-        self.append_spanning(&out).await
+        self.append_reserved(&out, &groups, &touched).await
     }
 
-    /// Consecutive updates whose entries go to the same Redis.
-    fn runs<'a, 'b>(&self, out: &'a [Outgoing<'b>]) -> Vec<&'a [Outgoing<'b>]> {
-        let mut runs = Vec::new();
-        let mut start = 0;
-        for i in 1..=out.len() {
-            if i == out.len()
-                || self.instance_of(out[i].partition) != self.instance_of(out[start].partition)
-            {
-                runs.push(&out[start..i]);
-                start = i;
+    /// Updates by the Redis that holds `partition(update)`, in request
+    /// order.
+    fn group_by<'a, 'b>(
+        &self,
+        out: &'a [Outgoing<'b>],
+        partition: impl Fn(&Outgoing) -> usize,
+    ) -> Vec<Vec<&'a Outgoing<'b>>> {
+        let mut groups = vec![Vec::new(); self.instances.len()];
+        for o in out {
+            groups[self.instance_of(partition(o))].push(o);
+        }
+        groups
+    }
+
+    /// The outcome of appends to several Redis (`done` went in before
+    /// `tried`, whose results are `results`): Ok if all went in, else the
+    /// error, naming what was published if anything was.
+    fn partly<T>(
+        &self,
+        groups: &[Vec<&Outgoing>],
+        done: &[usize],
+        tried: &[usize],
+        results: Vec<Result<T, HubError>>,
+    ) -> Result<(), HubError> {
+        let mut published: Vec<&str> = done
+            .iter()
+            .flat_map(|&i| groups[i].iter().map(|o| o.update.id.as_str()))
+            .collect();
+        let mut failure = None;
+        for (&i, result) in tried.iter().zip(results) {
+            match result {
+                Ok(_) => published.extend(groups[i].iter().map(|o| o.update.id.as_str())),
+                Err(e) => failure = failure.or(Some(e)),
             }
         }
-        runs
+        match failure {
+            None => Ok(()),
+            Some(e) if published.is_empty() => Err(e),
+            Some(e) => Err(HubError::Unavailable(format!(
+                "{e}; of this request, {published:?} were published and the others may not have \
+                 been: retry those (with their own ids, a retry of a stored one answers 409)"
+            ))),
+        }
     }
 
-    /// One APPEND call on the Redis of `run`'s partitions.
-    async fn append_run(&self, run: &[Outgoing<'_>], mode: char) -> Result<Vec<u64>, HubError> {
-        let Some(head) = run.first() else {
+    /// One APPEND call on Redis `instance` for `group` (updates whose
+    /// partitions it holds).
+    async fn append_group(
+        &self,
+        instance: usize,
+        group: &[&Outgoing<'_>],
+        mode: Mode,
+    ) -> Result<Vec<u64>, HubError> {
+        if group.is_empty() {
             return Ok(Vec::new());
-        };
-        let instance = &self.instances[self.instance_of(head.partition)];
+        }
+        let instance = &self.instances[instance];
         let mut invocation = self.script.prepare_invoke();
         invocation
             .arg(self.config.max_len.max(1))
             .arg(self.id_ttl_ms())
-            .arg(mode.to_string());
-        for o in run {
+            .arg(mode.flag());
+        for o in group {
             let keys = &self.parts[o.partition];
             invocation
                 .key(self.id_key(o.id_partition, &o.update.id))
@@ -693,10 +786,19 @@ impl Cluster {
         match answer {
             Ok(Value::Array(items)) => {
                 refusal(&items)?;
-                Ok(items
+                let ns: Vec<u64> = items
                     .iter()
                     .filter_map(|v| redis::from_redis_value(v).ok())
-                    .collect())
+                    .collect();
+                if ns.len() != group.len() {
+                    return Err(HubError::Unavailable(format!(
+                        "the cluster log (Redis at {}) answered an append with {} positions for {} updates",
+                        instance.url,
+                        ns.len(),
+                        group.len()
+                    )));
+                }
+                Ok(ns)
             }
             Ok(other) => Err(HubError::Unavailable(format!(
                 "the cluster log answered {other:?} to an append; the update may not have been published"
@@ -711,74 +813,69 @@ impl Cluster {
         }
     }
 
-    /// A publish whose updates and ids span Redis instances: reserve its
-    /// ids, append its entries in request order, record its ids.
-    async fn append_spanning(&self, out: &[Outgoing<'_>]) -> Result<(), HubError> {
-        // 1. Reserve the ids, all or none, instance by instance.
-        let by_instance = |pick: &dyn Fn(&Outgoing) -> usize| {
-            let mut groups: Vec<Vec<&Outgoing>> = vec![Vec::new(); self.instances.len()];
-            for o in out {
-                groups[self.instance_of(pick(o))].push(o);
-            }
-            groups
-        };
-        let id_groups = by_instance(&|o| o.id_partition);
-        let mut reserved = Vec::new();
-        for (i, group) in id_groups.iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
+    /// A publish with a chosen id kept on another Redis than its update:
+    /// reserve every id where it is kept, append, record the ids.
+    async fn append_reserved(
+        &self,
+        out: &[Outgoing<'_>],
+        groups: &[Vec<&Outgoing<'_>>],
+        touched: &[usize],
+    ) -> Result<(), HubError> {
+        // 1. Reserve, on every Redis at once; all or none.
+        let id_groups = self.group_by(out, |o| o.id_partition);
+        let keepers: Vec<usize> = (0..id_groups.len())
+            .filter(|&i| !id_groups[i].is_empty())
+            .collect();
+        let reservations = keepers.iter().map(|&i| {
             let mut invocation = self.reserve.prepare_invoke();
             invocation.arg(RESERVATION_HOLD.as_millis() as u64);
-            for o in group {
+            for o in &id_groups[i] {
                 invocation
                     .key(self.id_key(o.id_partition, &o.update.id))
                     .arg(o.update.id.as_str());
             }
-            let answer = self.invoke(i, &invocation).await;
-            let refused = match &answer {
-                Ok(Value::Array(items)) => refusal(items).err(),
-                Ok(_) => None,
-                Err(e) => Some(HubError::Unavailable(format!(
-                    "{e}; the update was not published"
-                ))),
-            };
-            if let Some(error) = refused {
-                self.release_ids(&reserved, &id_groups).await;
-                return Err(error);
-            }
-            reserved.push(i);
-        }
-        // 2. Append, in request order.
-        let mut positions = Vec::with_capacity(out.len());
-        for (k, run) in self.runs(out).into_iter().enumerate() {
-            match self.append_run(run, 'r').await {
-                Ok(ns) => positions.extend(run.iter().zip(ns)),
-                Err(e) => {
-                    // This run may or may not be in; later ones are not.
-                    let stored: Vec<&str> = positions
-                        .iter()
-                        .map(|(o, _)| o.update.id.as_str())
-                        .collect();
-                    let later: Vec<&Outgoing> =
-                        self.runs(out).into_iter().skip(k + 1).flatten().collect();
-                    self.release_list(&later).await;
-                    return Err(if stored.is_empty() {
-                        e
-                    } else {
-                        HubError::Unavailable(format!(
-                            "{e}; of this batch, {stored:?} were published, the rest may not have been: retry the rest"
-                        ))
-                    });
+            async move {
+                match self.invoke(i, &invocation).await {
+                    Ok(Value::Array(items)) => refusal(&items),
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(HubError::Unavailable(format!(
+                        "{e}; the update was not published"
+                    ))),
                 }
             }
+        });
+        let results = futures_util::future::join_all(reservations).await;
+        if results.iter().any(Result::is_err) {
+            let reserved: Vec<&Outgoing> = keepers
+                .iter()
+                .zip(&results)
+                .filter(|(_, r)| r.is_ok())
+                .flat_map(|(&i, _)| id_groups[i].iter().copied())
+                .collect();
+            self.release(&reserved).await;
+            // A duplicate says more than an outage.
+            let mut errors: Vec<HubError> = results.into_iter().filter_map(Result::err).collect();
+            let dup = errors
+                .iter()
+                .position(|e| matches!(e, HubError::History(_)));
+            return Err(errors.swap_remove(dup.unwrap_or(0)));
         }
-        // 3. Record where each id is (replacing its reservation).
-        let ttl = self.id_ttl_ms();
-        for (i, group) in id_groups.iter().enumerate() {
-            if group.is_empty() {
-                continue;
+        // 2. Append, on every Redis at once.
+        let calls = touched
+            .iter()
+            .map(|&i| self.append_group(i, &groups[i], Mode::Reserved));
+        let results = futures_util::future::join_all(calls).await;
+        let mut positions: Vec<(&Outgoing, u64)> = Vec::new();
+        let mut failed: Vec<&Outgoing> = Vec::new();
+        for (&i, result) in touched.iter().zip(&results) {
+            match result {
+                Ok(ns) => positions.extend(groups[i].iter().copied().zip(ns.iter().copied())),
+                Err(_) => failed.extend(groups[i].iter().copied()),
             }
+        }
+        // 3. Record where each id is, replacing its reservation.
+        let ttl = self.id_ttl_ms();
+        let records = keepers.iter().map(|&i| {
             let mut pipe = redis::pipe();
             for (o, n) in positions
                 .iter()
@@ -791,21 +888,30 @@ impl Cluster {
                     .arg(ttl)
                     .ignore();
             }
-            let instance = &self.instances[i];
-            let done: Result<(), String> = async {
+            async move {
+                let instance = &self.instances[i];
                 let mut conn = instance.connection().await?;
-                pipe.query_async::<()>(&mut conn)
-                    .await
-                    .map_err(|e| redis_error(&instance.url, &e))
+                match pipe.query_async::<()>(&mut conn).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        instance.drop_connection().await;
+                        Err(redis_error(&instance.url, &e))
+                    }
+                }
             }
-            .await;
-            if let Err(e) = done {
-                instance.drop_connection().await;
-                return Err(HubError::Unavailable(format!(
-                    "{e}; the update was published but its id could not be recorded: it is delivered, \
-                     but a retry within {RESERVATION_HOLD:?} answers 503 and one after that may publish it twice"
-                )));
-            }
+        });
+        let recorded = futures_util::future::join_all(records).await;
+        if !failed.is_empty() {
+            // Whether a failed call's entries went in is unknown: their
+            // reservations stay until they expire, so a retry within the
+            // hold answers 503 rather than publish twice.
+            return self.partly(groups, &[], touched, results);
+        }
+        if let Some(Err(e)) = recorded.into_iter().find(Result::is_err) {
+            return Err(HubError::Unavailable(format!(
+                "{e}; the update was published but its id could not be recorded: it is delivered, \
+                 but a retry within {RESERVATION_HOLD:?} answers 503 and one after that may publish it twice"
+            )));
         }
         Ok(())
     }
@@ -826,14 +932,9 @@ impl Cluster {
         }
     }
 
-    async fn release_ids(&self, instances: &[usize], groups: &[Vec<&Outgoing<'_>>]) {
-        for &i in instances {
-            self.release_list(&groups[i]).await;
-        }
-    }
-
-    /// Best effort: an unreleased reservation expires by itself.
-    async fn release_list(&self, outs: &[&Outgoing<'_>]) {
+    /// Drop reservations that were not used. Best effort: an unreleased
+    /// one expires by itself.
+    async fn release(&self, outs: &[&Outgoing<'_>]) {
         let mut by_instance: Vec<Vec<String>> = vec![Vec::new(); self.instances.len()];
         for o in outs {
             by_instance[self.instance_of(o.id_partition)]

@@ -989,7 +989,8 @@ async fn four_partitions_on_two_redis_act_as_one_hub() {
         assert_eq!(status, 409, "{text}");
     }
 
-    // A batch over every partition: whole, in request order.
+    // A batch over every partition: whole, each topic in request order,
+    // the same order on every node.
     let lines: Vec<serde_json::Value> = (0..24)
         .map(|i| serde_json::json!({"topic": spread_topic("p", i * 3), "data": format!("b{i}")}))
         .collect();
@@ -997,10 +998,33 @@ async fn four_partitions_on_two_redis_act_as_one_hub() {
     assert_eq!(status, 200, "{text}");
     let ids: Vec<&str> = text.lines().collect();
     assert_eq!(ids.len(), 24);
-    for (i, id) in ids.iter().enumerate() {
-        let ev = on_b.next().await;
-        assert_eq!((ev.id.as_str(), ev.data.as_str()), (*id, &*format!("b{i}")));
+    let mut seen = Vec::new();
+    for _ in 0..24 {
+        let (b, c) = (on_b.next().await, on_c.next().await);
+        assert_eq!(b.id, c.id, "one order on every node");
+        seen.push(
+            ids.iter()
+                .position(|id| *id == b.id)
+                .expect("an id of the batch"),
+        );
     }
+    for topic in 0..SPREAD {
+        let of_topic: Vec<usize> = seen
+            .iter()
+            .copied()
+            .filter(|i| i * 3 % SPREAD == topic)
+            .collect();
+        assert!(
+            of_topic.windows(2).all(|w| w[0] < w[1]),
+            "{topic}: {of_topic:?}"
+        );
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        (0..24).collect::<Vec<_>>(),
+        "every update of the batch once"
+    );
     // A batch with an id already used is refused whole, wherever that id
     // and its other updates live (ids repeated within one batch are a 400
     // before the cluster is asked).
