@@ -13,6 +13,8 @@
 # 2. Throughput through one Redis: per-user single publishes (10,000
 #    subscribers on node 2, a topic each, 32 publishers on node 1) and batch
 #    publishes (100,000 updates, 1,000 per request, 2 in flight).
+# 2b. The same two workloads with --redis-partitions 4 over two Redis
+#    (ports 6391 and 6392, both appendfsync always): the scaling ratio.
 # 3. Connections past one process: five nodes, five load generator
 #    processes of 19,000 subscribers each (one per node), one broadcast of 5
 #    updates to all 95,000; RSS per connection per node.
@@ -44,21 +46,25 @@ command -v redis-server >/dev/null || { echo "redis-server is not installed (apt
 KEY=cluster-bench-secret
 TOKEN="$("$HERALD" token --jwt-key "$KEY" --publish '*' --subscribe '*' --ttl 2h)"
 REDIS_PORT=6391
+REDIS_PORT2=6392
 tmp="$(mktemp -d)"
 redis_pid=""
+redis2_pid=""
 node_pids=()
 
-start_redis() {
-  rm -rf "$tmp/redis"; mkdir -p "$tmp/redis"
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$tmp/redis" --save '' \
-    --appendonly yes --appendfsync always > "$tmp/redis.log" 2>&1 &
-  redis_pid=$!
+launch_redis() { # port dir -> pid in $launched
+  rm -rf "$2"; mkdir -p "$2"
+  redis-server --port "$1" --bind 127.0.0.1 --dir "$2" --save '' \
+    --appendonly yes --appendfsync always > "$2.log" 2>&1 &
+  launched=$!
   for _ in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/$REDIS_PORT && printf 'PING\r\n' >&3 && timeout 1 head -c 5 <&3 | grep -q PONG) 2>/dev/null && return 0
+    (exec 3<>/dev/tcp/127.0.0.1/$1 && printf 'PING\r\n' >&3 && timeout 1 head -c 5 <&3 | grep -q PONG) 2>/dev/null && return 0
     sleep 0.1
   done
-  echo "redis did not start" >&2; return 1
+  echo "redis did not start on port $1" >&2; return 1
 }
+start_redis() { launch_redis "$REDIS_PORT" "$tmp/redis"; redis_pid=$launched; }
+start_redis2() { launch_redis "$REDIS_PORT2" "$tmp/redis2"; redis2_pid=$launched; }
 
 start_node() { # port [extra args]
   local port="$1"; shift
@@ -77,7 +83,10 @@ stop_all() {
   for p in "${node_pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${node_pids[@]}"; do wait "$p" 2>/dev/null || true; done
   node_pids=()
-  if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; redis_pid=""; fi
+  for r in "$redis_pid" "$redis2_pid"; do
+    if [ -n "$r" ]; then kill "$r" 2>/dev/null || true; wait "$r" 2>/dev/null || true; fi
+  done
+  redis_pid=""; redis2_pid=""
 }
 trap 'stop_all; rm -rf "$tmp"' EXIT
 
@@ -100,6 +109,12 @@ lg() { # label args...
 }
 
 cluster3() { start_redis; for port in 8101 8102 8103; do start_node "$port" --transport "redis://127.0.0.1:$REDIS_PORT"; done; }
+partitioned3() { # four partitions over two Redis
+  start_redis; start_redis2
+  for port in 8101 8102 8103; do
+    start_node "$port" --transport "redis://127.0.0.1:$REDIS_PORT,redis://127.0.0.1:$REDIS_PORT2" --redis-partitions 4
+  done
+}
 single() { start_node 8101; }
 
 # 1. Cross-node latency vs one node.
@@ -124,6 +139,18 @@ lg "per-user-cluster" many-topics --target herald --url http://127.0.0.1:8102 \
 stop_all
 cluster3
 lg "batch-cluster" publish-batch --target herald --url http://127.0.0.1:8102 \
+  --publish-url http://127.0.0.1:8101 --subscribers "$MANY" --updates "$BATCH_UPDATES" \
+  --batch-size 1000 --pub-concurrency 2 --server-pid "$(node_pid 8102)"
+stop_all
+
+# 2b. Four partitions over two Redis.
+partitioned3
+lg "per-user-p4" many-topics --target herald --url http://127.0.0.1:8102 \
+  --publish-url http://127.0.0.1:8101 --subscribers "$MANY" --rounds 5 --pub-concurrency 32 \
+  --server-pid "$(node_pid 8102)"
+stop_all
+partitioned3
+lg "batch-p4" publish-batch --target herald --url http://127.0.0.1:8102 \
   --publish-url http://127.0.0.1:8101 --subscribers "$MANY" --updates "$BATCH_UPDATES" \
   --batch-size 1000 --pub-concurrency 2 --server-pid "$(node_pid 8102)"
 stop_all
@@ -177,11 +204,20 @@ for rate in (1000, 10000):
         print(f"| {name} | {r.get('deliveries_per_sec', 'n/a')} | {lat(r,'p50')} | {lat(r,'p99')} | {r.get('lost','n/a')} | {r.get('duplicates','n/a')} |")
 print()
 for name, label in (("per-user-cluster", "per-user single publishes via node 1, subscribers on node 2"),
-                    ("batch-cluster", "batch publishes (1,000 per request) via node 1, subscribers on node 2")):
+                    ("batch-cluster", "batch publishes (1,000 per request) via node 1, subscribers on node 2"),
+                    ("per-user-p4", "four partitions over two Redis: per-user single publishes"),
+                    ("batch-p4", "four partitions over two Redis: batch publishes (1,000 per request)")):
     r = load(name)
     print(f"- {label}: {r.get('publish_rate','n/a')} updates/s published, {r.get('deliveries_per_sec','n/a')} delivered/s, "
           f"p50/p99 {lat(r,'p50')}/{lat(r,'p99')} ms, lost {r.get('lost','n/a')}, dup {r.get('duplicates','n/a')}, "
           f"receiving node CPU {r.get('server_cpu_us_per_update','n/a')} us/update")
+def rate(name):
+    v = load(name).get("publish_rate")
+    return v if isinstance(v, (int, float)) else None
+for one, four, what in (("per-user-cluster", "per-user-p4", "single publishes"), ("batch-cluster", "batch-p4", "batch publishes")):
+    a, b = rate(one), rate(four)
+    if a and b:
+        print(f"- scaling, {what}: four partitions over two Redis / one Redis = {b / a:.2f}x")
 nodes = sorted(glob.glob(os.path.join(out, "cluster-big-node*.json")))
 if nodes:
     print("\n| node | connected | RSS per connection |")

@@ -72,13 +72,20 @@ const RESERVATION_HOLD: Duration = Duration::from_secs(30);
 /// How often the merger asks again about a partition whose entries are on
 /// their way to it.
 const PROBE_AGAIN: Duration = Duration::from_millis(2);
+/// After a probe that failed (a Redis down), the merger waits this long.
+const PROBE_BACKOFF: Duration = Duration::from_millis(100);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A merge held back this long (a Redis down, say) shows on `/readyz`.
+const STALL: Duration = Duration::from_secs(5);
 
 /// Checks every id, then appends every update: all or nothing.
 /// KEYS, four per update: its id key, its partition's log, counter and
 /// clock keys. ARGV: maxlen, id ttl ms, mode, then per update: id, record,
 /// partition. Mode `s`: stored, ids checked and recorded here; `r`: stored,
-/// ids reserved and recorded by the caller on another Redis; `l`: live-only
-/// entries (subscription events: delivered, never stored, ids not kept).
+/// ids reserved and recorded by the caller on another Redis (the id key
+/// given is the update's own partition's, where its position is recorded
+/// at once too); `l`: live-only entries (subscription events: delivered,
+/// never stored, ids not kept).
 /// Each entry's `t` is the Redis clock in microseconds, strictly increasing
 /// within a partition and within one call. Returns the counter value of
 /// each update, or `{"dup", id}`, or `{"busy", id}` (reserved by a publish
@@ -91,7 +98,7 @@ if mode == 's' then
   for i = 0, count - 1 do
     local key, id = KEYS[i * 4 + 1], ARGV[4 + i * 3]
     local v = redis.call('GET', key)
-    if v == 'pending' then return {'busy', id} end
+    if v and string.sub(v, 1, 7) == 'pending' then return {'busy', id} end
     if v or seen[key] then return {'dup', id} end
     seen[key] = true
   end
@@ -113,9 +120,7 @@ for i = 0, count - 1 do
     redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'n', n, 't', ts, 'r', rec, 'l', '1')
   else
     redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'n', n, 't', ts, 'r', rec)
-    if mode == 's' then
-      redis.call('SET', idk, part .. ':' .. n, 'PX', ttl)
-    end
+    redis.call('SET', idk, part .. ':' .. n, 'PX', ttl)
   end
   out[#out + 1] = n
 end
@@ -123,28 +128,64 @@ return out
 "#;
 
 /// Reserves ids for a publish whose ids live on another Redis than its
-/// log entries. KEYS: id keys. ARGV: hold ms, then the ids. Returns `ok`,
-/// `{"dup", id}` or `{"busy", id}`, having reserved all or none.
+/// log entries. KEYS: id keys. ARGV: hold ms, the request's token, then the
+/// ids. Returns `ok`, `{"dup", id}` or `{"busy", id}`, having reserved all
+/// or none.
 const RESERVE: &str = r#"
 local seen = {}
 for i = 1, #KEYS do
   local v = redis.call('GET', KEYS[i])
-  if v == 'pending' then return {'busy', ARGV[i + 1]} end
-  if v or seen[KEYS[i]] then return {'dup', ARGV[i + 1]} end
+  if v and string.sub(v, 1, 7) == 'pending' then return {'busy', ARGV[i + 2]} end
+  if v or seen[KEYS[i]] then return {'dup', ARGV[i + 2]} end
   seen[KEYS[i]] = true
 end
 for i = 1, #KEYS do
-  redis.call('SET', KEYS[i], 'pending', 'PX', ARGV[1])
+  redis.call('SET', KEYS[i], 'pending:' .. ARGV[2], 'PX', ARGV[1])
 end
 return 'ok'
 "#;
 
-/// Drops reservations that were not used. KEYS: id keys.
+/// Drops the reservations of one request that were not used. KEYS: id
+/// keys. ARGV: the request's token.
 const RELEASE: &str = r#"
 for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == 'pending' then redis.call('DEL', KEYS[i]) end
+  if redis.call('GET', KEYS[i]) == 'pending:' .. ARGV[1] then redis.call('DEL', KEYS[i]) end
 end
 return 'ok'
+"#;
+
+/// The merger's question to an idle partition: is anything unread past the
+/// last entry this node read? If not, the partition's clock is raised to
+/// the merge head's `t` (so its next entry sorts after the head, whatever
+/// the Redis clocks say: a clock that steps back or runs behind another
+/// Redis's cannot reorder what nodes already applied). KEYS: per
+/// partition, its log and clock keys. ARGV: the head's `t`, then per
+/// partition the last entry id read. Returns per partition its clock, or 0
+/// when something is unread.
+const PROBE: &str = r#"
+local function after(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
+local target = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS / 2 do
+  local last = redis.call('XREVRANGE', KEYS[i * 2 - 1], '+', '-', 'COUNT', 1)
+  local id = (last[1] and last[1][1]) or '0-0'
+  if after(id, ARGV[i + 1]) then
+    out[i] = 0
+  else
+    local clock = tonumber(redis.call('GET', KEYS[i * 2]) or '0')
+    if clock < target then
+      clock = target
+      redis.call('SET', KEYS[i * 2], string.format('%d', clock))
+    end
+    out[i] = string.format('%d', clock)
+  end
+end
+return out
 "#;
 
 /// A node's subscriptions are kept in Redis this long after its last
@@ -399,9 +440,9 @@ struct Outgoing<'a> {
     record: Vec<u8>,
     /// Its log's partition (of its first topic).
     partition: usize,
-    /// The partition whose id keys remember its id: for an id the publisher
-    /// chose, the id's own (so that a reuse is found whatever the topic);
-    /// for one the hub generated (unique by construction), the update's.
+    /// The partition whose id keys remember its id: the id's own (so that
+    /// a reuse is found whatever the topic). Ids the hub generates are
+    /// drawn so that it is the update's partition ([`Cluster::generate_id`]).
     id_partition: usize,
     chosen: bool,
 }
@@ -431,18 +472,25 @@ impl Mode {
 /// A log entry read by a reader, for the merger.
 struct Entry {
     partition: usize,
-    stream_id: String,
+    /// The partition's counter (0: a reset marker, not an entry).
     n: u64,
-    t: Option<u64>,
+    /// Its clock: entries are applied in `(t, partition)` order.
+    t: u64,
     /// None: not a Herald update (counted and skipped).
     update: Option<(Arc<Update>, bool)>,
-    /// `(last, n)`: the partition's counter did not continue.
+    /// `(last, n)`: the partition's counter did not continue before this
+    /// entry (history is dropped here).
     gap: Option<(u64, u64)>,
 }
 
 /// From the readers to the merger.
 enum Read {
-    Entries(Vec<Entry>),
+    /// Entries read, and per partition the id of the last entry read
+    /// (also when it was skipped).
+    Entries {
+        entries: Vec<Entry>,
+        seen: Vec<(usize, String)>,
+    },
     /// The partition's counter went backwards while idle: the log was
     /// flushed or restored.
     Reset {
@@ -470,6 +518,9 @@ pub struct Cluster {
     script: redis::Script,
     reserve: redis::Script,
     release: redis::Script,
+    probe: redis::Script,
+    /// Why delivery is held back, if it has been for [`STALL`].
+    merge_fault: Mutex<Option<String>>,
     /// Per partition, the counter value of the last entry this node
     /// applied.
     applied: watch::Sender<Vec<u64>>,
@@ -513,6 +564,8 @@ impl Cluster {
             script: redis::Script::new(APPEND),
             reserve: redis::Script::new(RESERVE),
             release: redis::Script::new(RELEASE),
+            probe: redis::Script::new(PROBE),
+            merge_fault: Mutex::new(None),
             applied: watch::channel(vec![0; config.partitions]).0,
             changes: std::sync::OnceLock::new(),
             known_nodes: Mutex::new(Vec::new()),
@@ -649,17 +702,16 @@ impl Cluster {
             .enumerate()
             .map(|(i, update)| {
                 let partition = self.partition_of(update);
-                let chosen = chosen.get(i).copied().unwrap_or(true) && !live;
                 Outgoing {
                     update,
                     record: record::encode(update, now),
                     partition,
-                    id_partition: if chosen {
-                        self.id_home(&update.id)
-                    } else {
+                    id_partition: if live {
                         partition
+                    } else {
+                        self.id_home(&update.id)
                     },
-                    chosen,
+                    chosen: chosen.get(i).copied().unwrap_or(true) && !live,
                 }
             })
             .collect();
@@ -769,8 +821,15 @@ impl Cluster {
             .arg(mode.flag());
         for o in group {
             let keys = &self.parts[o.partition];
+            // Reserved ids are recorded where they are kept by the caller;
+            // the call records the position under the update's own
+            // partition at once (found by `position_of`).
+            let id_partition = match mode {
+                Mode::Reserved => o.partition,
+                _ => o.id_partition,
+            };
             invocation
-                .key(self.id_key(o.id_partition, &o.update.id))
+                .key(self.id_key(id_partition, &o.update.id))
                 .key(&keys.log)
                 .key(&keys.counter)
                 .key(&keys.clock)
@@ -826,9 +885,12 @@ impl Cluster {
         let keepers: Vec<usize> = (0..id_groups.len())
             .filter(|&i| !id_groups[i].is_empty())
             .collect();
+        let token = format!("{:016x}", rand::random::<u64>());
         let reservations = keepers.iter().map(|&i| {
             let mut invocation = self.reserve.prepare_invoke();
-            invocation.arg(RESERVATION_HOLD.as_millis() as u64);
+            invocation
+                .arg(RESERVATION_HOLD.as_millis() as u64)
+                .arg(&token);
             for o in &id_groups[i] {
                 invocation
                     .key(self.id_key(o.id_partition, &o.update.id))
@@ -852,7 +914,7 @@ impl Cluster {
                 .filter(|(_, r)| r.is_ok())
                 .flat_map(|(&i, _)| id_groups[i].iter().copied())
                 .collect();
-            self.release(&reserved).await;
+            self.release(&reserved, &token).await;
             // A duplicate says more than an outage.
             let mut errors: Vec<HubError> = results.into_iter().filter_map(Result::err).collect();
             let dup = errors
@@ -934,7 +996,7 @@ impl Cluster {
 
     /// Drop reservations that were not used. Best effort: an unreleased
     /// one expires by itself.
-    async fn release(&self, outs: &[&Outgoing<'_>]) {
+    async fn release(&self, outs: &[&Outgoing<'_>], token: &str) {
         let mut by_instance: Vec<Vec<String>> = vec![Vec::new(); self.instances.len()];
         for o in outs {
             by_instance[self.instance_of(o.id_partition)]
@@ -945,6 +1007,7 @@ impl Cluster {
                 continue;
             }
             let mut invocation = self.release.prepare_invoke();
+            invocation.arg(token);
             for key in &keys {
                 invocation.key(key);
             }
@@ -956,19 +1019,51 @@ impl Cluster {
 
     /// Where `id` is in the log, if Redis still remembers it.
     pub async fn position_of(&self, id: &str) -> Result<Option<LogPosition>, String> {
-        // A chosen id lives in its own partition, a generated one in its
-        // update's: ask every partition, one MGET per Redis.
-        for instance in &self.instances {
+        // An id is kept in its own partition, and one published over two
+        // Redis also in its update's: ask every partition, one MGET per
+        // Redis, all at once.
+        let asks = self.instances.iter().map(|instance| {
             let mut cmd = redis::cmd("MGET");
             for &p in &instance.partitions {
                 cmd.arg(self.id_key(p, id));
             }
-            let found: Vec<Option<String>> = instance.query(&cmd).await?;
-            if let Some(position) = found.iter().flatten().find_map(|v| parse_position(v)) {
-                return Ok(Some(position));
+            async move { instance.query::<Vec<Option<String>>>(&cmd).await }
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let mut pending = false;
+        let mut failure = None;
+        for answer in answers {
+            match answer {
+                Ok(values) => {
+                    for value in values.iter().flatten() {
+                        match parse_position(value) {
+                            Some(position) => return Ok(Some(position)),
+                            None => pending |= value.starts_with("pending"),
+                        }
+                    }
+                }
+                Err(e) => failure = Some(e),
             }
         }
-        Ok(None)
+        if pending {
+            return Err(format!("update {id:?} is being published right now"));
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+
+    /// A fresh id for an update whose first topic is `topic`: one kept in
+    /// the update's own partition, so that publishing it needs one Redis.
+    pub fn generate_id(&self, topic: &str) -> String {
+        let partition = (fnv(topic) % self.config.partitions as u64) as usize;
+        loop {
+            let id = Update::generate_id();
+            if self.id_home(&id) == partition {
+                return id;
+            }
+        }
     }
 
     /// Wait (at most `limit`) until this node has applied the entry at
@@ -996,6 +1091,9 @@ impl Cluster {
                     self.config.node_id, instance.url
                 ));
             }
+        }
+        if let Some(reason) = &*self.merge_fault.lock() {
+            return Err(format!("node {}: {reason}", self.config.node_id));
         }
         Ok(())
     }
@@ -1144,10 +1242,11 @@ impl Cluster {
     /// flushed or restored, or this node fell behind the log's cap. History
     /// is dropped, so resumes from before answer `earliest` instead of
     /// silently skipping what is gone.
-    fn log_reset(&self, hub: &Hub, last: u64, got: u64) {
+    fn log_reset(&self, hub: &Hub, partition: usize, last: u64, got: u64) {
         self.stats.resets.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             node = %self.config.node_id,
+            partition,
             last_applied = last,
             log_says = got,
             "the cluster log does not continue where this node left it (Redis flushed or \
@@ -1156,7 +1255,7 @@ impl Cluster {
         );
         hub.forget_history();
         // Counters of the old log mean nothing in the new one.
-        self.applied.send_replace(vec![0; self.config.partitions]);
+        self.applied.send_modify(|applied| applied[partition] = 0);
     }
 
     /// Entries read could not be stored and delivered (a committer panic,
@@ -1246,12 +1345,18 @@ impl Cluster {
         let parts = &instance.partitions;
         let mut conn: Option<MultiplexedConnection> = None;
         // Per partition of this Redis: the last entry id read ("0" = from
-        // the start) and its counter.
+        // the start), its counter and its clock.
         let mut position: Vec<String> = vec!["0".into(); parts.len()];
         let mut last_n: Vec<Option<u64>> = vec![None; parts.len()];
-        let mut backoff = BACKOFF_MIN;
-        // Read everything there was at start (then reads block).
+        let mut last_t: Vec<u64> = vec![0; parts.len()];
+        // After a reset: entries stamped up to here were read before it (a
+        // log restored from an older copy), not delivered again.
+        let mut read_before: Vec<u64> = vec![0; parts.len()];
+        // The last entry of each partition when the reader started: caught
+        // up once read that far (even while publishes go on).
+        let mut start_ends: Option<Vec<Option<StreamId>>> = None;
         let mut caught_up = false;
+        let mut backoff = BACKOFF_MIN;
         loop {
             if tx.is_closed() {
                 return;
@@ -1283,8 +1388,33 @@ impl Cluster {
                 }
             }
             let c = conn.as_mut().expect("connected above");
-            // Until caught up, read without blocking: an empty answer
-            // means the back-fill is done.
+            if start_ends.is_none() {
+                let mut pipe = redis::pipe();
+                for &p in parts {
+                    pipe.cmd("XREVRANGE")
+                        .arg(&self.parts[p].log)
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1);
+                }
+                let ends: redis::RedisResult<Vec<redis::streams::StreamRangeReply>> =
+                    pipe.query_async(c).await;
+                match ends {
+                    Ok(ends) => {
+                        start_ends = Some(
+                            ends.iter()
+                                .map(|r| r.ids.first().and_then(|e| StreamId::parse(&e.id)))
+                                .collect(),
+                        )
+                    }
+                    Err(_) => {
+                        conn = None;
+                        continue;
+                    }
+                }
+            }
+            // Until caught up, read without blocking.
             let mut cmd = redis::cmd("XREAD");
             cmd.arg("COUNT").arg(PAGE);
             if caught_up {
@@ -1317,20 +1447,29 @@ impl Cluster {
                 }
             };
             let mut entries = Vec::new();
+            let mut seen = Vec::new();
             for stream in streams {
                 let Some(k) = parts.iter().position(|&p| self.parts[p].log == stream.key) else {
                     continue;
                 };
+                let Some(last) = stream.ids.last() else {
+                    continue;
+                };
+                seen.push((parts[k], last.id.clone()));
                 for entry in stream.ids {
                     position[k].clone_from(&entry.id);
                     let n: Option<u64> = entry
                         .map
                         .get("n")
                         .and_then(|v| redis::from_redis_value(v).ok());
-                    let t: Option<u64> = entry
+                    // An entry written without a clock (by a Herald of
+                    // before partitions) sorts by its stream id's time.
+                    let t: u64 = entry
                         .map
                         .get("t")
-                        .and_then(|v| redis::from_redis_value(v).ok());
+                        .and_then(|v| redis::from_redis_value(v).ok())
+                        .or_else(|| StreamId::parse(&entry.id).map(|s| s.ms * 1000))
+                        .unwrap_or(0);
                     let decoded = entry
                         .map
                         .get("r")
@@ -1350,15 +1489,20 @@ impl Cluster {
                             "skipped a log entry that is not a Herald update"
                         );
                     }
-                    // An entry without a counter cannot be placed: skipped.
-                    // A counted one counts even when its record is bad (a
-                    // newer record version, say): the next one follows it.
+                    // An entry without a counter cannot be placed: skipped
+                    // (its id is still reported as read). A counted one
+                    // counts even when its record is bad (a newer record
+                    // version, say): the next one follows it.
                     let Some(n) = n else { continue };
+                    if t <= read_before[k] {
+                        last_n[k] = Some(n);
+                        continue;
+                    }
                     let gap = last_n[k].filter(|last| n != last + 1).map(|last| (last, n));
                     last_n[k] = Some(n);
+                    last_t[k] = last_t[k].max(t);
                     entries.push(Entry {
                         partition: parts[k],
-                        stream_id: entry.id,
                         n,
                         t,
                         update,
@@ -1366,7 +1510,11 @@ impl Cluster {
                     });
                 }
             }
-            if entries.is_empty() {
+            let idle = seen.is_empty();
+            if !seen.is_empty() && tx.send(Read::Entries { entries, seen }).await.is_err() {
+                return;
+            }
+            if idle {
                 // Idle: a log that was flushed or restored while its stream
                 // ids went backwards (another clock) would never show up in
                 // XREAD from our position; its counter does.
@@ -1389,22 +1537,22 @@ impl Cluster {
                             }
                             position[k] = "0".into();
                             last_n[k] = None;
+                            read_before[k] = last_t[k];
                         }
                     }
                 }
-                if !caught_up {
-                    caught_up = true;
-                    // The merger says so once it has applied what came
-                    // before.
-                    if tx.send(Read::CaughtUp(i)).await.is_err() {
-                        return;
-                    }
-                }
-                instance.clear_fault(node);
-                continue;
             }
-            if tx.send(Read::Entries(entries)).await.is_err() {
-                return;
+            let reached = start_ends.as_ref().is_some_and(|ends| {
+                ends.iter().zip(&position).all(|(end, at)| {
+                    end.is_none_or(|end| StreamId::parse(at).is_some_and(|at| at >= end))
+                })
+            });
+            if !caught_up && (idle || reached) {
+                caught_up = true;
+                // The merger says so once it has applied what came before.
+                if tx.send(Read::CaughtUp(i)).await.is_err() {
+                    return;
+                }
             }
             if caught_up {
                 instance.clear_fault(node);
@@ -1415,23 +1563,39 @@ impl Cluster {
     /// The merger: applies the readers' entries in `(t, partition)` order,
     /// each once no partition can still produce an earlier one.
     async fn merge(self: Arc<Self>, hub: Weak<Hub>, mut rx: mpsc::Receiver<Read>) {
-        let parts = self.config.partitions;
-        let mut merge = Merge::new(parts);
-        let mut stuck: Vec<usize> = Vec::new();
+        let mut merge = Merge::new(self.config.partitions);
+        // The partitions holding the head back, and the head's clock.
+        let mut stuck: Option<(Vec<usize>, u64)> = None;
+        let mut stuck_since: Option<Instant> = None;
         loop {
-            let read = if stuck.is_empty() {
-                match rx.recv().await {
+            let read = match &stuck {
+                None => match rx.recv().await {
                     Some(read) => Some(read),
                     None => return,
-                }
-            } else {
-                // Ask the partitions that hold the head back whether they
-                // have anything unread; if not, the Redis clock bounds them.
-                self.probe(&stuck, &mut merge).await;
-                match tokio::time::timeout(PROBE_AGAIN, rx.recv()).await {
-                    Ok(Some(read)) => Some(read),
-                    Ok(None) => return,
-                    Err(_) => None,
+                },
+                Some((blocked, target)) => {
+                    // Ask them whether they have anything unread; if not,
+                    // their next entries are made to sort after the head.
+                    let probed = self.probe(blocked, *target, &mut merge).await;
+                    match rx.try_recv() {
+                        Ok(read) => Some(read),
+                        Err(mpsc::error::TryRecvError::Disconnected) => return,
+                        Err(mpsc::error::TryRecvError::Empty) => {
+                            let wait = match probed {
+                                Probed::Bounded => None,
+                                Probed::Unread => Some(PROBE_AGAIN),
+                                Probed::Failed => Some(PROBE_BACKOFF),
+                            };
+                            match wait {
+                                None => None,
+                                Some(wait) => match tokio::time::timeout(wait, rx.recv()).await {
+                                    Ok(Some(read)) => Some(read),
+                                    Ok(None) => return,
+                                    Err(_) => None,
+                                },
+                            }
+                        }
+                    }
                 }
             };
             let Some(hub) = hub.upgrade() else { return };
@@ -1442,33 +1606,52 @@ impl Cluster {
             let mut caught_up = Vec::new();
             while let Some(read) = next.take() {
                 match read {
-                    Read::Entries(entries) => {
+                    Read::Entries { entries, seen } => {
                         for entry in entries {
-                            if let Some((last, got)) = entry.gap {
-                                // Apply what came before, then drop the
-                                // replica.
-                                self.apply(&hub, merge.drain()).await;
-                                self.log_reset(&hub, last, got);
-                            }
                             merge.push(entry);
+                        }
+                        for (p, id) in seen {
+                            merge.seen(p, &id);
                         }
                     }
                     Read::Reset {
                         partition,
                         last,
                         got,
-                    } => {
-                        self.apply(&hub, merge.drain()).await;
-                        merge.forget(partition);
-                        self.log_reset(&hub, last, got);
-                    }
+                    } => merge.reset(partition, last, got),
                     Read::CaughtUp(i) => caught_up.push(i),
                 }
                 next = rx.try_recv().ok();
             }
             let (ready, blocked) = merge.ready();
-            stuck = blocked;
             self.apply(&hub, ready).await;
+            match blocked {
+                Some((partitions, target)) => {
+                    let since = *stuck_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > STALL {
+                        let on: Vec<String> = partitions
+                            .iter()
+                            .map(|&p| {
+                                format!(
+                                    "{p} (Redis at {})",
+                                    self.instances[self.instance_of(p)].url
+                                )
+                            })
+                            .collect();
+                        self.set_merge_fault(format!(
+                            "delivery has waited {:?} for partitions {} to answer",
+                            since.elapsed(),
+                            on.join(", ")
+                        ));
+                    }
+                    stuck = Some((partitions, target));
+                }
+                None => {
+                    stuck = None;
+                    stuck_since = None;
+                    self.set_merge_fault(String::new());
+                }
+            }
             for i in caught_up {
                 let instance = &self.instances[i];
                 instance.caught_up.store(true, Ordering::Relaxed);
@@ -1482,56 +1665,69 @@ impl Cluster {
         }
     }
 
-    /// One atomic look per Redis at the last entry of each partition in
-    /// `stuck` and at its clock: a partition with nothing unread can only
-    /// produce entries stamped from that clock on.
-    async fn probe(&self, stuck: &[usize], merge: &mut Merge) {
-        for (i, instance) in self.instances.iter().enumerate() {
+    /// A stalled merge shows on `/readyz` (empty: not stalled).
+    fn set_merge_fault(&self, reason: String) {
+        let mut fault = self.merge_fault.lock();
+        if reason.is_empty() {
+            if fault.take().is_some() {
+                tracing::info!(node = %self.config.node_id, "delivery goes on");
+            }
+            return;
+        }
+        if fault.is_none() {
+            tracing::error!(node = %self.config.node_id, %reason, "cluster log");
+        }
+        *fault = Some(reason);
+    }
+
+    /// Ask each Redis (all at once) whether the partitions in `stuck` have
+    /// anything unread; those that have not get their clock raised to
+    /// `target` (the head's), so their next entries sort after it whatever
+    /// the Redis clocks say, and are bounded in `merge`.
+    async fn probe(&self, stuck: &[usize], target: u64, merge: &mut Merge) -> Probed {
+        let asks = (0..self.instances.len()).filter_map(|i| {
             let asked: Vec<usize> = stuck
                 .iter()
                 .copied()
                 .filter(|&p| self.instance_of(p) == i)
                 .collect();
             if asked.is_empty() {
-                continue;
+                return None;
             }
-            self.stats.probes.fetch_add(1, Ordering::Relaxed);
-            let mut pipe = redis::pipe();
-            pipe.atomic();
+            let mut invocation = self.probe.prepare_invoke();
+            invocation.arg(target);
             for &p in &asked {
-                pipe.cmd("XREVRANGE")
-                    .arg(&self.parts[p].log)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1);
+                invocation
+                    .key(&self.parts[p].log)
+                    .key(&self.parts[p].clock)
+                    .arg(merge.last_read(p).unwrap_or("0-0"));
             }
-            pipe.cmd("TIME");
-            let Ok(mut conn) = instance.connection().await else {
+            Some(async move {
+                self.stats.probes.fetch_add(1, Ordering::Relaxed);
+                let answer = tokio::time::timeout(PROBE_TIMEOUT, self.invoke(i, &invocation)).await;
+                (asked, answer)
+            })
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let mut probed = Probed::Unread;
+        let mut failed = false;
+        for (asked, answer) in answers {
+            let Ok(Ok(value)) = answer else {
+                failed = true;
                 continue;
             };
-            let answer: redis::RedisResult<Vec<Value>> = pipe.query_async(&mut conn).await;
-            let Ok(mut values) = answer else {
-                instance.drop_connection().await;
-                continue;
-            };
-            let Some(Ok((secs, micros))) = values
-                .pop()
-                .map(|v| redis::from_redis_value::<(u64, u64)>(&v))
-            else {
-                continue;
-            };
-            let clock = secs * 1_000_000 + micros;
-            for (&p, value) in asked.iter().zip(values) {
-                let last: Vec<redis::streams::StreamId> =
-                    redis::from_redis_value::<redis::streams::StreamRangeReply>(&value)
-                        .map(|r| r.ids)
-                        .unwrap_or_default();
-                let unread = last.first().map(|e| e.id.as_str()) != merge.last_read(p);
-                if !unread {
-                    merge.bound(p, clock);
+            let clocks: Vec<u64> = redis::from_redis_value(&value).unwrap_or_default();
+            for (&p, &clock) in asked.iter().zip(&clocks) {
+                if clock > 0 {
+                    merge.bound(p, clock + 1);
+                    probed = Probed::Bounded;
                 }
             }
+        }
+        if failed && matches!(probed, Probed::Unread) {
+            Probed::Failed
+        } else {
+            probed
         }
     }
 
@@ -1542,24 +1738,75 @@ impl Cluster {
         if let Some(delay) = apply_delay() {
             tokio::time::sleep(delay).await;
         }
-        let count = entries.len() as u64;
         let mut tops: Vec<(usize, u64)> = Vec::new();
         let mut page = Vec::with_capacity(entries.len());
+        let mut count = 0;
         for entry in entries {
-            tops.push((entry.partition, entry.n));
+            if let Some((last, got)) = entry.gap {
+                // Store what came before, then drop the replica: the reset
+                // takes its place in the order.
+                self.apply_page(hub, std::mem::take(&mut page), &mut tops, &mut count)
+                    .await;
+                self.log_reset(hub, entry.partition, last, got);
+            }
+            if entry.n > 0 {
+                tops.push((entry.partition, entry.n));
+                count += 1;
+            }
             if let Some(update) = entry.update {
                 page.push(update);
             }
         }
-        if !apply_page(hub, page).await {
+        self.apply_page(hub, page, &mut tops, &mut count).await;
+    }
+
+    async fn apply_page(
+        &self,
+        hub: &Hub,
+        page: Vec<(Arc<Update>, bool)>,
+        tops: &mut Vec<(usize, u64)>,
+        count: &mut u64,
+    ) {
+        if !page.is_empty() && !apply_page(hub, page).await {
             self.apply_failed(hub);
         }
-        self.applied.send_modify(|applied| {
-            for (p, n) in tops {
-                applied[p] = n;
-            }
-        });
-        self.stats.applied.fetch_add(count, Ordering::Relaxed);
+        if !tops.is_empty() {
+            self.applied.send_modify(|applied| {
+                for (p, n) in tops.drain(..) {
+                    applied[p] = n;
+                }
+            });
+        }
+        self.stats
+            .applied
+            .fetch_add(std::mem::take(count), Ordering::Relaxed);
+    }
+}
+
+/// What a probe found.
+enum Probed {
+    /// At least one partition has nothing unread: the head may go.
+    Bounded,
+    /// Entries are on their way to the merger.
+    Unread,
+    /// A Redis did not answer.
+    Failed,
+}
+
+/// A stream entry id, `ms-seq`, ordered.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+struct StreamId {
+    ms: u64,
+    seq: u64,
+}
+
+impl StreamId {
+    fn parse(id: &str) -> Option<StreamId> {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        Some(StreamId {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
     }
 }
 
@@ -1571,10 +1818,9 @@ struct Merge {
     low: Vec<u64>,
     /// Stream id of the last entry read from the partition.
     last_read: Vec<Option<String>>,
-    /// `(t, partition)` of the last entry applied: an entry that arrives
-    /// below it (a Redis clock that stepped back) is applied next rather
-    /// than out of place.
-    floor: (u64, usize),
+    /// `t` of the last entry applied: an entry that arrives below it (only
+    /// after a reset) is applied next rather than out of place.
+    floor: u64,
 }
 
 impl Merge {
@@ -1583,76 +1829,73 @@ impl Merge {
             queues: (0..parts).map(|_| VecDeque::new()).collect(),
             low: vec![0; parts],
             last_read: vec![None; parts],
-            floor: (0, 0),
+            floor: 0,
         }
     }
 
     fn push(&mut self, mut entry: Entry) {
         let p = entry.partition;
-        let back = self.queues[p].back().and_then(|e| e.t).unwrap_or(0);
-        // An entry without a clock (written by an older Herald) sorts
-        // right after the one before it.
-        let t = entry.t.unwrap_or(self.low[p]).max(back).max(self.floor.0);
-        entry.t = Some(t);
-        self.low[p] = self.low[p].max(t + 1);
-        self.last_read[p] = Some(entry.stream_id.clone());
+        let back = self.queues[p].back().map_or(0, |e| e.t);
+        entry.t = entry.t.max(back).max(self.floor);
+        self.low[p] = self.low[p].max(entry.t + 1);
         self.queues[p].push_back(entry);
+    }
+
+    /// The reader has read partition `p` up to stream entry `id`.
+    fn seen(&mut self, p: usize, id: &str) {
+        self.last_read[p] = Some(id.to_string());
     }
 
     fn last_read(&self, p: usize) -> Option<&str> {
         self.last_read[p].as_deref()
     }
 
-    /// Nothing unread in `p` as of Redis clock `clock`.
-    fn bound(&mut self, p: usize, clock: u64) {
-        self.low[p] = self.low[p].max(clock);
-    }
-
-    /// The partition was reset: what was read of it means nothing now.
-    fn forget(&mut self, p: usize) {
-        self.queues[p].clear();
+    /// Partition `p` was flushed or restored (its counter went from `last`
+    /// back to `got`): the reset takes its place after what was read of it,
+    /// and reading starts again from the start of the new log.
+    fn reset(&mut self, p: usize, last: u64, got: u64) {
+        let back = self.queues[p].back().map_or(0, |e| e.t);
+        self.queues[p].push_back(Entry {
+            partition: p,
+            n: 0,
+            t: back.max(self.floor),
+            update: None,
+            gap: Some((last, got)),
+        });
         self.last_read[p] = None;
     }
 
-    /// Everything read, in order, watermark or not (before a reset).
-    fn drain(&mut self) -> Vec<Entry> {
-        let mut out = Vec::new();
-        while let Some(p) = self.head() {
-            out.push(self.take(p));
-        }
-        out
+    /// Nothing unread in `p` can sort before `low`.
+    fn bound(&mut self, p: usize, low: u64) {
+        self.low[p] = self.low[p].max(low);
     }
 
     fn head(&self) -> Option<usize> {
         (0..self.queues.len())
-            .filter_map(|p| self.queues[p].front().map(|e| (e.t.unwrap_or(0), p)))
+            .filter_map(|p| self.queues[p].front().map(|e| (e.t, p)))
             .min()
             .map(|(_, p)| p)
     }
 
-    fn take(&mut self, p: usize) -> Entry {
-        let entry = self.queues[p].pop_front().expect("head has an entry");
-        self.floor = (entry.t.unwrap_or(0), p);
-        entry
-    }
-
-    /// The entries that can be applied now, in order, and the idle
-    /// partitions that hold the next one back.
-    fn ready(&mut self) -> (Vec<Entry>, Vec<usize>) {
+    /// The entries that can be applied now, in order; then, if one is held
+    /// back, the idle partitions that hold it and its `t`.
+    fn ready(&mut self) -> (Vec<Entry>, Option<(Vec<usize>, u64)>) {
         let mut out = Vec::new();
         while let Some(p) = self.head() {
-            let t = self.queues[p].front().and_then(|e| e.t).unwrap_or(0);
+            let t = self.queues[p].front().map_or(0, |e| e.t);
             // Another partition with nothing read could still produce an
             // entry that sorts before this one.
             let blocking: Vec<usize> = (0..self.queues.len())
                 .filter(|&q| q != p && self.queues[q].is_empty() && (self.low[q], q) <= (t, p))
                 .collect();
             if !blocking.is_empty() {
-                return (out, blocking);
+                return (out, Some((blocking, t)));
             }
-            out.push(self.take(p));
+            let entry = self.queues[p].pop_front().expect("head has an entry");
+            self.floor = entry.t;
+            out.push(entry);
         }
-        (out, Vec::new())
+        (out, None)
     }
 }
 
@@ -1737,9 +1980,8 @@ mod tests {
     fn entry(partition: usize, n: u64, t: u64) -> Entry {
         Entry {
             partition,
-            stream_id: format!("{t}-0"),
             n,
-            t: Some(t),
+            t,
             update: None,
             gap: None,
         }
@@ -1749,30 +1991,38 @@ mod tests {
         entries.iter().map(|e| (e.partition, e.n)).collect()
     }
 
+    fn blocked(ready: &Option<(Vec<usize>, u64)>) -> Vec<usize> {
+        ready.as_ref().map(|(b, _)| b.clone()).unwrap_or_default()
+    }
+
     #[test]
     fn the_merge_waits_for_idle_partitions_then_orders_by_clock() {
         let mut m = Merge::new(3);
         m.push(entry(1, 1, 20));
         m.push(entry(0, 1, 10));
         // Partition 2 has said nothing: it could still hold an earlier one.
-        let (ready, blocked) = m.ready();
+        let (ready, held) = m.ready();
         assert!(ready.is_empty());
-        assert_eq!(blocked, vec![2]);
-        // Its clock says nothing before 15 can come from it.
+        assert_eq!(
+            held,
+            Some((vec![2], 10)),
+            "held back by 2, at the head's clock"
+        );
+        // Nothing before 15 can come from it.
         m.bound(2, 15);
-        let (ready, blocked) = m.ready();
+        let (ready, held) = m.ready();
         assert_eq!(order(&ready), vec![(0, 1)]);
-        assert_eq!(blocked, vec![0, 2]);
+        assert_eq!(blocked(&held), vec![0, 2]);
         m.push(entry(2, 1, 18));
         m.bound(0, 30);
         // Partition 2 could still produce one at 19, before 20.
-        let (ready, blocked) = m.ready();
+        let (ready, held) = m.ready();
         assert_eq!(order(&ready), vec![(2, 1)]);
-        assert_eq!(blocked, vec![2]);
+        assert_eq!(blocked(&held), vec![2]);
         m.bound(2, 25);
-        let (ready, blocked) = m.ready();
+        let (ready, held) = m.ready();
         assert_eq!(order(&ready), vec![(1, 1)]);
-        assert!(blocked.is_empty());
+        assert!(held.is_none());
     }
 
     #[test]
@@ -1783,7 +2033,8 @@ mod tests {
         m.bound(0, 11);
         m.bound(1, 11);
         assert_eq!(order(&m.ready().0), vec![(0, 1), (1, 1)]);
-        // A clock that stepped back: applied next, not dropped.
+        // Below what was applied (only after a reset): applied next, not
+        // dropped.
         m.push(entry(0, 2, 5));
         m.bound(1, 20);
         let (ready, _) = m.ready();
@@ -1791,13 +2042,43 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_takes_its_place_after_what_was_read_of_its_partition() {
+        let mut m = Merge::new(2);
+        m.push(entry(0, 7, 10));
+        m.reset(0, 7, 0);
+        m.push(entry(1, 1, 12));
+        m.push(entry(0, 1, 11));
+        m.bound(0, 20);
+        m.bound(1, 20);
+        let (ready, held) = m.ready();
+        let marks: Vec<(usize, u64, bool)> = ready
+            .iter()
+            .map(|e| (e.partition, e.n, e.gap.is_some()))
+            .collect();
+        assert_eq!(
+            marks,
+            vec![(0, 7, false), (0, 0, true), (0, 1, false), (1, 1, false)]
+        );
+        assert!(held.is_none());
+    }
+
+    #[test]
     fn one_partition_never_waits() {
         let mut m = Merge::new(1);
         m.push(entry(0, 1, 10));
         m.push(entry(0, 2, 11));
-        let (ready, blocked) = m.ready();
+        let (ready, held) = m.ready();
         assert_eq!(order(&ready), vec![(0, 1), (0, 2)]);
-        assert!(blocked.is_empty());
+        assert!(held.is_none());
+    }
+
+    #[test]
+    fn stream_ids_order_numerically() {
+        let a = StreamId::parse("1700000000000-9").unwrap();
+        let b = StreamId::parse("1700000000000-10").unwrap();
+        assert!(a < b);
+        assert!(StreamId::parse("99-0").unwrap() < StreamId::parse("100-0").unwrap());
+        assert_eq!(StreamId::parse("x-1"), None);
     }
 
     #[test]

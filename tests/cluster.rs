@@ -1045,6 +1045,7 @@ async fn four_partitions_on_two_redis_act_as_one_hub() {
         let body = format!("topic=p/3&id={used}-3");
         let (status, text) = publish_raw(&nodes[1].hub(), Some(&publisher()), &body).await;
         assert_eq!(status, 200, "{text}");
+        assert_eq!(on_b.next().await.id, format!("{used}-3"));
     }
 
     for r in on {
@@ -1059,6 +1060,89 @@ async fn four_partitions_on_two_redis_act_as_one_hub() {
     }
     for n in &nodes {
         assert_eq!(metric(&n.base, "herald_cluster_bad_entries_total").await, 0);
+    }
+
+    // An entry that is not Herald's, last in every partition, is skipped
+    // and holds nothing back.
+    for p in 0..4 {
+        let log = format!("herald:{{p{p}}}:log");
+        on[p % 2].cmd(&["XADD", &log, "*", "junk", "x"]);
+    }
+    let mut after = Vec::new();
+    for i in 0..SPREAD {
+        after.push(
+            publish(
+                &nodes[0].hub(),
+                &[("topic", &spread_topic("p", i)), ("data", "after junk")],
+            )
+            .await,
+        );
+    }
+    for id in &after {
+        let ev = on_b
+            .next_within(Duration::from_secs(5))
+            .await
+            .expect("delivered");
+        assert_eq!(&ev.id, id);
+    }
+    for n in &nodes {
+        assert_eq!(metric(&n.base, "herald_cluster_bad_entries_total").await, 4);
+    }
+}
+
+/// One Redis whose clock runs an hour ahead of the other's (a partition's
+/// clock key set forward stands for it): entries of its partitions do not
+/// hold the others back for an hour, and every node still applies one
+/// sequence, each topic in publish order.
+#[tokio::test]
+async fn a_redis_clock_far_ahead_neither_stalls_delivery_nor_splits_the_order() {
+    let _serial = SERIAL.lock().await;
+    let (r1, r2) = (Redis::start(&[]), Redis::start(&[]));
+    let on = [&r1, &r2];
+    let nodes = [node_on(&on, 4, &[]), node_on(&on, 4, &[])];
+    for n in &nodes {
+        wait_ready(&n.base, 200).await;
+    }
+    let ahead = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+        + 3_600_000_000)
+        .to_string();
+    assert!(r2.cmd(&["SET", "herald:{p1}:t", &ahead]).contains("OK"));
+    let query = spread_query("s");
+    let mut subs = [
+        Sub::ok(&nodes[0].hub(), &query).await,
+        Sub::ok(&nodes[1].hub(), &query).await,
+    ];
+    let mut published = Vec::new();
+    for i in 0..40 {
+        let topic = spread_topic("s", i);
+        let id = publish(&nodes[i % 2].hub(), &[("topic", &topic), ("data", "x")]).await;
+        published.push((topic, id));
+    }
+    let mut sequences = Vec::new();
+    for sub in &mut subs {
+        let mut got = Vec::new();
+        for _ in 0..published.len() {
+            let ev = sub
+                .next_within(Duration::from_secs(5))
+                .await
+                .expect("delivered within seconds, not an hour");
+            got.push(ev.id);
+        }
+        sequences.push(got);
+    }
+    assert_eq!(sequences[0], sequences[1], "one sequence on every node");
+    for i in 0..SPREAD {
+        let topic = spread_topic("s", i);
+        let want: Vec<&String> = published
+            .iter()
+            .filter(|(t, _)| *t == topic)
+            .map(|(_, id)| id)
+            .collect();
+        let got: Vec<&String> = sequences[0].iter().filter(|id| want.contains(id)).collect();
+        assert_eq!(got, want, "{topic} in publish order");
     }
 }
 

@@ -147,7 +147,7 @@ async fn handle(
                 )));
             }
         }
-        updates.push(req.into_update());
+        updates.push(req.into_update_with(|topic| state.hub.generate_id(topic)));
     }
     if updates.is_empty() {
         return Err(HttpError::bad_request(

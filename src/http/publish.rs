@@ -26,9 +26,18 @@ impl PublishRequest {
     /// The update to publish, with the publisher's id or a fresh one, and
     /// which of the two it is.
     pub fn into_update(self) -> (Update, IdOrigin) {
+        self.into_update_with(|_| Update::generate_id())
+    }
+
+    /// [`PublishRequest::into_update`], a fresh id drawn by `generate` from
+    /// the update's first topic (see `Hub::generate_id`).
+    pub fn into_update_with(self, generate: impl FnOnce(&str) -> String) -> (Update, IdOrigin) {
         let (id, origin) = match self.id {
             Some(id) => (id, IdOrigin::Chosen),
-            None => (Update::generate_id(), IdOrigin::Generated),
+            None => (
+                generate(self.topics.first().map(String::as_str).unwrap_or("")),
+                IdOrigin::Generated,
+            ),
         };
         let update = Update::new(
             id,
@@ -238,7 +247,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Str
         ))
         .into());
     }
-    let (update, origin) = req.into_update();
+    let (update, origin) = req.into_update_with(|topic| state.hub.generate_id(topic));
     let update = state.hub.publish_as(update, origin).await?;
     Ok(update.id.clone())
 }

@@ -385,6 +385,15 @@ impl Hub {
         }
     }
 
+    /// A fresh id for an update whose first topic is `topic` (in cluster
+    /// mode, one kept on the same Redis as the update).
+    pub fn generate_id(&self, topic: &str) -> String {
+        match self.cluster.get() {
+            Some(cluster) => cluster.generate_id(topic),
+            None => Update::generate_id(),
+        }
+    }
+
     /// Store and deliver an update. Returns once it is in history (durably,
     /// as the store promises) and offered to every matching subscriber's
     /// queue.
