@@ -80,8 +80,9 @@ const STALL: Duration = Duration::from_secs(5);
 
 /// Checks every id, then appends every update: all or nothing.
 /// KEYS, four per update: its id key, its partition's log, counter and
-/// clock keys. ARGV: maxlen, id ttl ms, mode, then per update: id, record,
-/// partition. Mode `s`: stored, ids checked and recorded here; `r`: stored,
+/// clock keys. ARGV: maxlen, id ttl ms, mode, stamp ("1": give entries a
+/// clock, needed to merge partitions; one partition is merged by stream
+/// order alone), then per update: id, record, partition. Mode `s`: stored, ids checked and recorded here; `r`: stored,
 /// ids reserved and recorded by the caller on another Redis (the id key
 /// given is the update's own partition's, where its position is recorded
 /// at once too); `l`: live-only entries (subscription events: delivered,
@@ -96,33 +97,46 @@ local count = #KEYS / 4
 if mode == 's' then
   local seen = {}
   for i = 0, count - 1 do
-    local key, id = KEYS[i * 4 + 1], ARGV[4 + i * 3]
+    local key, id = KEYS[i * 4 + 1], ARGV[5 + i * 3]
     local v = redis.call('GET', key)
     if v and string.sub(v, 1, 7) == 'pending' then return {'busy', id} end
     if v or seen[key] then return {'dup', id} end
     seen[key] = true
   end
 end
-local clock = redis.call('TIME')
-local prev = tonumber(clock[1]) * 1000000 + tonumber(clock[2]) - 1
+local stamp = ARGV[4] == '1'
+local prev, clocks = 0, {}
+if stamp then
+  local now = redis.call('TIME')
+  prev = tonumber(now[1]) * 1000000 + tonumber(now[2]) - 1
+end
 local out = {}
 for i = 0, count - 1 do
   local idk, log, ctr, tk = KEYS[i * 4 + 1], KEYS[i * 4 + 2], KEYS[i * 4 + 3], KEYS[i * 4 + 4]
-  local rec, part = ARGV[5 + i * 3], ARGV[6 + i * 3]
+  local rec, part = ARGV[6 + i * 3], ARGV[7 + i * 3]
   local n = redis.call('INCR', ctr)
-  local last = tonumber(redis.call('GET', tk) or '0')
-  local t = prev + 1
-  if t <= last then t = last + 1 end
-  prev = t
-  local ts = string.format('%d', t)
-  redis.call('SET', tk, ts)
+  local fields = {'n', n}
+  if stamp then
+    local last = clocks[tk] or tonumber(redis.call('GET', tk) or '0')
+    local t = prev + 1
+    if t <= last then t = last + 1 end
+    prev, clocks[tk] = t, t
+    fields[3], fields[4] = 't', string.format('%d', t)
+  end
+  fields[#fields + 1] = 'r'
+  fields[#fields + 1] = rec
   if mode == 'l' then
-    redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'n', n, 't', ts, 'r', rec, 'l', '1')
-  else
-    redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'n', n, 't', ts, 'r', rec)
+    fields[#fields + 1] = 'l'
+    fields[#fields + 1] = '1'
+  end
+  redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+  if mode ~= 'l' then
     redis.call('SET', idk, part .. ':' .. n, 'PX', ttl)
   end
   out[#out + 1] = n
+end
+for tk, t in pairs(clocks) do
+  redis.call('SET', tk, string.format('%d', t))
 end
 return out
 "#;
@@ -208,6 +222,11 @@ pub struct ClusterConfig {
     pub max_len: usize,
     /// Ids are remembered this long (for duplicates and cross-node resume).
     pub id_ttl: Option<Duration>,
+    /// A publish answers 200 only once this many replicas of each Redis it
+    /// wrote to have it (Redis `WAIT`); 0: not asked.
+    pub replicas: usize,
+    /// How long a publish waits for those replicas (then 503).
+    pub replica_timeout: Duration,
 }
 
 impl ClusterConfig {
@@ -288,6 +307,28 @@ struct Instance {
     caught_up: AtomicBool,
     /// Why its reader is not following its partitions right now.
     fault: Mutex<Option<String>>,
+    /// Appends that answered, counted: replica acknowledgement covers all
+    /// of them up to a point (`--redis-replicas`).
+    appended: AtomicU64,
+    /// One replica round at a time, on its own connection: how many appends
+    /// the last round covered and whether it was acknowledged.
+    replication: tokio::sync::Mutex<Replication>,
+}
+
+struct Replication {
+    conn: Option<MultiplexedConnection>,
+    covered: u64,
+    last: Result<(), String>,
+}
+
+impl Default for Replication {
+    fn default() -> Replication {
+        Replication {
+            conn: None,
+            covered: 0,
+            last: Ok(()),
+        }
+    }
 }
 
 fn redis_error(url: &str, e: &redis::RedisError) -> String {
@@ -551,6 +592,8 @@ impl Cluster {
                 partitions: (i..config.partitions).step_by(config.urls.len()).collect(),
                 caught_up: AtomicBool::new(false),
                 fault: Mutex::new(Some("catching up with the cluster log".into())),
+                appended: AtomicU64::new(0),
+                replication: tokio::sync::Mutex::new(Replication::default()),
             });
         }
         let cluster = Arc::new(Cluster {
@@ -740,6 +783,12 @@ impl Cluster {
         if colocated && with_chosen.next().is_none() {
             // Ids are checked by the call that appends them.
             let mode = Mode::Stored;
+            if let [only] = touched[..] {
+                return self
+                    .append_group(only, &groups[only], mode)
+                    .await
+                    .map(|_| ());
+            }
             let mut done: Vec<usize> = Vec::new();
             if let Some(first) = first.filter(|_| touched.len() > 1) {
                 self.append_group(first, &groups[first], mode).await?;
@@ -818,7 +867,8 @@ impl Cluster {
         invocation
             .arg(self.config.max_len.max(1))
             .arg(self.id_ttl_ms())
-            .arg(mode.flag());
+            .arg(mode.flag())
+            .arg(if self.config.partitions > 1 { "1" } else { "0" });
         for o in group {
             let keys = &self.parts[o.partition];
             // Reserved ids are recorded where they are kept by the caller;
@@ -845,6 +895,10 @@ impl Cluster {
         match answer {
             Ok(Value::Array(items)) => {
                 refusal(&items)?;
+                if self.config.replicas > 0 && !matches!(mode, Mode::Live) {
+                    let mine = instance.appended.fetch_add(1, Ordering::SeqCst) + 1;
+                    self.replicated(instance, mine).await?;
+                }
                 let ns: Vec<u64> = items
                     .iter()
                     .filter_map(|v| redis::from_redis_value(v).ok())
@@ -868,6 +922,64 @@ impl Cluster {
                     "{}; the update may not have been published: retry it (with its own id, a retry of a stored update answers 409)",
                     redis_error(&instance.url, &e)
                 )))
+            }
+        }
+    }
+
+    /// Wait until `--redis-replicas` replicas of `instance` have its append
+    /// number `mine`. Group commit: one round (a marker write, then `WAIT`,
+    /// on a connection of its own) covers every append that answered
+    /// before it started, and callers whose append a finished round
+    /// covered return at once.
+    async fn replicated(&self, instance: &Instance, mine: u64) -> Result<(), HubError> {
+        let mut round = instance.replication.lock().await;
+        if round.covered < mine {
+            let upto = instance.appended.load(Ordering::SeqCst);
+            round.last = self.replica_round(instance, &mut round.conn).await;
+            round.covered = upto;
+        }
+        round.last.clone().map_err(|e| {
+            HubError::Unavailable(format!(
+                "{e}: the update is in the log of Redis at {} and is being delivered, but may be lost \
+                 if that Redis fails over now (retrying with its own id answers 409 if it was kept)",
+                instance.url
+            ))
+        })
+    }
+
+    async fn replica_round(
+        &self,
+        instance: &Instance,
+        conn: &mut Option<MultiplexedConnection>,
+    ) -> Result<(), String> {
+        if conn.is_none() {
+            let timeout = self.config.replica_timeout + RESPONSE_TIMEOUT;
+            *conn = Some(
+                instance
+                    .dial(timeout)
+                    .await
+                    .map_err(|e| redis_error(&instance.url, &e))?,
+            );
+        }
+        let c = conn.as_mut().expect("dialled above");
+        // Replication is in order: once the replicas have this write, they
+        // have every append that answered before it was sent.
+        let marker = format!("{}sync", self.parts[instance.partitions[0]].id_prefix);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(&marker).arg(1).ignore();
+        pipe.cmd("WAIT")
+            .arg(self.config.replicas)
+            .arg(self.config.replica_timeout.as_millis() as u64);
+        let acked: redis::RedisResult<(u64,)> = pipe.query_async(c).await;
+        match acked {
+            Ok((n,)) if n as usize >= self.config.replicas => Ok(()),
+            Ok((n,)) => Err(format!(
+                "only {n} of the {} replicas asked for (--redis-replicas) acknowledged it within {:?}",
+                self.config.replicas, self.config.replica_timeout
+            )),
+            Err(e) => {
+                *conn = None;
+                Err(redis_error(&instance.url, &e))
             }
         }
     }
@@ -2096,6 +2208,8 @@ mod tests {
             node_id: "n".into(),
             max_len: 10,
             id_ttl: None,
+            replicas: 0,
+            replica_timeout: Duration::from_secs(1),
         };
         assert!(c(&["redis://a"], 1).check().is_ok());
         assert!(c(&["redis://a", "redis://b"], 4).check().is_ok());

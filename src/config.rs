@@ -288,6 +288,14 @@ settings! {
     /// their first topic (1 to 256; at least one per --transport Redis).
     /// Every node must use the same value. [default: 1]
     redis_partitions: usize = 1, env "HERALD_REDIS_PARTITIONS";
+    /// Cluster mode: a publish answers 200 only once this many replicas of
+    /// each Redis it wrote to have the update (Redis WAIT, one round for
+    /// all publishes in flight); 0 does not ask. [default: 0]
+    redis_replicas: usize = 0, env "HERALD_REDIS_REPLICAS";
+    /// Cluster mode: how long a publish waits for --redis-replicas before it
+    /// answers 503 (e.g. 1s, 500ms). [default: 1s]
+    redis_replica_timeout: Duration = Duration::from_secs(1), env "HERALD_REDIS_REPLICA_TIMEOUT",
+        arg(value_parser = parse_duration);
     /// This node's name in cluster logs and /readyz (default: the host
     /// name and the process id).
     node_id: String = String::new(), env "HERALD_NODE_ID", then empty_is_none => Option<String>;
@@ -670,6 +678,8 @@ mod tests {
             max_connections_per_ip = 18
             transport = "redis://127.0.0.1:6390/2"
             redis_partitions = 4
+            redis_replicas = 1
+            redis_replica_timeout = "250ms"
             node_id = " node-a "
         "#;
         let keys: std::collections::BTreeSet<String> = toml
@@ -720,6 +730,8 @@ mod tests {
         assert_eq!(c.max_connections_per_ip, 18);
         assert_eq!(c.transport.as_deref(), Some("redis://127.0.0.1:6390/2"));
         assert_eq!(c.redis_partitions, 4);
+        assert_eq!(c.redis_replicas, 1);
+        assert_eq!(c.redis_replica_timeout, Duration::from_millis(250));
         assert_eq!(c.node_id.as_deref(), Some("node-a"));
     }
 

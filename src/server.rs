@@ -77,6 +77,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             node_id: node_id.clone(),
             max_len: config.history_size,
             id_ttl: config.history_max_age,
+            replicas: config.redis_replicas,
+            replica_timeout: config.redis_replica_timeout,
         })
         .await
         .context("--transport")?;

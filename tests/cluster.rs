@@ -1250,3 +1250,68 @@ async fn a_node_with_another_partition_layout_is_refused() {
         assert!(err.contains(says), "{err}");
     }
 }
+
+/// `--redis-replicas 1`: a publish answers 200 once a replica has it; with
+/// the replica gone it answers 503 within the timeout, saying so (the
+/// update is in the primary's log and delivered: "maybe kept", like any
+/// 503 after the write); with the replica back, 200 again.
+#[tokio::test]
+async fn a_publish_waits_for_a_redis_replica_when_asked() {
+    let _serial = SERIAL.lock().await;
+    let primary = Redis::start(&[]);
+    let port = primary.url().rsplit(':').next().unwrap().to_string();
+    let mut replica = Redis::start(&["--replicaof", "127.0.0.1", &port]);
+    let synced = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let info = primary.cmd(&["INFO", "replication"]);
+            let online = info.contains("state=online");
+            if info.contains(&format!("connected_slaves:{want}")) && (want == "0" || online) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replica state {want}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    synced("1");
+    let a = node(
+        &primary,
+        &["--redis-replicas", "1", "--redis-replica-timeout", "500ms"],
+    );
+    wait_ready(&a.base, 200).await;
+    let mut sub = Sub::ok(&a.hub(), "topic=r").await;
+    let first = publish(&a.hub(), &[("topic", "r"), ("data", "kept twice")]).await;
+    assert_eq!(sub.next().await.id, first);
+    let on_replica = replica.cmd(&["XLEN", "herald:{p0}:log"]);
+    assert_eq!(on_replica.trim(), ":1", "the replica has it");
+
+    replica.stop();
+    synced("0");
+    let started = Instant::now();
+    let (status, text) = publish_raw(
+        &a.hub(),
+        Some(&publisher()),
+        "topic=r&id=unconfirmed&data=x",
+    )
+    .await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("replicas"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        sub.next().await.id,
+        "unconfirmed",
+        "it is in the log all the same"
+    );
+    let (status, _) = publish_raw(
+        &a.hub(),
+        Some(&publisher()),
+        "topic=r&id=unconfirmed&data=x",
+    )
+    .await;
+    assert_eq!(status, 409, "a retry with its id finds it kept");
+
+    replica.launch();
+    synced("1");
+    let last = publish(&a.hub(), &[("topic", "r"), ("data", "kept again")]).await;
+    assert_eq!(sub.next().await.id, last);
+}
