@@ -72,6 +72,9 @@ const RESERVATION_HOLD: Duration = Duration::from_secs(30);
 /// How often the merger asks again about a partition whose entries are on
 /// their way to it.
 const PROBE_AGAIN: Duration = Duration::from_millis(2);
+/// A reader waits at most this long for the merger to apply what it read
+/// before it reads on.
+const READ_AHEAD_WAIT: Duration = Duration::from_millis(5);
 /// After a probe that failed (a Redis down), the merger waits this long.
 const PROBE_BACKOFF: Duration = Duration::from_millis(100);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -307,6 +310,10 @@ struct Instance {
     caught_up: AtomicBool,
     /// Why its reader is not following its partitions right now.
     fault: Mutex<Option<String>>,
+    /// Entries its reader handed to the merger that are not applied yet.
+    unapplied: AtomicU64,
+    /// Signalled when the merger applied some of them.
+    drained: tokio::sync::Notify,
     /// Appends that answered, counted: replica acknowledgement covers all
     /// of them up to a point (`--redis-replicas`).
     appended: AtomicU64,
@@ -593,6 +600,8 @@ impl Cluster {
                 caught_up: AtomicBool::new(false),
                 fault: Mutex::new(Some("catching up with the cluster log".into())),
                 appended: AtomicU64::new(0),
+                unapplied: AtomicU64::new(0),
+                drained: tokio::sync::Notify::new(),
                 replication: tokio::sync::Mutex::new(Replication::default()),
             });
         }
@@ -1499,6 +1508,18 @@ impl Cluster {
                     }
                 }
             }
+            // Let the merger apply what was read before reading on: pages
+            // then grow with the load instead of being read (and applied)
+            // a few entries at a time. Bounded, since what was read may
+            // wait for this Redis's other partitions.
+            if instance.unapplied.load(Ordering::Acquire) > 0 {
+                let drained = instance.drained.notified();
+                tokio::pin!(drained);
+                drained.as_mut().enable();
+                if instance.unapplied.load(Ordering::Acquire) > 0 {
+                    let _ = tokio::time::timeout(READ_AHEAD_WAIT, drained).await;
+                }
+            }
             let c = conn.as_mut().expect("connected above");
             if start_ends.is_none() {
                 let mut pipe = redis::pipe();
@@ -1623,8 +1644,13 @@ impl Cluster {
                 }
             }
             let idle = seen.is_empty();
-            if !seen.is_empty() && tx.send(Read::Entries { entries, seen }).await.is_err() {
-                return;
+            if !seen.is_empty() {
+                instance
+                    .unapplied
+                    .fetch_add(entries.len() as u64, Ordering::AcqRel);
+                if tx.send(Read::Entries { entries, seen }).await.is_err() {
+                    return;
+                }
             }
             if idle {
                 // Idle: a log that was flushed or restored while its stream
@@ -1853,6 +1879,12 @@ impl Cluster {
         let mut tops: Vec<(usize, u64)> = Vec::new();
         let mut page = Vec::with_capacity(entries.len());
         let mut count = 0;
+        let mut per_instance = vec![0u64; self.instances.len()];
+        for entry in &entries {
+            if entry.n > 0 {
+                per_instance[self.instance_of(entry.partition)] += 1;
+            }
+        }
         for entry in entries {
             if let Some((last, got)) = entry.gap {
                 // Store what came before, then drop the replica: the reset
@@ -1870,6 +1902,12 @@ impl Cluster {
             }
         }
         self.apply_page(hub, page, &mut tops, &mut count).await;
+        for (instance, applied) in self.instances.iter().zip(per_instance) {
+            if applied > 0 {
+                instance.unapplied.fetch_sub(applied, Ordering::AcqRel);
+                instance.drained.notify_waiters();
+            }
+        }
     }
 
     async fn apply_page(
