@@ -28,7 +28,7 @@ cd "$root"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 out="$root/bench/results"
 mkdir -p "$out"
-rm -f "$out"/cluster-*.json
+rm -f "$out"/cluster-*.json "$out"/cluster-*.redis-cpu
 
 if [ "${QUICK:-0}" = 1 ]; then
   LAT_SECS=2; MANY=1000; BATCH_UPDATES=10000; BIG=2000
@@ -98,12 +98,32 @@ node_pid() { # port
   done
 }
 
+cpu_ticks() { # pid -> utime+stime in clock ticks
+  awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+TICK=$(getconf CLK_TCK)
+
 lg() { # label args...
   local label="$1"; shift
   echo "==> $label"
+  # How busy each Redis was during the run (is Redis the limit?).
+  local r1=0 r2=0
+  [ -n "$redis_pid" ] && r1=$(cpu_ticks "$redis_pid")
+  [ -n "$redis2_pid" ] && r2=$(cpu_ticks "$redis2_pid")
   timeout 600 "$LG" "$@" --token "$TOKEN" --no-progress --json-out "$out/cluster-$label.full.json" \
     > "$tmp/lg.out" 2> "$tmp/lg.err" || { echo "   load generator failed:" >&2; tail -3 "$tmp/lg.err" >&2; }
   sed -n 's/^RESULT //p' "$tmp/lg.out" > "$out/cluster-$label.json" || true
+  # Redis CPU seconds over the run (publishes, and every node's reads).
+  local busy=""
+  for pr in "$redis_pid:$r1" "$redis2_pid:$r2"; do
+    local pid="${pr%%:*}" before="${pr#*:}"
+    [ -n "$pid" ] || continue
+    busy="$busy $(awk -v d="$(( $(cpu_ticks "$pid") - before ))" -v t="$TICK" 'BEGIN { printf "%.2f", d / t }')"
+  done
+  if [ -n "$busy" ]; then
+    echo "   Redis CPU seconds (each Redis):$busy"
+    echo "$busy" > "$out/cluster-$label.redis-cpu"
+  fi
   rm -f "$out/cluster-$label.full.json"
   grep -E '^(publish rate|deliveries/s|latency|lost |duplicates|server CPU per)' "$tmp/lg.out" | sed 's/^/   /' || true
 }
@@ -218,6 +238,15 @@ for one, four, what in (("per-user-cluster", "per-user-p4", "single publishes"),
     a, b = rate(one), rate(four)
     if a and b:
         print(f"- scaling, {what}: four partitions over two Redis / one Redis = {b / a:.2f}x")
+for name in ("per-user-cluster", "batch-cluster", "per-user-p4", "batch-p4"):
+    try:
+        secs = [float(x) for x in open(os.path.join(out, f"cluster-{name}.redis-cpu")).read().split()]
+    except Exception:
+        continue
+    n = load(name).get("expected") or 0
+    if n:
+        per = sum(secs) * 1e6 / n
+        print(f"- {name}: Redis CPU {per:.1f} us per update (all Redis together; {' + '.join(f'{s:.2f}' for s in secs)} s for {n:,} updates): one Redis core carries ~{1e6 / per:,.0f} updates/s of this kind")
 nodes = sorted(glob.glob(os.path.join(out, "cluster-big-node*.json")))
 if nodes:
     print("\n| node | connected | RSS per connection |")

@@ -69,6 +69,10 @@ const DEFAULT_ID_TTL: Duration = Duration::from_secs(24 * 3600);
 /// An id reserved by a publish that spans two Redis instances stays
 /// reserved this long if the publishing node dies half-way.
 const RESERVATION_HOLD: Duration = Duration::from_secs(30);
+/// How long the merger waits for other partitions' entries before it asks
+/// the idle ones (under load they come first, and no question is asked):
+/// at most this much latency, at most this many questions per second.
+const PROBE_DELAY: Duration = Duration::from_millis(1);
 /// How often the merger asks again about a partition whose entries are on
 /// their way to it.
 const PROBE_AGAIN: Duration = Duration::from_millis(2);
@@ -172,26 +176,21 @@ return 'ok'
 "#;
 
 /// The merger's question to an idle partition: is anything unread past the
-/// last entry this node read? If not, the partition's clock is raised to
+/// last entry this node read (does the partition's counter say more)? If
+/// not, the partition's clock is raised to
 /// the merge head's `t` (so its next entry sorts after the head, whatever
 /// the Redis clocks say: a clock that steps back or runs behind another
 /// Redis's cannot reorder what nodes already applied). KEYS: per
-/// partition, its log and clock keys. ARGV: the head's `t`, then per
-/// partition the last entry id read. Returns per partition its clock, or 0
-/// when something is unread.
+/// partition, its counter and clock keys. ARGV: the head's `t`, then per
+/// partition the counter of the last entry read. Returns per partition its
+/// clock, or 0 when something is unread (or the log was reset: the reader
+/// sees to that).
 const PROBE: &str = r#"
-local function after(a, b)
-  local am, as = string.match(a, '(%d+)-(%d+)')
-  local bm, bs = string.match(b, '(%d+)-(%d+)')
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  return am > bm or (am == bm and as > bs)
-end
 local target = tonumber(ARGV[1])
 local out = {}
 for i = 1, #KEYS / 2 do
-  local last = redis.call('XREVRANGE', KEYS[i * 2 - 1], '+', '-', 'COUNT', 1)
-  local id = (last[1] and last[1][1]) or '0-0'
-  if after(id, ARGV[i + 1]) then
+  local counter = tonumber(redis.call('GET', KEYS[i * 2 - 1]) or '0')
+  if counter ~= tonumber(ARGV[i + 1]) then
     out[i] = 0
   else
     local clock = tonumber(redis.call('GET', KEYS[i * 2]) or '0')
@@ -533,11 +532,11 @@ struct Entry {
 
 /// From the readers to the merger.
 enum Read {
-    /// Entries read, and per partition the id of the last entry read
-    /// (also when it was skipped).
+    /// Entries read, and per partition the counter of the last entry
+    /// read (also when it was skipped).
     Entries {
         entries: Vec<Entry>,
-        seen: Vec<(usize, String)>,
+        seen: Vec<(usize, u64)>,
     },
     /// The partition's counter went backwards while idle: the log was
     /// flushed or restored.
@@ -1585,10 +1584,9 @@ impl Cluster {
                 let Some(k) = parts.iter().position(|&p| self.parts[p].log == stream.key) else {
                     continue;
                 };
-                let Some(last) = stream.ids.last() else {
+                if stream.ids.is_empty() {
                     continue;
-                };
-                seen.push((parts[k], last.id.clone()));
+                }
                 for entry in stream.ids {
                     position[k].clone_from(&entry.id);
                     let n: Option<u64> = entry
@@ -1642,6 +1640,7 @@ impl Cluster {
                         gap,
                     });
                 }
+                seen.push((parts[k], last_n[k].unwrap_or(0)));
             }
             let idle = seen.is_empty();
             if !seen.is_empty() {
@@ -1705,6 +1704,7 @@ impl Cluster {
         // The partitions holding the head back, and the head's clock.
         let mut stuck: Option<(Vec<usize>, u64)> = None;
         let mut stuck_since: Option<Instant> = None;
+        let mut next_read: Option<Read> = None;
         loop {
             let read = match &stuck {
                 None => match rx.recv().await {
@@ -1712,10 +1712,19 @@ impl Cluster {
                     None => return,
                 },
                 Some((blocked, target)) => {
-                    // Ask them whether they have anything unread; if not,
-                    // their next entries are made to sort after the head.
-                    let probed = self.probe(blocked, *target, &mut merge).await;
-                    match rx.try_recv() {
+                    // Under load their entries arrive within a moment and
+                    // bound the head without a question; else ask them
+                    // whether they have anything unread; if not, their
+                    // next entries are made to sort after the head.
+                    let probed = match tokio::time::timeout(PROBE_DELAY, rx.recv()).await {
+                        Ok(Some(read)) => {
+                            next_read = Some(read);
+                            Probed::Bounded
+                        }
+                        Ok(None) => return,
+                        Err(_) => self.probe(blocked, *target, &mut merge).await,
+                    };
+                    match next_read.take().map_or_else(|| rx.try_recv(), Ok) {
                         Ok(read) => Some(read),
                         Err(mpsc::error::TryRecvError::Disconnected) => return,
                         Err(mpsc::error::TryRecvError::Empty) => {
@@ -1748,8 +1757,8 @@ impl Cluster {
                         for entry in entries {
                             merge.push(entry);
                         }
-                        for (p, id) in seen {
-                            merge.seen(p, &id);
+                        for (p, n) in seen {
+                            merge.seen(p, n);
                         }
                     }
                     Read::Reset {
@@ -1836,9 +1845,9 @@ impl Cluster {
             invocation.arg(target);
             for &p in &asked {
                 invocation
-                    .key(&self.parts[p].log)
+                    .key(&self.parts[p].counter)
                     .key(&self.parts[p].clock)
-                    .arg(merge.last_read(p).unwrap_or("0-0"));
+                    .arg(merge.last_read(p));
             }
             Some(async move {
                 self.stats.probes.fetch_add(1, Ordering::Relaxed);
@@ -1966,8 +1975,8 @@ struct Merge {
     queues: Vec<VecDeque<Entry>>,
     /// The next unread entry of the partition has `t >= low`.
     low: Vec<u64>,
-    /// Stream id of the last entry read from the partition.
-    last_read: Vec<Option<String>>,
+    /// Counter of the last entry read from the partition (0: none).
+    last_read: Vec<u64>,
     /// `t` of the last entry applied: an entry that arrives below it (only
     /// after a reset) is applied next rather than out of place.
     floor: u64,
@@ -1978,7 +1987,7 @@ impl Merge {
         Merge {
             queues: (0..parts).map(|_| VecDeque::new()).collect(),
             low: vec![0; parts],
-            last_read: vec![None; parts],
+            last_read: vec![0; parts],
             floor: 0,
         }
     }
@@ -1991,13 +2000,13 @@ impl Merge {
         self.queues[p].push_back(entry);
     }
 
-    /// The reader has read partition `p` up to stream entry `id`.
-    fn seen(&mut self, p: usize, id: &str) {
-        self.last_read[p] = Some(id.to_string());
+    /// The reader has read partition `p` up to the entry counted `n`.
+    fn seen(&mut self, p: usize, n: u64) {
+        self.last_read[p] = n;
     }
 
-    fn last_read(&self, p: usize) -> Option<&str> {
-        self.last_read[p].as_deref()
+    fn last_read(&self, p: usize) -> u64 {
+        self.last_read[p]
     }
 
     /// Partition `p` was flushed or restored (its counter went from `last`
@@ -2012,7 +2021,7 @@ impl Merge {
             update: None,
             gap: Some((last, got)),
         });
-        self.last_read[p] = None;
+        self.last_read[p] = 0;
     }
 
     /// Nothing unread in `p` can sort before `low`.
