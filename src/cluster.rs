@@ -229,6 +229,9 @@ pub struct ClusterConfig {
     pub replicas: usize,
     /// How long a publish waits for those replicas (then 503).
     pub replica_timeout: Duration,
+    /// PEM certificates that `rediss://` servers must chain to (none: the
+    /// system's trust store).
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl ClusterConfig {
@@ -586,10 +589,26 @@ impl Cluster {
     /// partitions other than the one the cluster already uses.
     pub async fn connect(config: ClusterConfig) -> anyhow::Result<Arc<Cluster>> {
         config.check()?;
+        let ca = match &config.tls_ca {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("--redis-tls-ca {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
         let mut instances = Vec::new();
         for (i, url) in config.urls.iter().enumerate() {
-            let client = redis::Client::open(url.as_str())
-                .map_err(|e| anyhow::anyhow!("--transport {url}: {e}"))?;
+            let client = match (&ca, url.starts_with("rediss://")) {
+                (Some(ca), true) => redis::Client::build_with_tls(
+                    url.as_str(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca.clone()),
+                    },
+                ),
+                _ => redis::Client::open(url.as_str()),
+            }
+            .map_err(|e| anyhow::anyhow!("--transport {url}: {e}"))?;
             instances.push(Instance {
                 url: url.clone(),
                 client,
@@ -2257,6 +2276,7 @@ mod tests {
             id_ttl: None,
             replicas: 0,
             replica_timeout: Duration::from_secs(1),
+            tls_ca: None,
         };
         assert!(c(&["redis://a"], 1).check().is_ok());
         assert!(c(&["redis://a", "redis://b"], 4).check().is_ok());

@@ -296,6 +296,10 @@ settings! {
     /// answers 503 (e.g. 1s, 500ms). [default: 1s]
     redis_replica_timeout: Duration = Duration::from_secs(1), env "HERALD_REDIS_REPLICA_TIMEOUT",
         arg(value_parser = parse_duration);
+    /// Cluster mode, rediss:// (TLS): a PEM file of the certificates the
+    /// Redis servers' must chain to (a private CA). Unset: the system's
+    /// trust store.
+    redis_tls_ca: String = String::new(), env "HERALD_REDIS_TLS_CA", then empty_is_none => Option<String>;
     /// This node's name in cluster logs and /readyz (default: the host
     /// name and the process id).
     node_id: String = String::new(), env "HERALD_NODE_ID", then empty_is_none => Option<String>;
@@ -680,6 +684,7 @@ mod tests {
             redis_partitions = 4
             redis_replicas = 1
             redis_replica_timeout = "250ms"
+            redis_tls_ca = "/etc/herald/redis-ca.pem"
             node_id = " node-a "
         "#;
         let keys: std::collections::BTreeSet<String> = toml
@@ -732,6 +737,7 @@ mod tests {
         assert_eq!(c.redis_partitions, 4);
         assert_eq!(c.redis_replicas, 1);
         assert_eq!(c.redis_replica_timeout, Duration::from_millis(250));
+        assert_eq!(c.redis_tls_ca.as_deref(), Some("/etc/herald/redis-ca.pem"));
         assert_eq!(c.node_id.as_deref(), Some("node-a"));
     }
 

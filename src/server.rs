@@ -79,6 +79,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             id_ttl: config.history_max_age,
             replicas: config.redis_replicas,
             replica_timeout: config.redis_replica_timeout,
+            tls_ca: config.redis_tls_ca.as_ref().map(std::path::PathBuf::from),
         })
         .await
         .context("--transport")?;

@@ -1315,3 +1315,159 @@ async fn a_publish_waits_for_a_redis_replica_when_asked() {
     let last = publish(&a.hub(), &[("topic", "r"), ("data", "kept again")]).await;
     assert_eq!(sub.next().await.id, last);
 }
+
+/// `rediss://`: a node talks to a Redis that only speaks TLS, trusting the
+/// private CA given with `--redis-tls-ca`; without it the server's
+/// certificate is refused at startup, by URL.
+#[tokio::test]
+async fn a_cluster_over_tls_with_a_private_ca() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl on PATH (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=herald test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let port = free_port();
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            "server.pem",
+            "--tls-key-file",
+            "server.key",
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            "ca.pem",
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+        ])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server (TLS) did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("rediss://127.0.0.1:{port}");
+    let ca = d.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let serve = |extra: &[&str]| {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-key",
+            KEY,
+            "--transport",
+            &url,
+        ];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let a = Server::start_raw(
+        &serve(&["--redis-tls-ca", ca])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        &[],
+    );
+    let b = Server::start_raw(
+        &serve(&["--redis-tls-ca", ca])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        &[],
+    );
+    wait_ready(&a.base, 200).await;
+    wait_ready(&b.base, 200).await;
+    let mut sub = Sub::ok(&b.hub(), "topic=tls").await;
+    let id = publish(&a.hub(), &[("topic", "tls"), ("data", "over TLS")]).await;
+    assert_eq!(sub.next().await.id, id);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(serve(&[]))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run herald");
+    assert!(!out.status.success(), "an unknown CA is refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&url), "{err}");
+    drop((a, b));
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
