@@ -28,7 +28,12 @@ cd "$root"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 out="$root/bench/results"
 mkdir -p "$out"
-rm -f "$out"/cluster-*.json "$out"/cluster-*.redis-cpu
+# SKIP_BIG keeps the figures of the last big run.
+if [ "${SKIP_BIG:-0}" = 1 ]; then
+  find "$out" -name 'cluster-*' ! -name 'cluster-big-*' \( -name '*.json' -o -name '*.redis-cpu' \) -delete
+else
+  rm -f "$out"/cluster-*.json "$out"/cluster-*.redis-cpu
+fi
 
 if [ "${QUICK:-0}" = 1 ]; then
   LAT_SECS=2; MANY=1000; BATCH_UPDATES=10000; BIG=2000
