@@ -170,6 +170,11 @@ stop_all
 
 # 2b. Four partitions over two Redis.
 partitioned3
+lg "latency-p4-1000" fanout --target herald --url http://127.0.0.1:8103 \
+  --publish-url http://127.0.0.1:8101 --subscribers 100 --updates $((1000 * LAT_SECS)) --rate 1000 \
+  --pub-concurrency 8 --server-pid "$(node_pid 8103)"
+stop_all
+partitioned3
 lg "per-user-p4" many-topics --target herald --url http://127.0.0.1:8102 \
   --publish-url http://127.0.0.1:8101 --subscribers "$MANY" --rounds 5 --pub-concurrency 32 \
   --server-pid "$(node_pid 8102)"
@@ -227,6 +232,9 @@ for rate in (1000, 10000):
         r = load(f"latency-{mode}-{rate}")
         name = f"{rate:,} updates/s, " + ("one node" if mode == "single" else "publish node 1 -> subscribers node 3")
         print(f"| {name} | {r.get('deliveries_per_sec', 'n/a')} | {lat(r,'p50')} | {lat(r,'p99')} | {r.get('lost','n/a')} | {r.get('duplicates','n/a')} |")
+r = load("latency-p4-1000")
+if r:
+    print(f"| 1,000 updates/s, 4 partitions over two Redis, node 1 -> node 3 (one topic: three partitions idle) | {r.get('deliveries_per_sec', 'n/a')} | {lat(r,'p50')} | {lat(r,'p99')} | {r.get('lost','n/a')} | {r.get('duplicates','n/a')} |")
 print()
 for name, label in (("per-user-cluster", "per-user single publishes via node 1, subscribers on node 2"),
                     ("batch-cluster", "batch publishes (1,000 per request) via node 1, subscribers on node 2"),

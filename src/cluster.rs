@@ -79,6 +79,12 @@ const PROBE_AGAIN: Duration = Duration::from_millis(2);
 /// A reader waits at most this long for the merger to apply what it read
 /// before it reads on.
 const READ_AHEAD_WAIT: Duration = Duration::from_millis(5);
+/// A reader whose entries the merger holds back this many of stops reading
+/// until it applies some.
+const MAX_UNAPPLIED: u64 = 50_000;
+/// Under load, partitions' counters are compared with what was read this
+/// often (a reset of a partition that gets no entries).
+const COUNTER_CHECK: Duration = Duration::from_secs(1);
 /// After a probe that failed (a Redis down), the merger waits this long.
 const PROBE_BACKOFF: Duration = Duration::from_millis(100);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -89,11 +95,14 @@ const STALL: Duration = Duration::from_secs(5);
 /// KEYS, four per update: its id key, its partition's log, counter and
 /// clock keys. ARGV: maxlen, id ttl ms, mode, stamp ("1": give entries a
 /// clock, needed to merge partitions; one partition is merged by stream
-/// order alone), then per update: id, record, partition. Mode `s`: stored, ids checked and recorded here; `r`: stored,
-/// ids reserved and recorded by the caller on another Redis (the id key
-/// given is the update's own partition's, where its position is recorded
-/// at once too); `l`: live-only entries (subscription events: delivered,
-/// never stored, ids not kept).
+/// order alone), then per update: id, record, partition.
+///
+/// Mode `s`: stored, ids checked and recorded here; `r`: stored, ids
+/// reserved and recorded by the caller on another Redis (the id key given
+/// is the update's own partition's: checked too, so an append whose answer
+/// was lost is not made twice by a retry, and its position recorded there
+/// at once); `l`: live-only entries (subscription events: delivered, never
+/// stored, ids not kept).
 /// Each entry's `t` is the Redis clock in microseconds, strictly increasing
 /// within a partition and within one call. Returns the counter value of
 /// each update, or `{"dup", id}`, or `{"busy", id}` (reserved by a publish
@@ -101,7 +110,7 @@ const STALL: Duration = Duration::from_secs(5);
 const APPEND: &str = r#"
 local maxlen, ttl, mode = ARGV[1], ARGV[2], ARGV[3]
 local count = #KEYS / 4
-if mode == 's' then
+if mode ~= 'l' then
   local seen = {}
   for i = 0, count - 1 do
     local key, id = KEYS[i * 4 + 1], ARGV[5 + i * 3]
@@ -162,6 +171,19 @@ for i = 1, #KEYS do
 end
 for i = 1, #KEYS do
   redis.call('SET', KEYS[i], 'pending:' .. ARGV[2], 'PX', ARGV[1])
+end
+return 'ok'
+"#;
+
+/// Records where reserved ids went, unless their reservation was taken
+/// over (it expired and another request reserved them). KEYS: id keys.
+/// ARGV: ttl ms, the request's token, then per key its position.
+const RECORD: &str = r#"
+for i = 1, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  if not v or v == 'pending:' .. ARGV[2] then
+    redis.call('SET', KEYS[i], ARGV[i + 2], 'PX', ARGV[1])
+  end
 end
 return 'ok'
 "#;
@@ -275,6 +297,8 @@ struct PartKeys {
     /// The clock of the partition's last entry (`t`).
     clock: String,
     id_prefix: String,
+    /// Written by replica rounds (`--redis-replicas`).
+    sync: String,
 }
 
 impl PartKeys {
@@ -284,6 +308,7 @@ impl PartKeys {
             counter: format!("herald:{{p{p}}}:n"),
             clock: format!("herald:{{p{p}}}:t"),
             id_prefix: format!("herald:{{p{p}}}:id:"),
+            sync: format!("herald:{{p{p}}}:sync"),
         }
     }
 }
@@ -314,8 +339,10 @@ struct Instance {
     fault: Mutex<Option<String>>,
     /// Entries its reader handed to the merger that are not applied yet.
     unapplied: AtomicU64,
-    /// Signalled when the merger applied some of them.
+    /// Signalled when the merger applied some of them, or wants a read.
     drained: tokio::sync::Notify,
+    /// The merger waits for one of this Redis's partitions.
+    wanted: AtomicBool,
     /// Appends that answered, counted: replica acknowledgement covers all
     /// of them up to a point (`--redis-replicas`).
     appended: AtomicU64,
@@ -324,20 +351,15 @@ struct Instance {
     replication: tokio::sync::Mutex<Replication>,
 }
 
+#[derive(Default)]
 struct Replication {
     conn: Option<MultiplexedConnection>,
+    /// Appends up to here were in a round (acknowledged or not).
     covered: u64,
-    last: Result<(), String>,
-}
-
-impl Default for Replication {
-    fn default() -> Replication {
-        Replication {
-            conn: None,
-            covered: 0,
-            last: Ok(()),
-        }
-    }
+    /// Appends up to here are acknowledged by the replicas.
+    confirmed: u64,
+    /// Why the last round that failed did.
+    error: String,
 }
 
 fn redis_error(url: &str, e: &redis::RedisError) -> String {
@@ -568,6 +590,7 @@ pub struct Cluster {
     script: redis::Script,
     reserve: redis::Script,
     release: redis::Script,
+    record: redis::Script,
     probe: redis::Script,
     /// Why delivery is held back, if it has been for [`STALL`].
     merge_fault: Mutex<Option<String>>,
@@ -620,6 +643,7 @@ impl Cluster {
                 appended: AtomicU64::new(0),
                 unapplied: AtomicU64::new(0),
                 drained: tokio::sync::Notify::new(),
+                wanted: AtomicBool::new(false),
                 replication: tokio::sync::Mutex::new(Replication::default()),
             });
         }
@@ -634,6 +658,7 @@ impl Cluster {
             script: redis::Script::new(APPEND),
             reserve: redis::Script::new(RESERVE),
             release: redis::Script::new(RELEASE),
+            record: redis::Script::new(RECORD),
             probe: redis::Script::new(PROBE),
             merge_fault: Mutex::new(None),
             applied: watch::channel(vec![0; config.partitions]).0,
@@ -761,6 +786,35 @@ impl Cluster {
     }
 
     async fn append_as(
+        &self,
+        updates: &[Arc<Update>],
+        chosen: &[bool],
+        live: bool,
+    ) -> Result<(), HubError> {
+        self.append_entries(updates, chosen, live).await?;
+        if self.config.replicas == 0 || live {
+            return Ok(());
+        }
+        // Every Redis written to confirms that its replicas have it; the
+        // tickets are taken once all the appends answered.
+        let mut touched: Vec<usize> = updates
+            .iter()
+            .map(|u| self.instance_of(self.partition_of(u)))
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let waits = touched.iter().map(|&i| {
+            let instance = &self.instances[i];
+            let mine = instance.appended.fetch_add(1, Ordering::SeqCst) + 1;
+            self.replicated(instance, mine)
+        });
+        for confirmed in futures_util::future::join_all(waits).await {
+            confirmed?;
+        }
+        Ok(())
+    }
+
+    async fn append_entries(
         &self,
         updates: &[Arc<Update>],
         chosen: &[bool],
@@ -922,10 +976,6 @@ impl Cluster {
         match answer {
             Ok(Value::Array(items)) => {
                 refusal(&items)?;
-                if self.config.replicas > 0 && !matches!(mode, Mode::Live) {
-                    let mine = instance.appended.fetch_add(1, Ordering::SeqCst) + 1;
-                    self.replicated(instance, mine).await?;
-                }
                 let ns: Vec<u64> = items
                     .iter()
                     .filter_map(|v| redis::from_redis_value(v).ok())
@@ -960,18 +1010,22 @@ impl Cluster {
     /// covered return at once.
     async fn replicated(&self, instance: &Instance, mine: u64) -> Result<(), HubError> {
         let mut round = instance.replication.lock().await;
-        if round.covered < mine {
+        if round.confirmed < mine && round.covered < mine {
             let upto = instance.appended.load(Ordering::SeqCst);
-            round.last = self.replica_round(instance, &mut round.conn).await;
+            match self.replica_round(instance, &mut round.conn).await {
+                Ok(()) => round.confirmed = upto,
+                Err(e) => round.error = e,
+            }
             round.covered = upto;
         }
-        round.last.clone().map_err(|e| {
-            HubError::Unavailable(format!(
-                "{e}: the update is in the log of Redis at {} and is being delivered, but may be lost \
-                 if that Redis fails over now (retrying with its own id answers 409 if it was kept)",
-                instance.url
-            ))
-        })
+        if round.confirmed >= mine {
+            return Ok(());
+        }
+        Err(HubError::Unavailable(format!(
+            "{}: the request is in the log of Redis at {} and is being delivered, but may be lost \
+             if that Redis fails over now (retrying with its own ids answers 409 for what was kept)",
+            round.error, instance.url
+        )))
     }
 
     async fn replica_round(
@@ -991,9 +1045,9 @@ impl Cluster {
         let c = conn.as_mut().expect("dialled above");
         // Replication is in order: once the replicas have this write, they
         // have every append that answered before it was sent.
-        let marker = format!("{}sync", self.parts[instance.partitions[0]].id_prefix);
+        let marker = &self.parts[instance.partitions[0]].sync;
         let mut pipe = redis::pipe();
-        pipe.cmd("SET").arg(&marker).arg(1).ignore();
+        pipe.cmd("SET").arg(marker).arg(1).ignore();
         pipe.cmd("WAIT")
             .arg(self.config.replicas)
             .arg(self.config.replica_timeout.as_millis() as u64);
@@ -1077,29 +1131,17 @@ impl Cluster {
         // 3. Record where each id is, replacing its reservation.
         let ttl = self.id_ttl_ms();
         let records = keepers.iter().map(|&i| {
-            let mut pipe = redis::pipe();
+            let mut invocation = self.record.prepare_invoke();
+            invocation.arg(ttl).arg(&token);
             for (o, n) in positions
                 .iter()
                 .filter(|(o, _)| self.instance_of(o.id_partition) == i)
             {
-                pipe.cmd("SET")
-                    .arg(self.id_key(o.id_partition, &o.update.id))
-                    .arg(format!("{}:{n}", o.partition))
-                    .arg("PX")
-                    .arg(ttl)
-                    .ignore();
+                invocation
+                    .key(self.id_key(o.id_partition, &o.update.id))
+                    .arg(format!("{}:{n}", o.partition));
             }
-            async move {
-                let instance = &self.instances[i];
-                let mut conn = instance.connection().await?;
-                match pipe.query_async::<()>(&mut conn).await {
-                    Ok(()) => Ok(()),
-                    Err(e) => {
-                        instance.drop_connection().await;
-                        Err(redis_error(&instance.url, &e))
-                    }
-                }
-            }
+            async move { self.invoke(i, &invocation).await.map(|_| ()) }
         });
         let recorded = futures_util::future::join_all(records).await;
         if !failed.is_empty() {
@@ -1490,7 +1532,9 @@ impl Cluster {
         let mut last_t: Vec<u64> = vec![0; parts.len()];
         // After a reset: entries stamped up to here were read before it (a
         // log restored from an older copy), not delivered again.
-        let mut read_before: Vec<u64> = vec![0; parts.len()];
+        // (t, n): entries of a restored log that this node read before.
+        let mut read_before: Vec<(u64, u64)> = vec![(0, 0); parts.len()];
+        let mut last_check = Instant::now();
         // The last entry of each partition when the reader started: caught
         // up once read that far (even while publishes go on).
         let mut start_ends: Option<Vec<Option<StreamId>>> = None;
@@ -1528,14 +1572,31 @@ impl Cluster {
             }
             // Let the merger apply what was read before reading on: pages
             // then grow with the load instead of being read (and applied)
-            // a few entries at a time. Bounded, since what was read may
-            // wait for this Redis's other partitions.
-            if instance.unapplied.load(Ordering::Acquire) > 0 {
+            // a few entries at a time. Not while the merger waits for one
+            // of this Redis's partitions (it needs this read), and at most
+            // READ_AHEAD_WAIT, unless the merger holds MAX_UNAPPLIED of
+            // this Redis's entries back (another Redis is down, say): then
+            // until it applies some, so the backlog stays in Redis.
+            loop {
+                let unapplied = instance.unapplied.load(Ordering::Acquire);
+                if unapplied == 0 || instance.wanted.load(Ordering::Acquire) {
+                    break;
+                }
                 let drained = instance.drained.notified();
                 tokio::pin!(drained);
                 drained.as_mut().enable();
-                if instance.unapplied.load(Ordering::Acquire) > 0 {
-                    let _ = tokio::time::timeout(READ_AHEAD_WAIT, drained).await;
+                if instance.unapplied.load(Ordering::Acquire) == 0
+                    || instance.wanted.load(Ordering::Acquire)
+                {
+                    break;
+                }
+                let full = unapplied >= MAX_UNAPPLIED;
+                let wait = if full { BLOCK } else { READ_AHEAD_WAIT };
+                if tokio::time::timeout(wait, drained).await.is_err() && !full {
+                    break;
+                }
+                if tx.is_closed() {
+                    return;
                 }
             }
             let c = conn.as_mut().expect("connected above");
@@ -1644,7 +1705,10 @@ impl Cluster {
                     // counts even when its record is bad (a newer record
                     // version, say): the next one follows it.
                     let Some(n) = n else { continue };
-                    if t <= read_before[k] {
+                    // Entries of the restored log up to where it was
+                    // restored (counter `got`) that this node had read (a
+                    // flush restores nothing: got = 0, nothing skipped).
+                    if n <= read_before[k].1 && t <= read_before[k].0 {
                         last_n[k] = Some(n);
                         continue;
                     }
@@ -1670,10 +1734,13 @@ impl Cluster {
                     return;
                 }
             }
-            if idle {
-                // Idle: a log that was flushed or restored while its stream
-                // ids went backwards (another clock) would never show up in
-                // XREAD from our position; its counter does.
+            if idle || last_check.elapsed() >= COUNTER_CHECK {
+                // A log that was flushed or restored while its stream ids
+                // went backwards (another clock) would never show up in
+                // XREAD from our position; its counter does. Checked when
+                // idle, and once a second under load (a partition that
+                // gets nothing while its neighbours are busy).
+                last_check = Instant::now();
                 let mut mget = redis::cmd("MGET");
                 for &p in parts {
                     mget.arg(&self.parts[p].counter);
@@ -1693,7 +1760,7 @@ impl Cluster {
                             }
                             position[k] = "0".into();
                             last_n[k] = None;
-                            read_before[k] = last_t[k];
+                            read_before[k] = (last_t[k], got);
                         }
                     }
                 }
@@ -1724,6 +1791,9 @@ impl Cluster {
         let mut stuck: Option<(Vec<usize>, u64)> = None;
         let mut stuck_since: Option<Instant> = None;
         let mut next_read: Option<Read> = None;
+        // Readers that read all there was at start, with the counters then
+        // read per partition.
+        let mut pending_caught_up: Vec<(usize, Vec<(usize, u64)>)> = Vec::new();
         loop {
             let read = match &stuck {
                 None => match rx.recv().await {
@@ -1784,13 +1854,32 @@ impl Cluster {
                         partition,
                         last,
                         got,
-                    } => merge.reset(partition, last, got),
+                    } => {
+                        merge.reset(partition, last, got);
+                        // Counters of the old log mean nothing now.
+                        for (_, targets) in &mut pending_caught_up {
+                            for (p, n) in targets.iter_mut() {
+                                if *p == partition {
+                                    *n = 0;
+                                }
+                            }
+                        }
+                    }
                     Read::CaughtUp(i) => caught_up.push(i),
                 }
                 next = rx.try_recv().ok();
             }
             let (ready, blocked) = merge.ready();
             self.apply(&hub, ready).await;
+            // The readers of the Redis it waits for read on at once.
+            for (i, instance) in self.instances.iter().enumerate() {
+                let wanted = blocked.as_ref().is_some_and(|(partitions, _)| {
+                    partitions.iter().any(|&p| self.instance_of(p) == i)
+                });
+                if instance.wanted.swap(wanted, Ordering::AcqRel) != wanted && wanted {
+                    instance.drained.notify_waiters();
+                }
+            }
             match blocked {
                 Some((partitions, target)) => {
                     let since = *stuck_since.get_or_insert_with(Instant::now);
@@ -1818,7 +1907,21 @@ impl Cluster {
                     self.set_merge_fault(String::new());
                 }
             }
+            // Caught up once what was read before is applied.
             for i in caught_up {
+                let targets = self.instances[i]
+                    .partitions
+                    .iter()
+                    .map(|&p| (p, merge.pushed(p)))
+                    .collect::<Vec<_>>();
+                pending_caught_up.push((i, targets));
+            }
+            let applied = self.applied.borrow().clone();
+            let (done, waiting): (Vec<_>, Vec<_>) = pending_caught_up
+                .drain(..)
+                .partition(|(_, targets)| targets.iter().all(|&(p, n)| applied[p] >= n));
+            pending_caught_up = waiting;
+            for (i, _) in done {
                 let instance = &self.instances[i];
                 instance.caught_up.store(true, Ordering::Relaxed);
                 tracing::info!(
@@ -1996,6 +2099,8 @@ struct Merge {
     low: Vec<u64>,
     /// Counter of the last entry read from the partition (0: none).
     last_read: Vec<u64>,
+    /// Counter of the last entry queued for the partition (0: none).
+    pushed: Vec<u64>,
     /// `t` of the last entry applied: an entry that arrives below it (only
     /// after a reset) is applied next rather than out of place.
     floor: u64,
@@ -2007,6 +2112,7 @@ impl Merge {
             queues: (0..parts).map(|_| VecDeque::new()).collect(),
             low: vec![0; parts],
             last_read: vec![0; parts],
+            pushed: vec![0; parts],
             floor: 0,
         }
     }
@@ -2016,6 +2122,7 @@ impl Merge {
         let back = self.queues[p].back().map_or(0, |e| e.t);
         entry.t = entry.t.max(back).max(self.floor);
         self.low[p] = self.low[p].max(entry.t + 1);
+        self.pushed[p] = entry.n;
         self.queues[p].push_back(entry);
     }
 
@@ -2026,6 +2133,10 @@ impl Merge {
 
     fn last_read(&self, p: usize) -> u64 {
         self.last_read[p]
+    }
+
+    fn pushed(&self, p: usize) -> u64 {
+        self.pushed[p]
     }
 
     /// Partition `p` was flushed or restored (its counter went from `last`
@@ -2041,6 +2152,7 @@ impl Merge {
             gap: Some((last, got)),
         });
         self.last_read[p] = 0;
+        self.pushed[p] = 0;
     }
 
     /// Nothing unread in `p` can sort before `low`.
