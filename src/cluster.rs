@@ -199,11 +199,11 @@ return 'ok'
 
 /// The merger's question to an idle partition: is anything unread past the
 /// last entry this node read (does the partition's counter say more)? If
-/// not, the partition's clock is raised to
-/// the merge head's `t` (so its next entry sorts after the head, whatever
-/// the Redis clocks say: a clock that steps back or runs behind another
-/// Redis's cannot reorder what nodes already applied). KEYS: per
-/// partition, its counter and clock keys. ARGV: the head's `t`, then per
+/// not, the partition's clock is raised to the `t` of the last entry the
+/// node has queued (so its next entry sorts after all of them, whatever the
+/// Redis clocks say: a clock that steps back or runs behind another Redis's
+/// cannot reorder what nodes already applied). KEYS: per partition, its
+/// counter and clock keys. ARGV: that `t`, then per
 /// partition the counter of the last entry read. Returns per partition its
 /// clock, or 0 when something is unread (or the log was reset: the reader
 /// sees to that).
@@ -1787,49 +1787,52 @@ impl Cluster {
     /// each once no partition can still produce an earlier one.
     async fn merge(self: Arc<Self>, hub: Weak<Hub>, mut rx: mpsc::Receiver<Read>) {
         let mut merge = Merge::new(self.config.partitions);
-        // The partitions holding the head back, and the head's clock.
+        // The partitions holding the head back, and the last queued clock.
         let mut stuck: Option<(Vec<usize>, u64)> = None;
         let mut stuck_since: Option<Instant> = None;
-        let mut next_read: Option<Read> = None;
+        // When to ask the partitions that hold the head back.
+        let mut probe_due: Option<Instant> = None;
         // Readers that read all there was at start, with the counters then
         // read per partition.
         let mut pending_caught_up: Vec<(usize, Vec<(usize, u64)>)> = Vec::new();
         loop {
             let read = match &stuck {
-                None => match rx.recv().await {
-                    Some(read) => Some(read),
-                    None => return,
-                },
+                None => {
+                    probe_due = None;
+                    match rx.recv().await {
+                        Some(read) => Some(read),
+                        None => return,
+                    }
+                }
                 Some((blocked, target)) => {
-                    // Under load their entries arrive within a moment and
-                    // bound the head without a question; else ask them
-                    // whether they have anything unread; if not, their
-                    // next entries are made to sort after the head.
-                    let probed = match tokio::time::timeout(PROBE_DELAY, rx.recv()).await {
-                        Ok(Some(read)) => {
-                            next_read = Some(read);
-                            Probed::Bounded
+                    // Under load the held-back partitions' entries arrive
+                    // within a moment and bound the head without a
+                    // question. Past PROBE_DELAY since the hold began (not
+                    // since the last read: a steady trickle must not put
+                    // the question off for ever), ask them whether they
+                    // have anything unread; if not, their next entries are
+                    // made to sort after everything queued.
+                    let due = *probe_due.get_or_insert_with(|| Instant::now() + PROBE_DELAY);
+                    if Instant::now() < due {
+                        match tokio::time::timeout_at(due.into(), rx.recv()).await {
+                            Ok(Some(read)) => Some(read),
+                            Ok(None) => return,
+                            Err(_) => None,
                         }
-                        Ok(None) => return,
-                        Err(_) => self.probe(blocked, *target, &mut merge).await,
-                    };
-                    match next_read.take().map_or_else(|| rx.try_recv(), Ok) {
-                        Ok(read) => Some(read),
-                        Err(mpsc::error::TryRecvError::Disconnected) => return,
-                        Err(mpsc::error::TryRecvError::Empty) => {
-                            let wait = match probed {
-                                Probed::Bounded => None,
-                                Probed::Unread => Some(PROBE_AGAIN),
-                                Probed::Failed => Some(PROBE_BACKOFF),
-                            };
-                            match wait {
-                                None => None,
-                                Some(wait) => match tokio::time::timeout(wait, rx.recv()).await {
-                                    Ok(Some(read)) => Some(read),
-                                    Ok(None) => return,
-                                    Err(_) => None,
+                    } else {
+                        let probed = self.probe(blocked, *target, &mut merge).await;
+                        probe_due = Some(
+                            Instant::now()
+                                + match probed {
+                                    Probed::Bounded => Duration::ZERO,
+                                    Probed::Unread => PROBE_AGAIN,
+                                    Probed::Failed => PROBE_BACKOFF,
                                 },
-                            }
+                        );
+                        match rx.try_recv() {
+                            Ok(read) => Some(read),
+                            Err(mpsc::error::TryRecvError::Disconnected) => return,
+                            Err(mpsc::error::TryRecvError::Empty) => None,
                         }
                     }
                 }
@@ -1870,6 +1873,10 @@ impl Cluster {
                 next = rx.try_recv().ok();
             }
             let (ready, blocked) = merge.ready();
+            if !ready.is_empty() {
+                // Progress: a new hold waits PROBE_DELAY afresh.
+                probe_due = None;
+            }
             self.apply(&hub, ready).await;
             // The readers of the Redis it waits for read on at once.
             for (i, instance) in self.instances.iter().enumerate() {
@@ -1951,8 +1958,9 @@ impl Cluster {
 
     /// Ask each Redis (all at once) whether the partitions in `stuck` have
     /// anything unread; those that have not get their clock raised to
-    /// `target` (the head's), so their next entries sort after it whatever
-    /// the Redis clocks say, and are bounded in `merge`.
+    /// `target` (the last queued entry's), so their next entries sort after
+    /// everything queued whatever the Redis clocks say, and are bounded in
+    /// `merge`.
     async fn probe(&self, stuck: &[usize], target: u64, merge: &mut Merge) -> Probed {
         let asks = (0..self.instances.len()).filter_map(|i| {
             let asked: Vec<usize> = stuck
@@ -2168,7 +2176,8 @@ impl Merge {
     }
 
     /// The entries that can be applied now, in order; then, if one is held
-    /// back, the idle partitions that hold it and its `t`.
+    /// back, the idle partitions that hold it and the last queued `t` (the
+    /// clock they are asked to move past).
     fn ready(&mut self) -> (Vec<Entry>, Option<(Vec<usize>, u64)>) {
         let mut out = Vec::new();
         while let Some(p) = self.head() {
@@ -2179,7 +2188,15 @@ impl Merge {
                 .filter(|&q| q != p && self.queues[q].is_empty() && (self.low[q], q) <= (t, p))
                 .collect();
             if !blocking.is_empty() {
-                return (out, Some((blocking, t)));
+                // Ask them to sort after everything queued, not only after
+                // the head: one question then lets the whole backlog go.
+                let last = self
+                    .queues
+                    .iter()
+                    .filter_map(|q| q.back().map(|e| e.t))
+                    .max()
+                    .unwrap_or(t);
+                return (out, Some((blocking, last)));
             }
             let entry = self.queues[p].pop_front().expect("head has an entry");
             self.floor = entry.t;
@@ -2295,8 +2312,8 @@ mod tests {
         assert!(ready.is_empty());
         assert_eq!(
             held,
-            Some((vec![2], 10)),
-            "held back by 2, at the head's clock"
+            Some((vec![2], 20)),
+            "held back by 2, asked to move past all that is queued"
         );
         // Nothing before 15 can come from it.
         m.bound(2, 15);
@@ -2349,6 +2366,23 @@ mod tests {
             marks,
             vec![(0, 7, false), (0, 0, true), (0, 1, false), (1, 1, false)]
         );
+        assert!(held.is_none());
+    }
+
+    #[test]
+    fn one_question_lets_the_whole_backlog_go() {
+        let mut m = Merge::new(2);
+        for n in 1..=100 {
+            m.push(entry(0, n, 10 + n));
+        }
+        let (ready, held) = m.ready();
+        assert!(ready.is_empty());
+        let (blocked, target) = held.expect("held back by the idle partition");
+        assert_eq!(blocked, vec![1]);
+        // What a probe that found nothing unread in partition 1 does.
+        m.bound(1, target + 1);
+        let (ready, held) = m.ready();
+        assert_eq!(ready.len(), 100, "not one entry per question");
         assert!(held.is_none());
     }
 

@@ -27,6 +27,13 @@ fn node(redis: &Redis, extra: &[&str]) -> Server {
 fn node_on(redis: &[&Redis], partitions: usize, extra: &[&str]) -> Server {
     let transport = redis.iter().map(|r| r.url()).collect::<Vec<_>>().join(",");
     let partitions = partitions.to_string();
+    let mut more = vec!["--redis-partitions", partitions.as_str()];
+    more.extend_from_slice(extra);
+    node_at(&transport, &more)
+}
+
+/// `herald serve` arguments for a node on `transport`.
+fn serve_args(transport: &str, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
         "serve",
         "--listen",
@@ -34,12 +41,27 @@ fn node_on(redis: &[&Redis], partitions: usize, extra: &[&str]) -> Server {
         "--jwt-key",
         KEY,
         "--transport",
-        &transport,
-        "--redis-partitions",
-        &partitions,
+        transport,
     ];
     args.extend_from_slice(extra);
-    Server::start_raw(&args, &[])
+    args.into_iter().map(String::from).collect()
+}
+
+fn node_at(transport: &str, extra: &[&str]) -> Server {
+    let args = serve_args(transport, extra);
+    Server::start_raw(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[])
+}
+
+/// An anonymous subscriber gets exactly `public`, in order, and nothing
+/// private after it.
+async fn gets_only(sub: &mut Sub, public: &[&String]) {
+    for id in public {
+        assert_eq!(&&sub.next().await.id, id, "only public updates");
+    }
+    assert!(
+        sub.next_within(Duration::from_millis(300)).await.is_none(),
+        "nothing private leaks to an anonymous subscriber"
+    );
 }
 
 /// The topics the multi-topic tests publish to: enough that four
@@ -130,17 +152,11 @@ async fn three_nodes_act_as_one_hub() {
             );
         }
     }
-    for (id, data) in &public {
-        let ev = anonymous_on_c.next().await;
-        assert_eq!((&ev.id, &ev.data), (id, data), "only public updates");
-    }
-    assert!(
-        anonymous_on_c
-            .next_within(Duration::from_millis(300))
-            .await
-            .is_none(),
-        "nothing private leaks to an anonymous subscriber"
-    );
+    gets_only(
+        &mut anonymous_on_c,
+        &public.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+    )
+    .await;
     // A replay of everything on yet another node: the same sequence, and
     // the same privacy.
     let mut replay_a = Sub::open(
@@ -957,16 +973,7 @@ async fn four_partitions_on_two_redis_act_as_one_hub() {
             );
         }
     }
-    for id in &public {
-        assert_eq!(&anonymous_on_c.next().await.id, id, "only public updates");
-    }
-    assert!(
-        anonymous_on_c
-            .next_within(Duration::from_millis(300))
-            .await
-            .is_none(),
-        "nothing private leaks to an anonymous subscriber"
-    );
+    gets_only(&mut anonymous_on_c, &public.iter().collect::<Vec<_>>()).await;
     // Resume on node a from the middle: exactly the rest.
     let mut resumed = Sub::open(
         &nodes[0].hub(),
@@ -1426,33 +1433,8 @@ async fn a_cluster_over_tls_with_a_private_ca() {
     let url = format!("rediss://127.0.0.1:{port}");
     let ca = d.join("ca.pem");
     let ca = ca.to_str().unwrap();
-    let serve = |extra: &[&str]| {
-        let mut args = vec![
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--jwt-key",
-            KEY,
-            "--transport",
-            &url,
-        ];
-        args.extend_from_slice(extra);
-        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
-    };
-    let a = Server::start_raw(
-        &serve(&["--redis-tls-ca", ca])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-        &[],
-    );
-    let b = Server::start_raw(
-        &serve(&["--redis-tls-ca", ca])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-        &[],
-    );
+    let a = node_at(&url, &["--redis-tls-ca", ca]);
+    let b = node_at(&url, &["--redis-tls-ca", ca]);
     wait_ready(&a.base, 200).await;
     wait_ready(&b.base, 200).await;
     let mut sub = Sub::ok(&b.hub(), "topic=tls").await;
@@ -1460,7 +1442,7 @@ async fn a_cluster_over_tls_with_a_private_ca() {
     assert_eq!(sub.next().await.id, id);
 
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(serve(&[]))
+        .args(serve_args(&url, &[]))
         .stdin(Stdio::null())
         .output()
         .expect("run herald");
