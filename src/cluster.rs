@@ -73,6 +73,8 @@ const RESERVATION_HOLD: Duration = Duration::from_secs(30);
 /// the idle ones (under load they come first, and no question is asked):
 /// at most this much latency, at most this many questions per second.
 const PROBE_DELAY: Duration = Duration::from_millis(1);
+/// A partition with no entry read for this long is asked without waiting.
+const QUIET: Duration = Duration::from_millis(20);
 /// How often the merger asks again about a partition whose entries are on
 /// their way to it.
 const PROBE_AGAIN: Duration = Duration::from_millis(2);
@@ -1812,7 +1814,12 @@ impl Cluster {
                     // the question off for ever), ask them whether they
                     // have anything unread; if not, their next entries are
                     // made to sort after everything queued.
-                    let due = *probe_due.get_or_insert_with(|| Instant::now() + PROBE_DELAY);
+                    // Partitions that have been quiet a while are asked at
+                    // once: waiting for them would only add latency.
+                    let quiet = blocked.iter().all(|&p| merge.quiet(p, QUIET));
+                    let due = *probe_due.get_or_insert_with(|| {
+                        Instant::now() + if quiet { Duration::ZERO } else { PROBE_DELAY }
+                    });
                     if Instant::now() < due {
                         match tokio::time::timeout_at(due.into(), rx.recv()).await {
                             Ok(Some(read)) => Some(read),
@@ -2109,6 +2116,8 @@ struct Merge {
     last_read: Vec<u64>,
     /// Counter of the last entry queued for the partition (0: none).
     pushed: Vec<u64>,
+    /// When the partition's last entry was queued.
+    arrived: Vec<Option<Instant>>,
     /// `t` of the last entry applied: an entry that arrives below it (only
     /// after a reset) is applied next rather than out of place.
     floor: u64,
@@ -2121,6 +2130,7 @@ impl Merge {
             low: vec![0; parts],
             last_read: vec![0; parts],
             pushed: vec![0; parts],
+            arrived: vec![None; parts],
             floor: 0,
         }
     }
@@ -2131,6 +2141,7 @@ impl Merge {
         entry.t = entry.t.max(back).max(self.floor);
         self.low[p] = self.low[p].max(entry.t + 1);
         self.pushed[p] = entry.n;
+        self.arrived[p] = Some(Instant::now());
         self.queues[p].push_back(entry);
     }
 
@@ -2145,6 +2156,11 @@ impl Merge {
 
     fn pushed(&self, p: usize) -> u64 {
         self.pushed[p]
+    }
+
+    /// No entry of partition `p` was queued within `window`.
+    fn quiet(&self, p: usize, window: Duration) -> bool {
+        self.arrived[p].is_none_or(|at| at.elapsed() >= window)
     }
 
     /// Partition `p` was flushed or restored (its counter went from `last`
