@@ -26,9 +26,9 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -108,25 +108,18 @@ fn open_db(path: &std::path::Path) -> rusqlite::Result<Connection> {
 }
 
 fn router(app: Shared) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/", get(index))
         .route("/api/login", post(login))
         .route("/api/logout", post(logout))
         .route("/api/me", get(me))
         .route("/api/conversations", post(start_conversation))
-        .route("/api/conversations/{id}/messages", post(send))
-        .fallback(|| async { AppError::not_found("no such page or API") })
-        .layer(DefaultBodyLimit::max(16 * 1024))
-        .with_state(app)
+        .route("/api/conversations/{id}/messages", post(send));
+    app_router(routes, app)
 }
 
 async fn index(State(app): State<Shared>) -> Response {
     page(PAGE, &app.settings)
-}
-
-#[derive(Deserialize)]
-struct Login {
-    name: String,
 }
 
 async fn login(
@@ -141,19 +134,11 @@ async fn login(
         )?;
         Ok(())
     })?;
-    Ok((
-        [(header::SET_COOKIE, app.sessions.login(&name))],
-        Json(json!({ "name": name })),
-    )
-        .into_response())
+    Ok(logged_in(&app.sessions, &name))
 }
 
 async fn logout(State(app): State<Shared>) -> Response {
-    (
-        [(header::SET_COOKIE, app.sessions.logout())],
-        Json(json!({})),
-    )
-        .into_response()
+    logged_out(&app.sessions)
 }
 
 fn conversation_json(id: &str, me: &str, a: &str, b: &str) -> Value {

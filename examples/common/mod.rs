@@ -364,3 +364,51 @@ pub async fn serve(app: axum::Router, listen: &str, what: &str) {
         std::process::exit(1);
     }
 }
+
+/// The page script every example page imports (`/app.js`).
+const APP_JS: &str = include_str!("app.js");
+
+/// An app's routes, finished the way every example app finishes them: the
+/// shared page script at `/app.js`, a JSON 404 for anything else, request
+/// bodies capped at 16 KiB, and the app's state.
+pub fn app_router<S: Clone + Send + Sync + 'static>(
+    routes: axum::Router<S>,
+    state: S,
+) -> axum::Router {
+    routes
+        .route("/app.js", axum::routing::get(app_js))
+        .fallback(|| async { AppError::not_found("no such page or API") })
+        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
+        .with_state(state)
+}
+
+async fn app_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        APP_JS,
+    )
+        .into_response()
+}
+
+/// A login request: `{"name": "..."}`.
+#[derive(serde::Deserialize)]
+pub struct Login {
+    pub name: String,
+}
+
+/// The answer to a login: the session cookie and `{"name": ...}`.
+pub fn logged_in(sessions: &Sessions, name: &str) -> Response {
+    (
+        [(header::SET_COOKIE, sessions.login(name))],
+        Json(json!({ "name": name })),
+    )
+        .into_response()
+}
+
+/// The answer to a logout: the cookie cleared.
+pub fn logged_out(sessions: &Sessions) -> Response {
+    ([(header::SET_COOKIE, sessions.logout())], Json(json!({}))).into_response()
+}

@@ -105,11 +105,10 @@ async fn main() {
 }
 
 fn router(app: Shared) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/", get(index))
-        .route("/api/history", get(history))
-        .fallback(|| async { AppError::not_found("no such page or API") })
-        .with_state(app)
+        .route("/api/history", get(history));
+    app_router(routes, app)
 }
 
 async fn index(State(app): State<Shared>) -> Response {

@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -126,26 +126,19 @@ async fn serve_app() {
 }
 
 fn router(app: Shared) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/", get(index))
         .route("/api/login", post(login))
         .route("/api/logout", post(logout))
         .route("/api/me", get(me))
         .route("/api/exports", get(list).post(start_export))
         .route("/api/exports/{id}", get(status))
-        .route("/api/exports/{id}/download", get(download))
-        .fallback(|| async { AppError::not_found("no such page or API") })
-        .layer(DefaultBodyLimit::max(16 * 1024))
-        .with_state(app)
+        .route("/api/exports/{id}/download", get(download));
+    app_router(routes, app)
 }
 
 async fn index(State(app): State<Shared>) -> Response {
     page(PAGE, &app.settings)
-}
-
-#[derive(Deserialize)]
-struct Login {
-    name: String,
 }
 
 async fn login(
@@ -153,19 +146,11 @@ async fn login(
     JsonBody(req): JsonBody<Login>,
 ) -> Result<Response, AppError> {
     let name = user_name(&req.name)?;
-    Ok((
-        [(header::SET_COOKIE, app.sessions.login(&name))],
-        Json(json!({ "name": name })),
-    )
-        .into_response())
+    Ok(logged_in(&app.sessions, &name))
 }
 
 async fn logout(State(app): State<Shared>) -> Response {
-    (
-        [(header::SET_COOKIE, app.sessions.logout())],
-        Json(json!({})),
-    )
-        .into_response()
+    logged_out(&app.sessions)
 }
 
 /// Who is logged in, and what the page needs to subscribe: the hub (node

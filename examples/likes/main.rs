@@ -28,7 +28,7 @@ mod common;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -110,13 +110,11 @@ async fn main() {
 }
 
 fn router(app: Shared) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/", get(index))
         .route("/api/comments", get(list).post(add))
-        .route("/api/comments/{id}/like", post(like).delete(unlike))
-        .fallback(|| async { AppError::not_found("no such page or API") })
-        .layer(DefaultBodyLimit::max(16 * 1024))
-        .with_state(app)
+        .route("/api/comments/{id}/like", post(like).delete(unlike));
+    app_router(routes, app)
 }
 
 async fn index(State(app): State<Shared>) -> Response {
