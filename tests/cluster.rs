@@ -47,6 +47,18 @@ fn serve_args(transport: &str, extra: &[&str]) -> Vec<String> {
     args.into_iter().map(String::from).collect()
 }
 
+/// Run `herald serve` on `transport`, which must refuse to start: its
+/// error output.
+fn refused_to_start(transport: &str, extra: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(serve_args(transport, extra))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run herald");
+    assert!(!out.status.success(), "herald must refuse to start");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn node_at(transport: &str, extra: &[&str]) -> Server {
     let args = serve_args(transport, extra);
     Server::start_raw(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[])
@@ -421,22 +433,7 @@ async fn entries_that_are_not_updates_are_skipped_and_counted() {
 #[test]
 fn a_redis_that_may_evict_is_refused_by_name() {
     let redis = Redis::start(&["--maxmemory-policy", "allkeys-lru"]);
-    let url = redis.url();
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--jwt-key",
-            KEY,
-            "--transport",
-            &url,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run herald");
-    assert!(!out.status.success(), "herald must refuse to start");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_to_start(&redis.url(), &[]);
     assert!(err.contains("maxmemory-policy"), "{err}");
     assert!(err.contains("allkeys-lru"), "{err}");
     assert!(err.contains("noeviction"), "{err}");
@@ -446,21 +443,7 @@ fn a_redis_that_may_evict_is_refused_by_name() {
 fn an_unreachable_redis_at_startup_is_a_clear_error() {
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--jwt-key",
-            KEY,
-            "--transport",
-            &url,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run herald");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_to_start(&url, &[]);
     assert!(err.contains(&url), "{err}");
 }
 
@@ -1246,14 +1229,7 @@ async fn a_node_with_another_partition_layout_is_refused() {
         (transport.as_str(), "1", "fewer than the 2 Redis"),
         (transport.as_str(), "257", "out of range"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--jwt-key", KEY])
-            .args(["--transport", transport, "--redis-partitions", partitions])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run herald");
-        assert!(!out.status.success(), "herald must refuse to start");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = refused_to_start(transport, &["--redis-partitions", partitions]);
         assert!(err.contains(says), "{err}");
     }
 }
@@ -1441,13 +1417,8 @@ async fn a_cluster_over_tls_with_a_private_ca() {
     let id = publish(&a.hub(), &[("topic", "tls"), ("data", "over TLS")]).await;
     assert_eq!(sub.next().await.id, id);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(serve_args(&url, &[]))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run herald");
-    assert!(!out.status.success(), "an unknown CA is refused");
-    let err = String::from_utf8_lossy(&out.stderr);
+    // An unknown CA is refused.
+    let err = refused_to_start(&url, &[]);
     assert!(err.contains(&url), "{err}");
     drop((a, b));
     let _ = redis.kill();

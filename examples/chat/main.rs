@@ -24,7 +24,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -52,18 +52,7 @@ struct App {
     settings: Settings,
     sessions: Sessions,
     herald: Publisher,
-    db: Mutex<Connection>,
-}
-
-impl App {
-    /// Run `f` on the database. The lock is never held across an `.await`
-    /// (its guard would make the handler's future `!Send`).
-    fn with_db<R>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<R, AppError>,
-    ) -> Result<R, AppError> {
-        f(&self.db.lock().unwrap())
-    }
+    db: Db,
 }
 
 type Shared = Arc<App>;
@@ -71,14 +60,7 @@ type Shared = Arc<App>;
 #[tokio::main]
 async fn main() {
     let settings = Settings::from_env("127.0.0.1:3005", "chat-data");
-    if let Err(e) = std::fs::create_dir_all(&settings.data_dir) {
-        eprintln!("error: cannot create {}: {e}", settings.data_dir.display());
-        std::process::exit(1);
-    }
-    let db = open_db(&settings.data_dir.join("chat.sqlite3")).unwrap_or_else(|e| {
-        eprintln!("error: database: {e}");
-        std::process::exit(1);
-    });
+    let db = Db::open_or_exit(&settings, "chat.sqlite3", open_db);
     let app = Arc::new(App {
         sessions: Sessions::new("chat_session", &settings.session_key),
         herald: Publisher::new(
@@ -88,7 +70,7 @@ async fn main() {
                 "https://example.app/chat/users/{name}",
             ],
         ),
-        db: Mutex::new(db),
+        db,
         settings,
     });
     let listen = app.settings.listen.clone();
@@ -127,7 +109,7 @@ async fn login(
     JsonBody(req): JsonBody<Login>,
 ) -> Result<Response, AppError> {
     let name = user_name(&req.name)?;
-    app.with_db(|db| {
+    app.db.with(|db| {
         db.execute(
             "INSERT OR IGNORE INTO users (name, created_at) VALUES (?1, ?2)",
             params![name, now_ms()],
@@ -164,7 +146,7 @@ fn conversations_of(db: &Connection, me: &str) -> rusqlite::Result<Vec<Value>> {
 /// their own topic and their conversations' topics.
 async fn me(State(app): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
     let name = app.sessions.user(&headers)?;
-    let conversations = conversations_of(&app.db.lock().unwrap(), &name)?;
+    let conversations = conversations_of(&app.db.lock(), &name)?;
     let mut topics = vec![user_topic(&name)];
     topics.extend(
         conversations
@@ -209,7 +191,7 @@ async fn start_conversation(
         (&other, &me)
     };
     let id = format!("{a}~{b}");
-    let created = app.with_db(|db| {
+    let created = app.db.with(|db| {
         let known: Option<String> = db
             .query_row(
                 "SELECT name FROM users WHERE name = ?1",
@@ -257,7 +239,7 @@ async fn send(
     JsonBody(req): JsonBody<Outgoing>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     let me = app.sessions.user(&headers)?;
-    let member: Option<String> = app.with_db(|db| {
+    let member: Option<String> = app.db.with(|db| {
         Ok(db
             .query_row(
                 "SELECT id FROM conversations WHERE id = ?1 AND (a = ?2 OR b = ?2)",

@@ -412,3 +412,39 @@ pub fn logged_in(sessions: &Sessions, name: &str) -> Response {
 pub fn logged_out(sessions: &Sessions) -> Response {
     ([(header::SET_COOKIE, sessions.logout())], Json(json!({}))).into_response()
 }
+
+/// The app's SQLite database, one connection behind a lock.
+pub struct Db(std::sync::Mutex<rusqlite::Connection>);
+
+impl Db {
+    /// Open `file` in the data directory (created if missing) with `open`
+    /// (the app's schema), or exit with a clear error.
+    pub fn open_or_exit(
+        settings: &Settings,
+        file: &str,
+        open: impl FnOnce(&std::path::Path) -> rusqlite::Result<rusqlite::Connection>,
+    ) -> Db {
+        if let Err(e) = std::fs::create_dir_all(&settings.data_dir) {
+            eprintln!("error: cannot create {}: {e}", settings.data_dir.display());
+            std::process::exit(1);
+        }
+        let conn = open(&settings.data_dir.join(file)).unwrap_or_else(|e| {
+            eprintln!("error: database: {e}");
+            std::process::exit(1);
+        });
+        Db(std::sync::Mutex::new(conn))
+    }
+
+    /// Run `f` on the database. The lock is never held across an `.await`
+    /// (its guard would make the handler's future `!Send`).
+    pub fn with<R>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<R, AppError>,
+    ) -> Result<R, AppError> {
+        f(&self.lock())
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+        self.0.lock().unwrap()
+    }
+}

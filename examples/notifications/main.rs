@@ -20,7 +20,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -45,18 +45,7 @@ struct App {
     settings: Settings,
     sessions: Sessions,
     herald: Publisher,
-    db: Mutex<Connection>,
-}
-
-impl App {
-    /// Run `f` on the database. The lock is never held across an `.await`
-    /// (its guard would make the handler's future `!Send`).
-    fn with_db<R>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<R, AppError>,
-    ) -> Result<R, AppError> {
-        f(&self.db.lock().unwrap())
-    }
+    db: Db,
 }
 
 type Shared = Arc<App>;
@@ -64,21 +53,14 @@ type Shared = Arc<App>;
 #[tokio::main]
 async fn main() {
     let settings = Settings::from_env("127.0.0.1:3001", "notifications-data");
-    if let Err(e) = std::fs::create_dir_all(&settings.data_dir) {
-        eprintln!("error: cannot create {}: {e}", settings.data_dir.display());
-        std::process::exit(1);
-    }
-    let db = open_db(&settings.data_dir.join("notifications.sqlite3")).unwrap_or_else(|e| {
-        eprintln!("error: database: {e}");
-        std::process::exit(1);
-    });
+    let db = Db::open_or_exit(&settings, "notifications.sqlite3", open_db);
     let app = Arc::new(App {
         sessions: Sessions::new("notifications_session", &settings.session_key),
         herald: Publisher::new(
             &settings,
             &["https://example.app/users/{name}/notifications", BROADCASTS],
         ),
-        db: Mutex::new(db),
+        db,
         settings,
     });
     let listen = app.settings.listen.clone();
@@ -127,7 +109,7 @@ async fn login(
     JsonBody(req): JsonBody<Login>,
 ) -> Result<Response, AppError> {
     let name = user_name(&req.name)?;
-    app.with_db(|db| {
+    app.db.with(|db| {
         db.execute(
             "INSERT OR IGNORE INTO users (name, created_at) VALUES (?1, ?2)",
             params![name, now_ms()],
@@ -183,7 +165,7 @@ fn unread_count(db: &Connection, name: &str) -> rusqlite::Result<i64> {
 
 async fn inbox(State(app): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
     let name = app.sessions.user(&headers)?;
-    let db = app.db.lock().unwrap();
+    let db = app.db.lock();
     let mut stmt = db.prepare(&format!("{INBOX} ORDER BY n.id DESC LIMIT 200"))?;
     let list = stmt
         .query_map(params![name], notification_json)?
@@ -225,7 +207,7 @@ fn insert(
     kind: &str,
     body: &str,
 ) -> Result<Value, AppError> {
-    let db = app.db.lock().unwrap();
+    let db = app.db.lock();
     db.execute(
         "INSERT INTO notifications (user, sender, type, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![user, from, kind, body, now_ms()],
@@ -253,7 +235,7 @@ async fn notify(
     let to = user_name(&req.to)?;
     let body = message_body(&req.body, MAX_BODY_CHARS)?;
     let kind = notification_type(&req.kind)?;
-    let known: Option<String> = app.with_db(|db| {
+    let known: Option<String> = app.db.with(|db| {
         Ok(db
             .query_row("SELECT name FROM users WHERE name = ?1", params![to], |r| {
                 r.get(0)
@@ -300,7 +282,7 @@ async fn broadcast(
 
 /// Mark `ids` read for `name`, then tell every tab of that user.
 async fn mark_read(app: &App, name: &str, ids: Vec<i64>) -> Result<Json<Value>, AppError> {
-    let unread = app.with_db(|db| {
+    let unread = app.db.with(|db| {
         let now = now_ms();
         for id in &ids {
             db.execute(
@@ -324,7 +306,7 @@ async fn read_one(
     let id: i64 = id
         .parse()
         .map_err(|_| AppError::bad_request(format!("notification id {id:?} is not a number")))?;
-    let visible: Option<i64> = app.with_db(|db| {
+    let visible: Option<i64> = app.db.with(|db| {
         Ok(db
             .query_row(
                 "SELECT id FROM notifications WHERE id = ?1 AND (user = ?2 OR user IS NULL)",
@@ -343,7 +325,7 @@ async fn read_one(
 
 async fn read_all(State(app): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
     let name = app.sessions.user(&headers)?;
-    let ids = app.with_db(|db| {
+    let ids = app.db.with(|db| {
         let mut stmt = db.prepare(
             "SELECT n.id FROM notifications n WHERE (n.user = ?1 OR n.user IS NULL)
                AND NOT EXISTS (SELECT 1 FROM reads r WHERE r.user = ?1 AND r.notification_id = n.id)",
