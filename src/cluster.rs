@@ -2026,11 +2026,6 @@ impl Cluster {
         let mut page = Vec::with_capacity(entries.len());
         let mut count = 0;
         let mut per_instance = vec![0u64; self.instances.len()];
-        for entry in &entries {
-            if entry.n > 0 {
-                per_instance[self.instance_of(entry.partition)] += 1;
-            }
-        }
         for entry in entries {
             if let Some((last, got)) = entry.gap {
                 // Store what came before, then drop the replica: the reset
@@ -2042,6 +2037,7 @@ impl Cluster {
             if entry.n > 0 {
                 tops.push((entry.partition, entry.n));
                 count += 1;
+                per_instance[self.instance_of(entry.partition)] += 1;
             }
             if let Some(update) = entry.update {
                 page.push(update);

@@ -304,8 +304,8 @@ impl Hub {
     }
 
     /// Cluster mode: store and deliver updates read from the shared log,
-    /// in log order (the tail calls this for each page it reads and waits
-    /// for it, so pages never overtake each other).
+    /// in log order (the cluster's merger calls this for each run it
+    /// applies and waits for it, so runs never overtake each other).
     ///
     /// `durable: false` marks live-only events (subscription events from
     /// any node): delivered, never stored.
