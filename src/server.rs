@@ -15,6 +15,7 @@ use crate::history::{DiskHistory, Durability, HistoryStore, MemoryHistory, Reten
 use crate::http::conn::{refuse, serve_connection, ConnLimiter, Timeouts, STATS};
 use crate::http::{router, AppState, HUB_PATH};
 use crate::hub::{Hub, HubConfig};
+use crate::log::Log;
 
 /// How long shutdown waits for open connections to finish after every
 /// stream has been ended.
@@ -52,45 +53,48 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .context("subscriber key")?
         .map(limits);
 
-    let history = if config.transport.is_some() {
-        // The shared log in Redis is the record; each node keeps an
-        // in-memory replica of it (back-filled from the log at start).
-        Arc::new(MemoryHistory::replica(Retention {
-            max_len: config.history_size,
-            max_age: config.history_max_age,
-        })) as Arc<dyn HistoryStore>
-    } else {
-        open_history(&config)?
+    let hub_config = HubConfig {
+        queue_capacity: config.queue_capacity,
+        subscription_events: config.subscriptions,
     };
-    let hub = Hub::new(
-        HubConfig {
-            queue_capacity: config.queue_capacity,
-            subscription_events: config.subscriptions,
-        },
-        history,
-    );
-    if let Some(url) = &config.transport {
-        let node_id = config.node_id.clone().unwrap_or_else(default_node_id);
-        let cluster = Cluster::connect(ClusterConfig {
-            urls: ClusterConfig::urls_of(url),
-            partitions: config.redis_partitions,
-            node_id: node_id.clone(),
-            max_len: config.history_size,
-            id_ttl: config.history_max_age,
-            replicas: config.redis_replicas,
-            replica_timeout: config.redis_replica_timeout,
-            tls_ca: config.redis_tls_ca.as_ref().map(std::path::PathBuf::from),
-        })
-        .await
-        .context("--transport")?;
-        hub.set_cluster(cluster.clone());
-        cluster.start_tail(&hub);
-        cluster.start_heartbeat();
-        if config.subscriptions {
-            cluster.start_presence();
+    let (hub, cluster) = match &config.transport {
+        None => (Hub::new(hub_config, open_history(&config)?), None),
+        Some(url) => {
+            // The shared log in Redis is the record; each node keeps an
+            // in-memory replica of it (back-filled from the log at start).
+            let replica = Arc::new(MemoryHistory::replica(Retention {
+                max_len: config.history_size,
+                max_age: config.history_max_age,
+            })) as Arc<dyn HistoryStore>;
+            let node_id = config.node_id.clone().unwrap_or_else(default_node_id);
+            let cluster = Cluster::connect(
+                ClusterConfig {
+                    urls: ClusterConfig::urls_of(url),
+                    partitions: config.redis_partitions,
+                    node_id: node_id.clone(),
+                    max_len: config.history_size,
+                    id_ttl: config.history_max_age,
+                    replicas: config.redis_replicas,
+                    replica_timeout: config.redis_replica_timeout,
+                    tls_ca: config.redis_tls_ca.as_ref().map(std::path::PathBuf::from),
+                },
+                replica.clone(),
+            )
+            .await
+            .context("--transport")?;
+            // Publishes go to the shared log, and only its tail delivers.
+            let hub = Hub::with_log(hub_config, replica, |applier| {
+                cluster.start_tail(applier);
+                cluster.clone() as Arc<dyn Log>
+            });
+            cluster.start_heartbeat();
+            if config.subscriptions {
+                cluster.start_presence();
+            }
+            tracing::info!(node = %node_id, transport = %url, "cluster mode: publishing to and tailing the shared log");
+            (hub, Some(cluster))
         }
-        tracing::info!(node = %node_id, transport = %url, "cluster mode: publishing to and tailing the shared log");
-    }
+    };
 
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -146,6 +150,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         config: Arc::new(config),
         publisher: publisher.map(Arc::new),
         subscriber: subscriber.map(Arc::new),
+        cluster,
     };
     crate::http::status::start(&state);
     let app = router(state);

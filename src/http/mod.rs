@@ -29,6 +29,7 @@ use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::{AuthError, Grants, Verifier};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::hub::Hub;
 
@@ -41,6 +42,9 @@ pub struct AppState {
     /// increment, a `Verifier` would copy its key).
     pub publisher: Option<Arc<Verifier>>,
     pub subscriber: Option<Arc<Verifier>>,
+    /// The Redis engine, when `--transport` runs one: its counters for
+    /// `/metrics` and the status page.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 pub const HUB_PATH: &str = "/.well-known/mercure";
@@ -169,7 +173,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         edge.accept_errors.load(Relaxed),
     );
     let mut body = body;
-    if let Some(c) = s.hub.cluster() {
+    if let Some(c) = &s.cluster {
         let cs = &c.stats;
         body.push_str(&format!(
             "# HELP herald_cluster_applied_total Entries of the cluster log applied by this node.\n# TYPE herald_cluster_applied_total counter\nherald_cluster_applied_total {}\n\

@@ -284,7 +284,7 @@ pub fn snapshot_json(state: &AppState) -> String {
 fn snapshot(hub: &Hub, state: &AppState) -> StatusEvent {
     use std::sync::atomic::Ordering::Relaxed;
     let started = *STARTED.get_or_init(Instant::now);
-    let cluster = hub.cluster().map(|c| {
+    let cluster = state.cluster.as_ref().map(|c| {
         let readiness = c.readiness();
         ClusterStatus {
             node_id: c.node_id().to_string(),
@@ -334,7 +334,7 @@ fn snapshot(hub: &Hub, state: &AppState) -> StatusEvent {
         connections: super::conn::STATS.connections.load(Relaxed),
         hub: hub.status(),
         history_max_len: config.history_size,
-        history_backend: match (hub.cluster().is_some(), config.history) {
+        history_backend: match (state.cluster.is_some(), config.history) {
             (true, _) => "memory (replica of the cluster log)",
             (false, crate::config::HistoryBackend::Disk) => "disk",
             (false, crate::config::HistoryBackend::Memory) => "memory",
@@ -519,6 +519,7 @@ mod tests {
             config: Arc::new(crate::config::Config::default()),
             publisher: verifier(),
             subscriber: verifier(),
+            cluster: None,
         });
         let call = |path: &str, peer: &str, token: Option<&str>, forwarded: bool| {
             let mut req = Request::builder().uri(path);

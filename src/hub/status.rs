@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::queue::PushError;
-use super::{CommitRequest, Hub, HubError, Pending, Update};
+use super::{Hub, HubError, Update};
 use crate::topic::{any_matches_prepared, PreparedTopic};
 
 /// Where the hub publishes its status.
@@ -90,13 +90,7 @@ impl Hub {
             None,
             data,
         );
-        self.enqueue(CommitRequest::Publish(Pending {
-            update: Arc::new(update),
-            reply: None,
-            durable: false,
-            group: None,
-            chosen_id: false,
-        }))
+        self.applier.deliver_live(Arc::new(update))
     }
 
     /// Is this (live-only) update a status event?

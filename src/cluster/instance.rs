@@ -1,0 +1,234 @@
+//! One Redis instance: its client, the shared connection dialled on
+//! demand, and the faults its reader reports.
+//!
+//! Every publish, look-up and presence write of a node to one Redis goes
+//! through one multiplexed connection ([`Instance::connection`]); an error
+//! drops it and the next call dials again. During an outage, calls fail at
+//! once for [`DIAL_RETRY`] after a failed dial rather than queue behind each
+//! other's connect timeouts, so publishes answer 503 immediately. The
+//! reader and the replica rounds dial connections of their own (their
+//! commands block).
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Value};
+
+use super::config::ClusterConfig;
+use super::replicas::Replication;
+use super::Cluster;
+
+/// A command to Redis gets an answer within this time or fails (503).
+pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// After a failed dial, callers fail at once for this long.
+pub(super) const DIAL_RETRY: Duration = Duration::from_secs(1);
+
+/// Reconnect back-off bounds.
+pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// One Redis instance and the partitions it holds.
+pub(super) struct Instance {
+    pub(super) url: String,
+    pub(super) client: redis::Client,
+    /// The shared connection (publishes, look-ups, presence), dialled on
+    /// demand after an error.
+    pub(super) conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// When and why the last dial failed.
+    pub(super) dial_failure: Mutex<Option<(Instant, String)>>,
+    pub(super) partitions: Vec<usize>,
+    /// Set once its reader has read everything there was at start.
+    pub(super) caught_up: AtomicBool,
+    /// Why its reader is not following its partitions right now.
+    pub(super) fault: Mutex<Option<String>>,
+    /// Entries its reader handed to the merger that are not applied yet.
+    pub(super) unapplied: AtomicU64,
+    /// Signalled when the merger applied some of them, or wants a read.
+    pub(super) drained: tokio::sync::Notify,
+    /// The merger waits for one of this Redis's partitions.
+    pub(super) wanted: AtomicBool,
+    /// Appends that answered, counted: replica acknowledgement covers all
+    /// of them up to a point (`--redis-replicas`).
+    pub(super) appended: AtomicU64,
+    /// One replica round at a time, on its own connection: how many appends
+    /// the last round covered and whether it was acknowledged.
+    pub(super) replication: tokio::sync::Mutex<Replication>,
+}
+
+pub(super) fn redis_error(url: &str, e: &redis::RedisError) -> String {
+    format!("the cluster log (Redis at {url}) is unreachable: {e}")
+}
+
+impl Instance {
+    /// Instance `i` of `--transport`, holding partitions i, i + N, ...
+    /// (`ca`: the PEM roots a `rediss://` server must chain to).
+    pub(super) fn open(
+        i: usize,
+        config: &ClusterConfig,
+        ca: Option<&[u8]>,
+    ) -> anyhow::Result<Instance> {
+        let url = &config.urls[i];
+        let client = match (ca, url.starts_with("rediss://")) {
+            (Some(ca), true) => redis::Client::build_with_tls(
+                url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.to_vec()),
+                },
+            ),
+            _ => redis::Client::open(url.as_str()),
+        }
+        .map_err(|e| anyhow::anyhow!("--transport {url}: {e}"))?;
+        Ok(Instance {
+            url: url.clone(),
+            client,
+            conn: tokio::sync::Mutex::new(None),
+            dial_failure: Mutex::new(None),
+            partitions: (i..config.partitions).step_by(config.urls.len()).collect(),
+            caught_up: AtomicBool::new(false),
+            fault: Mutex::new(Some("catching up with the cluster log".into())),
+            appended: AtomicU64::new(0),
+            unapplied: AtomicU64::new(0),
+            drained: tokio::sync::Notify::new(),
+            wanted: AtomicBool::new(false),
+            replication: tokio::sync::Mutex::new(Replication::default()),
+        })
+    }
+
+    /// A Redis that may evict keys would lose updates silently: refused
+    /// by name at startup.
+    pub(super) async fn check_eviction_policy(&self) -> anyhow::Result<()> {
+        let mut conn = self
+            .connection()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}; is redis-server running there?"))?;
+        let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut conn)
+            .await;
+        match policy {
+            Ok(pair) => {
+                let value = pair.get(1).map(String::as_str).unwrap_or("noeviction");
+                if value != "noeviction" {
+                    anyhow::bail!(
+                        "Redis at {} has maxmemory-policy {value}: it may evict the log or its \
+                         ids and lose updates silently. Set maxmemory-policy noeviction \
+                         (redis-cli CONFIG SET maxmemory-policy noeviction, and in redis.conf)",
+                        self.url
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(
+                redis = %self.url,
+                error = %e,
+                "cannot read Redis's maxmemory-policy (CONFIG disabled?); make sure it is noeviction"
+            ),
+        }
+        Ok(())
+    }
+
+    /// The shared connection, dialled when there is none. Dialling happens
+    /// outside the lock, and for a second after a failed dial every caller
+    /// fails at once with that error: during an outage publishes answer 503
+    /// immediately instead of queueing behind each other's connect timeouts.
+    pub(super) async fn connection(&self) -> Result<MultiplexedConnection, String> {
+        {
+            let slot = self.conn.lock().await;
+            if let Some(conn) = slot.as_ref() {
+                return Ok(conn.clone());
+            }
+        }
+        if let Some((at, error)) = &*self.dial_failure.lock() {
+            if at.elapsed() < DIAL_RETRY {
+                return Err(error.clone());
+            }
+        }
+        match self.dial(RESPONSE_TIMEOUT).await {
+            Ok(conn) => {
+                *self.dial_failure.lock() = None;
+                let mut slot = self.conn.lock().await;
+                Ok(slot.get_or_insert(conn).clone())
+            }
+            Err(e) => {
+                let error = redis_error(&self.url, &e);
+                *self.dial_failure.lock() = Some((Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
+    }
+
+    /// A new connection whose commands fail after `response_timeout`.
+    pub(super) async fn dial(
+        &self,
+        response_timeout: Duration,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        self.client
+            .get_multiplexed_async_connection_with_config(
+                &AsyncConnectionConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(response_timeout),
+            )
+            .await
+    }
+
+    /// Forget the shared connection after an error: the next call dials
+    /// again.
+    pub(super) async fn drop_connection(&self) {
+        *self.conn.lock().await = None;
+    }
+
+    /// Run a command or script on the shared connection; an error drops
+    /// the connection and is described.
+    pub(super) async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, String> {
+        let mut conn = self.connection().await?;
+        match cmd.query_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.drop_connection().await;
+                Err(redis_error(&self.url, &e))
+            }
+        }
+    }
+
+    pub(super) fn set_fault(&self, node: &str, reason: String) {
+        let mut fault = self.fault.lock();
+        if fault.as_deref() != Some(reason.as_str()) {
+            tracing::error!(node = %node, redis = %self.url, %reason, "cluster log");
+        }
+        *fault = Some(reason);
+    }
+
+    pub(super) fn clear_fault(&self, node: &str) {
+        if self.fault.lock().take().is_some() {
+            tracing::info!(node = %node, redis = %self.url, "following the cluster log");
+        }
+    }
+}
+
+impl Cluster {
+    pub(super) async fn invoke(
+        &self,
+        instance: usize,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Value, String> {
+        let instance = &self.instances[instance];
+        let mut conn = instance.connection().await?;
+        match invocation.invoke_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                instance.drop_connection().await;
+                Err(redis_error(&instance.url, &e))
+            }
+        }
+    }
+}
