@@ -8,8 +8,9 @@
 # e.g. build the old one with `git worktree add /tmp/old <rev>` and
 # `cargo build --release` there. Workloads (loopback only, each bounded by
 # the load generator's own duration/timeouts): churn (100 connections, 10 s,
-# 50 publishes/s), fanout 1000 x 2000, many-topics 5000, idle 5000 (server
-# RSS per connection). Prints one line per run and workload.
+# 50 publishes/s), fanout 1000 x 2000, many-topics 5000, per-user (10,000
+# topics x 5 publishes, 32 publishers), idle 5000 (server RSS per
+# connection). Prints one line per run and workload.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 old="$1"; new="$2"; rounds="${3:-2}"
@@ -45,7 +46,7 @@ run() { # label binary workload args...
     --server-pid "$pid" > "$tmp/lg" 2> /dev/null || true
   stop
   local result; result="$(sed -n 's/^RESULT //p' "$tmp/lg")"
-  echo "$label $1: $(python3 - "$result" <<'EOF'
+  echo "$label $*: $(python3 - "$result" <<'EOF'
 import json, sys
 d = json.loads(sys.argv[1] or "{}")
 out = []
@@ -67,6 +68,9 @@ for r in $(seq "$rounds"); do
     run "$label" "$bin" churn --connections 100 --duration 10 --publish-rate 50
     run "$label" "$bin" fanout --subscribers 1000 --updates 2000
     run "$label" "$bin" many-topics --subscribers 5000
+    # per-user: 10,000 subscribers each on its own topic, 5 publishes per
+    # topic, 32 keep-alive publishers (compare.sh's per-user workload).
+    run "$label" "$bin" many-topics --subscribers 10000 --rounds 5 --pub-concurrency 32
     run "$label" "$bin" idle --connections 5000 --hold 3
   done
 done

@@ -5,6 +5,8 @@
 #   bash bench/cluster.sh            # ~6 minutes
 #   QUICK=1 bash bench/cluster.sh    # small sizes, a smoke test
 #   SKIP_BIG=1 bash bench/cluster.sh # without the 5 x 19,000 connections run
+#   HERALD_BIN=/path/to/herald ...   # another build (an A/B: run it with the
+#                                    # build before a change, then without)
 #
 # 1. Cross-node latency: publish on node 1, subscribers on node 3, at
 #    1,000 updates/s (100 subscribers) and 10,000 updates/s (10
@@ -45,7 +47,7 @@ echo "==> building herald and the load generator"
 cargo build --release --locked --bin herald
 (cd bench/loadgen && cargo build --release --locked)
 LG="$CARGO_TARGET_DIR/release/herald-loadgen"
-HERALD="$CARGO_TARGET_DIR/release/herald"
+HERALD="${HERALD_BIN:-$CARGO_TARGET_DIR/release/herald}"
 command -v redis-server >/dev/null || { echo "redis-server is not installed (apt-get install redis-server)" >&2; exit 1; }
 
 KEY=cluster-bench-secret

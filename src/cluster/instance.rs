@@ -17,7 +17,6 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
 use super::config::ClusterConfig;
-use super::replicas::Replication;
 use super::Cluster;
 
 /// A command to Redis gets an answer within this time or fails (503).
@@ -59,6 +58,19 @@ pub(super) struct Instance {
     /// One replica round at a time, on its own connection: how many appends
     /// the last round covered and whether it was acknowledged.
     pub(super) replication: tokio::sync::Mutex<Replication>,
+}
+
+/// The replica rounds of one Redis (`--redis-replicas`, see
+/// [`super::replicas`]).
+#[derive(Default)]
+pub(super) struct Replication {
+    pub(super) conn: Option<MultiplexedConnection>,
+    /// Appends up to here were in a round (acknowledged or not).
+    pub(super) covered: u64,
+    /// Appends up to here are acknowledged by the replicas.
+    pub(super) confirmed: u64,
+    /// Why the last round that failed did.
+    pub(super) error: String,
 }
 
 pub(super) fn redis_error(url: &str, e: &redis::RedisError) -> String {

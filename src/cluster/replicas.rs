@@ -15,17 +15,6 @@ use super::instance::{redis_error, Instance, RESPONSE_TIMEOUT};
 use super::Cluster;
 use crate::log::LogError;
 
-#[derive(Default)]
-pub(super) struct Replication {
-    pub(super) conn: Option<MultiplexedConnection>,
-    /// Appends up to here were in a round (acknowledged or not).
-    pub(super) covered: u64,
-    /// Appends up to here are acknowledged by the replicas.
-    pub(super) confirmed: u64,
-    /// Why the last round that failed did.
-    pub(super) error: String,
-}
-
 impl Cluster {
     /// Wait until `--redis-replicas` replicas of `instance` have its append
     /// number `mine`. Group commit: one round (a marker write, then `WAIT`,
