@@ -4,6 +4,7 @@
 # compare.sh runs (the machine is shared and virtualised).
 #
 #   bash bench/ab.sh OLD_HERALD NEW_HERALD [ROUNDS]
+#   ONLY=fanout bash bench/ab.sh OLD NEW 6   # one workload, more rounds
 #
 # e.g. build the old one with `git worktree add /tmp/old <rev>` and
 # `cargo build --release` there. Workloads (loopback only, each bounded by
@@ -40,6 +41,8 @@ stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid="
 
 run() { # label binary workload args...
   local label="$1" bin="$2"; shift 2
+  # ONLY=fanout (say) runs just the workloads whose name contains it.
+  case "$*" in *"${ONLY:-}"*) ;; *) return 0 ;; esac
   local token; token="$("$bin" token --jwt-key "$KEY" --publish '*' --subscribe '*' --ttl 1h)"
   start "$bin"
   timeout 300 "$LG" "$@" --target herald --url "http://127.0.0.1:$PORT" --token "$token" \
