@@ -5,6 +5,8 @@
 #
 #   bash bench/ab.sh OLD_HERALD NEW_HERALD [ROUNDS]
 #   ONLY=fanout bash bench/ab.sh OLD NEW 6   # one workload, more rounds
+#   PIN=1 bash bench/ab.sh OLD NEW            # server on core 0, load generator
+#                                             # on core 1: far less spread
 #
 # e.g. build the old one with `git worktree add /tmp/old <rev>` and
 # `cargo build --release` there. Workloads (loopback only, each bounded by
@@ -30,7 +32,7 @@ start() { # binary
   if "$1" serve --help | grep -q -- --max-connections-per-ip; then
     extra=(--max-connections 0 --max-connections-per-ip 0)
   fi
-  "$1" serve --listen "127.0.0.1:$PORT" --jwt-key "$KEY" --data-dir "$tmp/data" "${extra[@]}" \
+  ${PIN:+taskset -c 0} "$1" serve --listen "127.0.0.1:$PORT" --jwt-key "$KEY" --data-dir "$tmp/data" "${extra[@]}" \
     > "$tmp/out" 2> /dev/null &
   pid=$!
   for _ in $(seq 100); do grep -q '^listening on ' "$tmp/out" && return 0; sleep 0.1; done
@@ -45,7 +47,7 @@ run() { # label binary workload args...
   case "$*" in *"${ONLY:-}"*) ;; *) return 0 ;; esac
   local token; token="$("$bin" token --jwt-key "$KEY" --publish '*' --subscribe '*' --ttl 1h)"
   start "$bin"
-  timeout 300 "$LG" "$@" --target herald --url "http://127.0.0.1:$PORT" --token "$token" \
+  ${PIN:+taskset -c 1} timeout 300 "$LG" "$@" --target herald --url "http://127.0.0.1:$PORT" --token "$token" \
     --server-pid "$pid" > "$tmp/lg" 2> /dev/null || true
   stop
   local result; result="$(sed -n 's/^RESULT //p' "$tmp/lg")"
