@@ -35,6 +35,7 @@ use redb::{
     WriteTransaction,
 };
 
+use super::files::{Files, RealFiles};
 use super::journal::Journal;
 use super::memory::Ring;
 use super::record;
@@ -58,6 +59,10 @@ const CHECKPOINT_BYTES: u64 = 16 << 20;
 /// ...or, at the next maintenance tick, once the last one is this old.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The journal is filled with this many zero bytes when it starts over
+/// (see [`Journal::truncate`]): a checkpoint's worth and some.
+const JOURNAL_PREALLOC: u64 = CHECKPOINT_BYTES + (1 << 20);
+
 /// Most recent updates kept in memory in front of the file.
 const CACHE_CAPACITY: usize = 10_000;
 
@@ -78,6 +83,11 @@ pub enum Durability {
 }
 
 pub struct DiskHistory {
+    /// Where the files are: the real file system, or a test's simulated
+    /// disk.
+    files: Arc<dyn Files>,
+    /// Zero bytes the journal is filled with when it starts over.
+    journal_prealloc: u64,
     /// `None` only while the file is being reopened after an I/O error.
     db: RwLock<Option<Database>>,
     path: PathBuf,
@@ -119,6 +129,68 @@ fn closed() -> HistoryError {
     )
 }
 
+/// Rewinds the journal to `start` when dropped, unless `keep` was set:
+/// see [`DiskHistory::append_batch`].
+struct RewindUnlessKept<'a> {
+    journal: Option<&'a mut Journal>,
+    start: u64,
+    keep: bool,
+}
+
+impl Drop for RewindUnlessKept<'_> {
+    fn drop(&mut self) {
+        if let (false, Some(journal)) = (self.keep, self.journal.as_mut()) {
+            journal.rewind(self.start);
+        }
+    }
+}
+
+/// Tests only: places in the write path where a test makes the store
+/// panic, as a bug or an allocation failure would.
+#[cfg(test)]
+pub(crate) mod failpoints {
+    use std::cell::Cell;
+
+    /// After the journal's fdatasync, before redb's commit.
+    pub const BEFORE_COMMIT: u32 = 1;
+    /// The commit that stores the journal's frames on open (a full disk
+    /// refuses it).
+    pub const REPLAY_COMMIT: u32 = 2;
+
+    thread_local! {
+        static ARMED: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// Make the next [`hit`] of `point` on this thread panic.
+    pub fn arm(point: u32) {
+        ARMED.with(|a| a.set(point));
+    }
+
+    /// Panic here if armed for `point`.
+    pub fn hit(point: u32) {
+        if fails(point) {
+            panic!("failpoint {point}");
+        }
+    }
+
+    /// Whether the operation at `point` is to fail (once, if armed).
+    pub fn fails(point: u32) -> bool {
+        let armed = ARMED.with(|a| a.get()) == point;
+        if armed {
+            ARMED.with(|a| a.set(0));
+        }
+        armed
+    }
+}
+
+/// The file's updates: sequence numbers `first_seq..=last_seq`, `len` of
+/// them (`first_seq` is `last_seq + 1` when there are none).
+struct Extent {
+    first_seq: u64,
+    last_seq: u64,
+    len: u64,
+}
+
 impl DiskHistory {
     /// Open (or create) the history under `data_dir`. A file that cannot be
     /// opened is an error naming it, never a silent fresh start.
@@ -132,9 +204,28 @@ impl DiskHistory {
         retention: Retention,
         durability: Durability,
     ) -> Result<DiskHistory, OpenError> {
+        Self::open_in(
+            Arc::new(RealFiles),
+            data_dir,
+            retention,
+            durability,
+            JOURNAL_PREALLOC,
+        )
+    }
+
+    /// [`DiskHistory::open`] on `files` (tests: a simulated disk, and a
+    /// small journal preallocation).
+    pub(crate) fn open_in(
+        files: Arc<dyn Files>,
+        data_dir: &Path,
+        retention: Retention,
+        durability: Durability,
+        journal_prealloc: u64,
+    ) -> Result<DiskHistory, OpenError> {
         let quiet = QuietPanics::install();
-        let opened =
-            std::panic::catch_unwind(|| Self::open_unguarded(data_dir, retention, durability));
+        let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            Self::open_unguarded(files, data_dir, retention, durability, journal_prealloc)
+        }));
         drop(quiet);
         opened.unwrap_or_else(|panic| {
             let reason = panic
@@ -152,20 +243,34 @@ impl DiskHistory {
     }
 
     fn open_unguarded(
+        files: Arc<dyn Files>,
         data_dir: &Path,
         retention: Retention,
         durability: Durability,
+        journal_prealloc: u64,
     ) -> Result<DiskHistory, OpenError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| OpenError::DataDir {
-            path: data_dir.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        files
+            .create_dir_all(data_dir)
+            .map_err(|e| OpenError::DataDir {
+                path: data_dir.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         let path = data_dir.join(FILE_NAME);
         let fail = |reason: String| OpenError::File {
             path: path.clone(),
             reason,
         };
-        let db = Database::create(&path).map_err(|e| match e {
+        // A file this open creates is not surely there after a power cut
+        // until the directory that names it is synced too.
+        let creates = !files.exists(&path)
+            || (durability == Durability::Sync && !files.exists(&data_dir.join(JOURNAL_FILE_NAME)));
+        if !files.exists(&path) {
+            Self::create_file(&*files, data_dir, &path).map_err(|e| OpenError::File {
+                path: path.clone(),
+                reason: format!("cannot create it: {e}"),
+            })?;
+        }
+        let db = files.open_db(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => fail(
                 "it is already open in another process: is another herald using this --data-dir?"
                     .into(),
@@ -173,6 +278,8 @@ impl DiskHistory {
             other => fail(other.to_string()),
         })?;
         let history = DiskHistory {
+            files,
+            journal_prealloc,
             db: RwLock::new(Some(db)),
             path: path.clone(),
             retention,
@@ -186,7 +293,32 @@ impl DiskHistory {
             syncs: AtomicU64::new(0),
         };
         history.load().map_err(|e| fail(e.to_string()))?;
+        if creates {
+            history
+                .files
+                .sync_dir(data_dir)
+                .map_err(|e| OpenError::DataDir {
+                    path: data_dir.to_path_buf(),
+                    reason: format!("cannot sync it after creating the history files: {e}"),
+                })?;
+        }
         Ok(history)
+    }
+
+    /// Create a new, empty database file whole or not at all: made under
+    /// another name, closed (which syncs it), then renamed into place and
+    /// the directory synced. A power cut while Herald first starts then
+    /// leaves either no file (the next start makes one) or a whole one,
+    /// never a half-written header that no later start could open.
+    fn create_file(files: &dyn Files, data_dir: &Path, path: &Path) -> Result<(), String> {
+        let fresh = path.with_file_name(format!("{FILE_NAME}.new"));
+        if files.exists(&fresh) {
+            files.remove(&fresh).map_err(|e| e.to_string())?;
+        }
+        let db = files.open_db(&fresh).map_err(|e| e.to_string())?;
+        drop(db);
+        files.rename(&fresh, path).map_err(|e| e.to_string())?;
+        files.sync_dir(data_dir).map_err(|e| e.to_string())
     }
 
     /// Create the tables if new, then fill the cache and counters from the
@@ -202,31 +334,21 @@ impl DiskHistory {
         txn.commit().map_err(storage)?;
         // A journal left by a sync-mode run is replayed whatever the mode
         // now: its frames were acknowledged.
-        if self.durability == Durability::Sync || self.journal_path().exists() {
+        if self.durability == Durability::Sync || self.files.exists(&self.journal_path()) {
             self.open_journal()?;
             if self.durability != Durability::Sync {
                 *self.journal.lock() = None;
-                let _ = std::fs::remove_file(self.journal_path());
+                let _ = self.files.remove(&self.journal_path());
             }
         }
 
         let txn = self.begin_read()?;
         let updates = txn.open_table(UPDATES).map_err(storage)?;
-        let meta = txn.open_table(META).map_err(storage)?;
-        let last_seq = meta
-            .get(LAST_SEQ)
-            .map_err(storage)?
-            .map_or(0, |v| v.value());
-        let first_seq = updates
-            .first()
-            .map_err(storage)?
-            .map_or(last_seq + 1, |(k, _)| k.value());
-        let len = updates.len().map_err(storage)?;
-        if len > 0 && last_seq.checked_sub(first_seq).map(|d| d + 1) != Some(len) {
-            return Err(HistoryError::Storage(format!(
-                "sequence numbers are not contiguous ({len} entries from {first_seq} to {last_seq})"
-            )));
-        }
+        let Extent {
+            first_seq,
+            last_seq,
+            len,
+        } = self.extent()?;
         let cached_from = last_seq.saturating_sub(self.cache_capacity() as u64) + 1;
         // Built aside and swapped in whole: readers (streams replaying,
         // subscribers resuming) never see an empty or half-filled cache,
@@ -251,6 +373,33 @@ impl DiskHistory {
         Ok(())
     }
 
+    /// Where the file's updates stand, checked: their sequence numbers must
+    /// run without a hole up to `last_seq`.
+    fn extent(&self) -> Result<Extent, HistoryError> {
+        let txn = self.begin_read()?;
+        let updates = txn.open_table(UPDATES).map_err(storage)?;
+        let meta = txn.open_table(META).map_err(storage)?;
+        let last_seq = meta
+            .get(LAST_SEQ)
+            .map_err(storage)?
+            .map_or(0, |v| v.value());
+        let first_seq = updates
+            .first()
+            .map_err(storage)?
+            .map_or(last_seq + 1, |(k, _)| k.value());
+        let len = updates.len().map_err(storage)?;
+        if len > 0 && last_seq.checked_sub(first_seq).map(|d| d + 1) != Some(len) {
+            return Err(HistoryError::Storage(format!(
+                "sequence numbers are not contiguous ({len} entries from {first_seq} to {last_seq})"
+            )));
+        }
+        Ok(Extent {
+            first_seq,
+            last_seq,
+            len,
+        })
+    }
+
     /// Open the journal, store the frames the file does not hold yet
     /// durably (what was acknowledged since the last checkpoint before a
     /// crash), then empty it.
@@ -265,7 +414,7 @@ impl DiskHistory {
                 .map_or(0, |v| v.value());
             seq
         };
-        let (mut journal, pending) = Journal::open(&path, durable_seq)
+        let (mut journal, pending) = Journal::open_in(&*self.files, &path, durable_seq)
             .map_err(|e| storage(format!("journal {}: {e}", path.display())))?;
         if let Some(&(last, _)) = pending.frames.last() {
             let mut txn = self.begin_write()?;
@@ -287,6 +436,10 @@ impl DiskHistory {
                 let mut meta = txn.open_table(META).map_err(storage)?;
                 meta.insert(LAST_SEQ, last).map_err(storage)?;
             }
+            #[cfg(test)]
+            if failpoints::fails(failpoints::REPLAY_COMMIT) {
+                return Err(storage("no space left on device (failpoint)"));
+            }
             txn.commit().map_err(storage)?;
             tracing::info!(
                 updates = pending.frames.len(),
@@ -294,8 +447,12 @@ impl DiskHistory {
                 "history: stored the journaled updates of the last run"
             );
         }
+        // The journal is the only copy of what it holds until the file is
+        // known to be whole: a file with a hole keeps it (and refuses to
+        // load, naming the hole).
+        self.extent()?;
         journal
-            .truncate(CHECKPOINT_BYTES + (1 << 20))
+            .truncate(self.journal_prealloc)
             .map_err(|e| storage(format!("journal {}: {e}", path.display())))?;
         *self.journal.lock() = Some(journal);
         Ok(())
@@ -308,7 +465,7 @@ impl DiskHistory {
     /// Make everything journaled durable in the file itself (a durable
     /// commit, which also covers every non-durable one before it), then
     /// start the journal over.
-    fn checkpoint(&self) -> Result<(), HistoryError> {
+    pub(crate) fn checkpoint(&self) -> Result<(), HistoryError> {
         let (txn, synced) = self.begin(true)?;
         txn.commit().map_err(storage)?;
         self.committed(synced);
@@ -336,7 +493,12 @@ impl DiskHistory {
     /// fsync.
     fn probe_write(&self) -> Result<(), HistoryError> {
         let (txn, synced) = self.begin(true)?;
-        let last_seq = self.cache.read().last_seq().max(stored_last_seq(&txn)?);
+        // Only what the file holds. The cache can be ahead of it (a reopen
+        // rolled the file back to its last durable commit and the journal
+        // still holds the rest): writing the cache's number would claim
+        // updates the file does not have, and a restart would then skip
+        // their journal frames as already stored.
+        let last_seq = stored_last_seq(&txn)?;
         {
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert(LAST_SEQ, last_seq).map_err(storage)?;
@@ -355,10 +517,18 @@ impl DiskHistory {
         // The old handles must be gone before the files can be opened again.
         drop(slot.take());
         *self.journal.lock() = None;
-        let db = Database::create(&self.path).map_err(storage)?;
+        let db = self.files.open_db(&self.path).map_err(storage)?;
         *slot = Some(db);
         drop(slot);
-        self.load()
+        if let Err(e) = self.load() {
+            // Half loaded (the journal not replayed, say): close it again,
+            // so nothing is written to it and the next probe retries the
+            // whole reopen, replay included.
+            *self.journal.lock() = None;
+            self.db.write().take();
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn cache_capacity(&self) -> usize {
@@ -436,7 +606,15 @@ impl DiskHistory {
                 return Ok((removed, true));
             }
             updates.remove(seq).map_err(storage)?;
-            ids.remove(id.as_str()).map_err(storage)?;
+            // The id goes only if it is still this entry's. It may have
+            // been published again since: an earlier trim of this entry
+            // was undone by a crash, and replaying the journal recorded
+            // the newer one; removing it would let a third publish of the
+            // same id through.
+            let kept = ids.remove(id.as_str()).map_err(storage)?.map(|v| v.value());
+            if let Some(other) = kept.filter(|s| *s != seq) {
+                ids.insert(id.as_str(), other).map_err(storage)?;
+            }
             *first_seq += 1;
             removed += 1;
         }
@@ -531,14 +709,22 @@ impl HistoryStore for DiskHistory {
             }
             self.syncs.fetch_add(1, Ordering::Relaxed);
         }
-        if let Err(e) = txn.commit() {
-            // The batch is refused, so its numbers will be taken again by
-            // the next one: its frames must never be replayed after that
-            // one's, so the next group overwrites them.
-            if let (Some(journal), Some(start)) = (journal.as_mut(), journal_start) {
-                journal.rewind(start);
-            }
-            return Err(storage(e));
+        {
+            // Until the commit succeeds, the frames just written belong to
+            // a batch that may yet be refused, by an error or by a panic
+            // unwinding through here. Its numbers are then taken again by
+            // the next batch, so its frames must never be replayed after
+            // that one's: the guard rewinds the journal, and the next group
+            // overwrites them, unless the commit went through.
+            let mut rewind = RewindUnlessKept {
+                journal: journal.as_mut(),
+                start: journal_start.unwrap_or(0),
+                keep: false,
+            };
+            #[cfg(test)]
+            failpoints::hit(failpoints::BEFORE_COMMIT);
+            txn.commit().map_err(storage)?;
+            rewind.keep = true;
         }
         self.committed(synced);
         let checkpoint_due = journal
@@ -1086,6 +1272,71 @@ mod tests {
         assert_eq!(
             h.append_batch(&[up("next")]).unwrap()[0].as_ref().unwrap(),
             &51
+        );
+    }
+
+    /// Review found this: a panic between the journal's fdatasync and
+    /// redb's commit left the journal's position past the refused batch, so
+    /// the next batch, which takes the same sequence numbers, was written
+    /// after it, and on replay its first frame was out of sequence: it and
+    /// everything up to the next checkpoint would be lost on a power cut.
+    #[test]
+    fn a_panic_before_the_commit_rewinds_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = DiskHistory::open(dir.path(), keep(100), Durability::Sync).unwrap();
+        h.append_batch(&[up("a")]).unwrap();
+        h.checkpoint().unwrap();
+        failpoints::arm(failpoints::BEFORE_COMMIT);
+        let panicked =
+            std::panic::catch_unwind(AssertUnwindSafe(|| h.append_batch(&[up("refused")])));
+        assert!(panicked.is_err(), "the failpoint fired");
+        let r = h.append_batch(&[up("b"), up("c")]).unwrap();
+        assert_eq!((r[0].as_ref().unwrap(), r[1].as_ref().unwrap()), (&2, &3));
+        // What a power cut leaves: the file at its last durable commit
+        // (update 1), the journal as written.
+        let (_, pending) = Journal::open(&dir.path().join(JOURNAL_FILE_NAME), 1).unwrap();
+        let replayed: Vec<(u64, String)> = pending
+            .frames
+            .iter()
+            .map(|(seq, bytes)| (*seq, record::decode_id_and_time(bytes).unwrap().0))
+            .collect();
+        assert_eq!(replayed, [(2, "b".to_string()), (3, "c".to_string())]);
+    }
+
+    /// Review found this: count retention removed `a@1` in a non-durable
+    /// commit, `a` was published again as update 4, and a crash brought
+    /// `a@1` back from the file while the journal's replay recorded
+    /// `ids[a] = 4`; trimming `a@1` then removed `ids[a]`, and a third `a`
+    /// was accepted.
+    #[test]
+    fn an_id_published_again_after_a_trim_a_crash_undid_stays_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        {
+            let h = DiskHistory::open(dir.path(), keep(2), Durability::Sync).unwrap();
+            h.append_batch(&[up("a")]).unwrap();
+        }
+        // The file as it is durably with a@1 in it.
+        std::fs::copy(&file, saved.path().join(FILE_NAME)).unwrap();
+        {
+            let h = DiskHistory::open(dir.path(), keep(2), Durability::Sync).unwrap();
+            h.append_batch(&[up("b")]).unwrap();
+            h.append_batch(&[up("c")]).unwrap(); // trims a@1
+            let r = h.append_batch(&[up("a")]).unwrap();
+            assert_eq!(r[0].as_ref().unwrap(), &4, "a is free again");
+        }
+        // A power cut before any checkpoint: the file as it was durably,
+        // the journal as written (updates 2 to 4).
+        std::fs::copy(saved.path().join(FILE_NAME), &file).unwrap();
+        let h = DiskHistory::open(dir.path(), keep(2), Durability::Sync).unwrap();
+        assert_eq!(h.lookup("a").unwrap(), Some(4));
+        h.append_batch(&[up("d")]).unwrap(); // trims 1 to 3, a@1 among them
+        assert_eq!(h.lookup("a").unwrap(), Some(4), "a@4 is still held");
+        let r = h.append_batch(&[up("a")]).unwrap();
+        assert!(
+            matches!(r[0], Err(HistoryError::DuplicateId(_))),
+            "a third a: {r:?}"
         );
     }
 }

@@ -27,10 +27,10 @@
 //! acknowledged only once its whole write is on disk and groups are written
 //! in order.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
+
+use super::files::{Files, JournalFile};
 
 /// Bytes before each record.
 const HEADER: usize = 24;
@@ -42,7 +42,7 @@ const MAX_RECORD: usize = 1 << 30;
 const GROUP_END: u64 = 1 << 63;
 
 pub struct Journal {
-    file: File,
+    file: Box<dyn JournalFile>,
     path: PathBuf,
     /// Where the next frame goes.
     end: u64,
@@ -71,15 +71,20 @@ impl Journal {
     /// after it is not `durable_seq + 1`) mean the journal belongs to
     /// another history file, or acknowledged updates are missing from both:
     /// that is an error naming the file, never a silent skip.
+    #[cfg(test)]
     pub fn open(path: &Path, durable_seq: u64) -> io::Result<(Journal, Pending)> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
+        Journal::open_in(&super::files::RealFiles, path, durable_seq)
+    }
+
+    /// [`Journal::open`] on `files` (the real file system, or a test's
+    /// simulated disk).
+    pub fn open_in(
+        files: &dyn Files,
+        path: &Path,
+        durable_seq: u64,
+    ) -> io::Result<(Journal, Pending)> {
+        let mut file = files.open_journal(path)?;
+        let bytes = file.read_all()?;
         let frames = read_frames(&bytes);
         let newer: Vec<(u64, Vec<u8>)> = frames
             .into_iter()
@@ -262,6 +267,8 @@ fn read_frames(bytes: &[u8]) -> Vec<(u64, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::FileExt;
 
     fn frames(j: &mut Journal, seqs: std::ops::RangeInclusive<u64>) {
         let records: Vec<(u64, Vec<u8>)> = seqs
@@ -305,8 +312,7 @@ mod tests {
         let (_, p) = Journal::open(&path, 0).unwrap();
         assert_eq!(seqs(&p), vec![1, 2]);
         // Damage the first group's last frame: nothing is whole any more.
-        f.write_all_at(b"X", (HEADER + 8 + HEADER + 2) as u64)
-            .unwrap();
+        FileExt::write_all_at(&f, b"X", (HEADER + 8 + HEADER + 2) as u64).unwrap();
         let (_, p) = Journal::open(&path, 0).unwrap();
         assert_eq!(seqs(&p), Vec::<u64>::new());
     }

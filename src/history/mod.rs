@@ -13,9 +13,14 @@
 //! shared by every publisher whose update is in it (group commit).
 
 mod disk;
+mod files;
 mod journal;
 mod memory;
+#[cfg(test)]
+mod power_loss;
 pub(crate) mod record;
+#[cfg(test)]
+mod simdisk;
 
 pub use disk::{DiskHistory, Durability};
 pub use memory::MemoryHistory;
