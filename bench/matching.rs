@@ -101,6 +101,7 @@ async fn run(s: &Scenario) {
         HubConfig {
             queue_capacity: 4096,
             subscription_events: false,
+            ..HubConfig::default()
         },
         Arc::new(MemoryHistory::new(10_000)),
     );

@@ -256,6 +256,10 @@ settings! {
     /// Events queued per subscriber before it is cut off as too slow (it
     /// then resumes from history). [default: 1024]
     queue_capacity: usize = 1024, env "HERALD_QUEUE_CAPACITY";
+    /// Bytes of events queued per subscriber before it is cut off as too
+    /// slow (it then resumes from history): a subscriber that never reads
+    /// holds at most this much. [default: 4194304]
+    queue_bytes: usize = crate::hub::DEFAULT_QUEUE_BYTES, env "HERALD_QUEUE_BYTES";
     /// Publish subscription events and serve the subscriptions API. [default: false]
     subscriptions: bool = false, env "HERALD_SUBSCRIPTIONS",
         arg(num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new());
@@ -486,6 +490,9 @@ impl Config {
         if self.queue_capacity == 0 {
             bail!("queue_capacity must be at least 1");
         }
+        if self.queue_bytes < 1024 {
+            bail!("queue_bytes must be at least 1024 (e.g. 4194304)");
+        }
         if self.max_selectors == 0 || self.max_selector_len == 0 {
             bail!("max_selectors and max_selector_len must be at least 1");
         }
@@ -667,6 +674,7 @@ mod tests {
             max_batch_bytes = 8192
             max_batch_records = 7
             queue_capacity = 12
+            queue_bytes = 2048
             subscriptions = true
             max_selectors = 13
             max_selector_len = 14
@@ -720,6 +728,7 @@ mod tests {
         assert_eq!(c.max_batch_bytes, 8192);
         assert_eq!(c.max_batch_records, 7);
         assert_eq!(c.queue_capacity, 12);
+        assert_eq!(c.queue_bytes, 2048);
         assert!(c.subscriptions);
         assert_eq!(c.max_selectors, 13);
         assert_eq!(c.max_selector_len, 14);

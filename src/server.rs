@@ -55,6 +55,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 
     let hub_config = HubConfig {
         queue_capacity: config.queue_capacity,
+        queue_bytes: config.queue_bytes,
         subscription_events: config.subscriptions,
     };
     let (hub, cluster) = match &config.transport {

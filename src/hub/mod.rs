@@ -66,6 +66,8 @@ use registry::Registry;
 pub struct HubConfig {
     /// Events a subscriber may have queued before it is cut off.
     pub queue_capacity: usize,
+    /// Bytes of events a subscriber may have queued before it is cut off.
+    pub queue_bytes: usize,
     /// Publish an update on `/.well-known/mercure/subscriptions/…` when a
     /// subscriber connects or disconnects.
     pub subscription_events: bool,
@@ -75,10 +77,15 @@ impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             queue_capacity: 1024,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
             subscription_events: false,
         }
     }
 }
+
+/// `--queue-bytes`: 4 MiB, room for thousands of typical events, and for
+/// four of the largest a publish may carry (`--max-body`, 1 MiB).
+pub const DEFAULT_QUEUE_BYTES: usize = 4 << 20;
 
 /// Counters exposed on `/metrics`.
 #[derive(Debug, Default)]

@@ -30,6 +30,10 @@ struct Shared {
 struct State {
     items: VecDeque<Bytes>,
     capacity: usize,
+    /// Bytes of the events in `items`.
+    bytes: usize,
+    /// Most bytes queued at once (one event alone may be larger).
+    max_bytes: usize,
     /// No more pushes will come (the hub dropped the subscriber).
     closed: bool,
     /// The consumer is gone (the connection ended).
@@ -62,7 +66,8 @@ pub(super) fn coalesce(items: &mut VecDeque<Bytes>, max_bytes: usize) -> Option<
 /// Why a push was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PushError {
-    /// The queue holds `capacity` events: the subscriber is too slow. The
+    /// The queue holds `capacity` events, or the event would take it past
+    /// its byte limit: the subscriber is too slow. The
     /// queue is now closed to further events (see [`QueueSender::offer`]).
     Full,
     /// The subscriber's connection is gone, or it was already cut off.
@@ -76,12 +81,16 @@ pub struct QueueSender(Arc<Shared>);
 /// The connection's end.
 pub struct QueueReceiver(Arc<Shared>);
 
-/// A queue holding at most `capacity` events.
-pub fn queue(capacity: usize) -> (QueueSender, QueueReceiver) {
+/// A queue holding at most `capacity` events and `max_bytes` bytes of
+/// them (an event larger than that on its own still gets into an empty
+/// queue: the publish limits bound it).
+pub fn queue(capacity: usize, max_bytes: usize) -> (QueueSender, QueueReceiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
             capacity: capacity.max(1),
+            bytes: 0,
+            max_bytes,
             closed: false,
             receiver_gone: false,
         }),
@@ -116,7 +125,8 @@ impl QueueSender {
             if state.receiver_gone || state.closed {
                 return Err(PushError::Closed);
             }
-            if state.items.len() >= state.capacity {
+            let over_bytes = !state.items.is_empty() && state.bytes + event.len() > state.max_bytes;
+            if state.items.len() >= state.capacity || over_bytes {
                 if close_when_full {
                     state.closed = true;
                     drop(state);
@@ -124,6 +134,7 @@ impl QueueSender {
                 }
                 return Err(PushError::Full);
             }
+            state.bytes += event.len();
             state.items.push_back(event);
         }
         self.0.waker.wake();
@@ -152,6 +163,8 @@ impl QueueReceiver {
                 Poll::Pending
             };
         };
+        // A chunk is the events it took, end to end.
+        state.bytes = state.bytes.saturating_sub(chunk.len());
         if state.items.is_empty() && state.items.capacity() > KEEP_CAPACITY {
             state.items = VecDeque::new();
         }
@@ -164,6 +177,7 @@ impl Drop for QueueReceiver {
         let mut state = self.0.state.lock();
         state.receiver_gone = true;
         state.items = VecDeque::new();
+        state.bytes = 0;
     }
 }
 
@@ -183,7 +197,7 @@ mod tests {
 
     #[test]
     fn bounded_batches_and_close() {
-        let (tx, mut rx) = queue(3);
+        let (tx, mut rx) = queue(3, usize::MAX);
         assert!(drain(&mut rx, 100).is_pending());
         for e in ["a", "bb", "ccc"] {
             tx.offer(Bytes::from(e)).unwrap();
@@ -200,7 +214,7 @@ mod tests {
 
     #[test]
     fn the_first_refused_event_closes_the_queue() {
-        let (tx, mut rx) = queue(2);
+        let (tx, mut rx) = queue(2, usize::MAX);
         tx.offer(Bytes::from("1")).unwrap();
         tx.offer(Bytes::from("2")).unwrap();
         // A keep-alive that does not fit closes nothing.
@@ -219,18 +233,39 @@ mod tests {
 
     #[test]
     fn push_to_a_gone_receiver_is_closed() {
-        let (tx, rx) = queue(3);
+        let (tx, rx) = queue(3, usize::MAX);
         drop(rx);
         assert_eq!(tx.offer(Bytes::from("a")), Err(PushError::Closed));
     }
 
     #[test]
     fn memory_is_released_after_a_burst() {
-        let (tx, mut rx) = queue(1000);
+        let (tx, mut rx) = queue(1000, usize::MAX);
         for _ in 0..500 {
             tx.offer(Bytes::from_static(b"x")).unwrap();
         }
         assert!(matches!(drain(&mut rx, usize::MAX), Poll::Ready(Some(c)) if c.len() == 500));
         assert_eq!(rx.0.state.lock().items.capacity(), 0);
+    }
+
+    #[test]
+    fn a_queue_is_bounded_in_bytes_too() {
+        let (tx, mut rx) = queue(100, 10);
+        tx.offer(Bytes::from("0123")).unwrap();
+        tx.offer(Bytes::from("4567")).unwrap();
+        // 8 bytes queued: 4 more would make 12.
+        assert_eq!(tx.offer(Bytes::from("89ab")), Err(PushError::Full));
+        assert_eq!(drain(&mut rx, 100), chunk("01234567"));
+        assert_eq!(drain(&mut rx, 100), Poll::Ready(None), "cut off");
+        // Drained, the count goes back down; one event larger than the
+        // limit still gets into an empty queue.
+        let (tx, mut rx) = queue(100, 10);
+        tx.offer(Bytes::from("0123456789")).unwrap();
+        assert_eq!(drain(&mut rx, 100), chunk("0123456789"));
+        tx.offer(Bytes::from("a much longer event")).unwrap();
+        assert_eq!(tx.offer_keep_alive(Bytes::from(":")), Err(PushError::Full));
+        assert_eq!(drain(&mut rx, 100), chunk("a much longer event"));
+        tx.offer(Bytes::from("0123456789")).unwrap();
+        assert_eq!(rx.0.state.lock().bytes, 10);
     }
 }

@@ -257,7 +257,7 @@ mod tests {
     #[test]
     fn publish_visits_only_matching_subscribers_once() {
         let mut r = Registry::default();
-        let tx = || super::super::queue::queue(1).0;
+        let tx = || super::super::queue::queue(1, usize::MAX).0;
         // Exact selectors are indexed even beside a pattern.
         r.insert(
             1,
@@ -294,7 +294,7 @@ mod tests {
     #[test]
     fn subscribers_of_one_pattern_share_one_group() {
         let mut r = Registry::default();
-        let tx = || super::super::queue::queue(1).0;
+        let tx = || super::super::queue::queue(1, usize::MAX).0;
         for k in 0..1000u64 {
             r.insert(
                 k,
@@ -319,7 +319,7 @@ mod tests {
     #[test]
     fn index_and_patterns() {
         let mut r = Registry::default();
-        let tx = || super::super::queue::queue(1).0;
+        let tx = || super::super::queue::queue(1, usize::MAX).0;
         r.insert(
             1,
             sub(

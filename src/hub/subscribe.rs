@@ -109,7 +109,7 @@ impl Hub {
                 None => (None, false),
             },
         };
-        let (tx, rx) = queue::queue(self.config.queue_capacity);
+        let (tx, rx) = queue::queue(self.config.queue_capacity, self.config.queue_bytes);
         let key = self.next_key();
         let (cursor, head_id) = {
             let head = self.order.lock();

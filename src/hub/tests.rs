@@ -21,6 +21,7 @@ fn hub(capacity: usize) -> Arc<Hub> {
         HubConfig {
             queue_capacity: capacity,
             subscription_events: false,
+            ..HubConfig::default()
         },
         Arc::new(MemoryHistory::new(100)),
     )
@@ -323,6 +324,7 @@ async fn subscription_events_never_enter_history() {
         HubConfig {
             queue_capacity: 8,
             subscription_events: true,
+            ..HubConfig::default()
         },
         Arc::new(MemoryHistory::new(3)),
     );
@@ -418,6 +420,7 @@ async fn subscription_events_are_private_updates() {
         HubConfig {
             queue_capacity: 8,
             subscription_events: true,
+            ..HubConfig::default()
         },
         Arc::new(MemoryHistory::new(100)),
     );
@@ -556,6 +559,7 @@ mod properties {
             HubConfig {
                 queue_capacity: capacity,
                 subscription_events: false,
+                ..HubConfig::default()
             },
             Arc::new(MemoryHistory::new(100_000)),
         );
