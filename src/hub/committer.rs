@@ -159,7 +159,7 @@ impl Hub {
                     if Hub::is_status_event(&p.update) {
                         self.deliver_status(&p.update, &mut cut_off);
                     } else {
-                        self.fan_out(&p.update, &mut cut_off);
+                        self.fan_out(&p.update, None, &mut cut_off);
                     }
                     continue;
                 }
@@ -170,7 +170,7 @@ impl Hub {
                 });
                 match &result {
                     Ok(seq) => {
-                        self.fan_out(&p.update, &mut cut_off);
+                        self.fan_out(&p.update, Some(*seq), &mut cut_off);
                         head.advance(*seq, &p.update);
                         published += 1;
                     }

@@ -54,14 +54,18 @@ impl Head {
 }
 
 impl Hub {
-    /// Offer the update to every matching subscriber; collects the keys of
-    /// those cut off (queue full) or gone.
-    pub(super) fn fan_out(&self, update: &Update, cut_off: &mut Vec<u64>) {
+    /// Offer the update (stored as `seq`; `None`: a live-only event) to
+    /// every matching subscriber; collects the keys of those cut off (queue
+    /// full) or gone.
+    pub(super) fn fan_out(&self, update: &Update, seq: Option<u64>, cut_off: &mut Vec<u64>) {
         let registry = self.registry.read();
         let mut delivered = 0u64;
         // Each topic is prepared (its URL parsed) once for every pattern.
         let topics = crate::topic::prepare(&update.topics);
         registry.for_each_matching(&topics, |key, entry| {
+            if seq.is_some_and(|s| s <= entry.live_after) {
+                return;
+            }
             if !entry.subscription.may_read(update, &topics) {
                 return;
             }

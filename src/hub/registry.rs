@@ -25,6 +25,9 @@ use crate::topic::{PreparedTopic, TopicSelector};
 pub(super) struct Entry {
     pub subscription: Arc<Subscription>,
     pub tx: QueueSender,
+    /// Updates up to this sequence number are not delivered live: the
+    /// subscriber resumed after one of them (see `Hub::subscribe`).
+    pub live_after: u64,
     /// Indexed in more than one place (several distinct selectors), so a
     /// publish may reach it more than once and must deduplicate.
     multi: bool,
@@ -80,7 +83,13 @@ fn slots(subscription: &Subscription) -> Vec<Slot<'_>> {
 }
 
 impl Registry {
-    pub fn insert(&mut self, key: u64, subscription: Arc<Subscription>, tx: QueueSender) {
+    pub fn insert(
+        &mut self,
+        key: u64,
+        subscription: Arc<Subscription>,
+        tx: QueueSender,
+        live_after: u64,
+    ) {
         let slots = slots(&subscription);
         let multi = slots.len() > 1;
         for slot in slots {
@@ -106,6 +115,7 @@ impl Registry {
             Entry {
                 subscription,
                 tx,
+                live_after,
                 multi,
             },
         );
@@ -266,6 +276,7 @@ mod tests {
                 &[TopicSelector::exact("t1"), tpl("https://ex.net/{id}")],
             ),
             tx(),
+            0,
         );
         // Two selectors that both match: still one visit.
         r.insert(
@@ -275,8 +286,9 @@ mod tests {
                 &[pat("https://ex.net/:id"), tpl("https://ex.net/{id}")],
             ),
             tx(),
+            0,
         );
-        r.insert(3, sub("c", &[pat("https://ex.net/books/:id")]), tx());
+        r.insert(3, sub("c", &[pat("https://ex.net/books/:id")]), tx(), 0);
         assert_eq!(candidates(&r, &["t1"]), [1]);
         assert_eq!(candidates(&r, &["https://ex.net/1"]), [1, 2]);
         assert_eq!(candidates(&r, &["https://ex.net/books/1"]), [3]);
@@ -300,12 +312,14 @@ mod tests {
                 k,
                 sub(&k.to_string(), &[pat("https://shared.test/users/:id")]),
                 tx(),
+                0,
             );
         }
         r.insert(
             5000,
             sub("x", &[pat("https://shared.test/other/:id")]),
             tx(),
+            0,
         );
         assert_eq!(r.pattern_groups(), 2);
         assert_eq!(candidates(&r, &["https://shared.test/users/7"]).len(), 1000);
@@ -327,12 +341,14 @@ mod tests {
                 &[TopicSelector::exact("t1"), TopicSelector::exact("t1")],
             ),
             tx(),
+            0,
         );
-        r.insert(2, sub("b", &[TopicSelector::exact("t2")]), tx());
+        r.insert(2, sub("b", &[TopicSelector::exact("t2")]), tx(), 0);
         r.insert(
             3,
             sub("c", &[TopicSelector::exact("t1"), TopicSelector::Any]),
             tx(),
+            0,
         );
         assert_eq!(candidates(&r, &["t1"]), [1, 3]);
         assert_eq!(candidates(&r, &["t2"]), [2, 3]);

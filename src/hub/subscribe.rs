@@ -111,9 +111,19 @@ impl Hub {
         };
         let (tx, rx) = queue::queue(self.config.queue_capacity, self.config.queue_bytes);
         let key = self.next_key();
+        // A resume from an update stored a moment ago may be registered
+        // before the committer has delivered that update (it stores, then
+        // delivers under the order lock): live delivery then starts after
+        // the resume point, not after the head, so it is not sent again.
+        let live_after = match start {
+            Some(next) if resumed => next - 1,
+            _ => 0,
+        };
         let (cursor, head_id) = {
             let head = self.order.lock();
-            self.registry.write().insert(key, subscription.clone(), tx);
+            self.registry
+                .write()
+                .insert(key, subscription.clone(), tx, live_after);
             (head.seq, head.visible_id(&subscription.private_access))
         };
         let head_id = head_id.filter(|_| !self.history.is_empty());

@@ -651,3 +651,121 @@ mod properties {
         }
     }
 }
+
+/// A store whose next append, once armed, stops after storing and waits
+/// for the test: the committer is then between storing a batch and
+/// delivering it.
+struct GatedHistory {
+    inner: MemoryHistory,
+    armed: AtomicBool,
+    stored: parking_lot::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    go: parking_lot::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl HistoryStore for GatedHistory {
+    fn append_batch(
+        &self,
+        updates: &[Arc<Update>],
+    ) -> Result<Vec<crate::history::AppendResult>, HistoryError> {
+        let result = self.inner.append_batch(updates);
+        if self.armed.swap(false, Ordering::SeqCst) {
+            if let Some(stored) = self.stored.lock().take() {
+                let _ = stored.send(());
+            }
+            if let Some(go) = self.go.lock().take() {
+                let _ = go.recv();
+            }
+        }
+        result
+    }
+    fn head(&self) -> (u64, Option<String>) {
+        self.inner.head()
+    }
+    fn lookup(&self, id: &str) -> Result<Option<u64>, HistoryError> {
+        self.inner.lookup(id)
+    }
+    fn first_seq(&self) -> u64 {
+        self.inner.first_seq()
+    }
+    fn read_range(
+        &self,
+        start: u64,
+        upto: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Arc<Update>)>, HistoryError> {
+        self.inner.read_range(start, upto, max)
+    }
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+}
+
+/// Review found this: with publisher-chosen ids, a resume from an id
+/// stored a moment earlier could be registered before the committer had
+/// delivered that update, and then received it once more, live. Here the
+/// committer is held exactly there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_an_update_not_yet_delivered_does_not_receive_it_again() {
+    let (stored_tx, stored_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel();
+    let history = Arc::new(GatedHistory {
+        inner: MemoryHistory::new(100),
+        armed: AtomicBool::new(false),
+        stored: parking_lot::Mutex::new(Some(stored_tx)),
+        go: parking_lot::Mutex::new(Some(go_rx)),
+    });
+    let hub = Hub::new(HubConfig::default(), history.clone());
+    hub.publish(update("before", &["t"], false)).await.unwrap();
+    history.armed.store(true, Ordering::SeqCst);
+    let publisher = hub.clone();
+    let publishing =
+        tokio::spawn(async move { publisher.publish(update("x", &["t"], false)).await });
+    tokio::task::spawn_blocking(move || stored_rx.recv().unwrap())
+        .await
+        .unwrap();
+    // "x" is stored, not yet delivered: resume from it.
+    let resumed = hub
+        .subscribe(sub(&["t"], &[]), Some(ResumeFrom::After("x".into())))
+        .await
+        .unwrap();
+    assert!(resumed.resumed);
+    go_tx.send(()).unwrap();
+    publishing.await.unwrap().unwrap();
+    hub.publish(update("y", &["t"], false)).await.unwrap();
+    let mut s = resumed.stream;
+    assert_eq!(next_chunk(&mut s).await, "id: y\ndata: y\n\n");
+}
+
+/// The same, raced for real: resumes from the id just published, thousands
+/// of times; the first event after a resume is always the next update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_raced_against_publishes_never_repeat_the_resume_point() {
+    let hub = Hub::new(HubConfig::default(), Arc::new(MemoryHistory::new(100_000)));
+    for i in 0..3000 {
+        let id = format!("r{i}");
+        let publisher = hub.clone();
+        let published = id.clone();
+        let publishing =
+            tokio::spawn(async move { publisher.publish(update(&published, &["t"], false)).await });
+        // Resume as soon as the id is known, racing its delivery.
+        let subscribed = loop {
+            let s = hub
+                .subscribe(sub(&["t"], &[]), Some(ResumeFrom::After(id.clone())))
+                .await
+                .unwrap();
+            if s.resumed {
+                break s;
+            }
+            tokio::task::yield_now().await;
+        };
+        publishing.await.unwrap().unwrap();
+        let next = format!("n{i}");
+        hub.publish(update(&next, &["t"], false)).await.unwrap();
+        let mut s = subscribed.stream;
+        let got = next_chunk(&mut s).await;
+        assert!(
+            got.starts_with(&format!("id: {next}\n")),
+            "round {i}: after resuming from {id}, got {got:?}"
+        );
+    }
+}
