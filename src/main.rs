@@ -1,8 +1,9 @@
 //! The `herald` command: `serve`, `token`, `publish`, `subscribe`.
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use anyhow::{bail, Context};
+
 use clap::{Parser, Subcommand};
 
 use herald::config::{parse_duration, Config, ServeArgs};
@@ -124,7 +125,7 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
                 .unwrap_or_else(|_| "herald=info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -132,13 +133,29 @@ fn main() {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            let _ = writeln!(std::io::stderr(), "error: cannot start the runtime: {e}");
             std::process::exit(1);
         }
     };
     if let Err(e) = runtime.block_on(run(cli.command)) {
-        eprintln!("error: {e:#}");
+        let _ = writeln!(std::io::stderr(), "error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Where log lines go: stderr, and a line that cannot be written there (a
+/// full disk, a closed pipe) is dropped. Logging must never stop the hub.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }
 

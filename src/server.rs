@@ -1,6 +1,7 @@
 //! `herald serve`: wire configuration, keys, hub and HTTP together, run
 //! until SIGINT/SIGTERM, then shut down cleanly.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,32 +108,36 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         })?;
     let addr = listener.local_addr()?;
 
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "listening on http://{addr}")?;
+    // What a person starting the hub reads. Written as one block, and a
+    // stdout that cannot take it (a full disk, a closed pipe) is logged
+    // and ignored: the hub serves all the same.
+    let mut out = String::new();
+    let _ = writeln!(out, "listening on http://{addr}");
     if let Some(key) = &dev_key {
         let token = mint_hs256(key, &["*".into()], &["*".into()], None, None)?;
-        writeln!(
+        let _ = writeln!(
             out,
             "no JWT key configured: generated a development key (tokens die with this process)"
-        )?;
-        writeln!(out, "  key:   {key}")?;
-        writeln!(out, "  token (publish+subscribe to every topic): {token}")?;
-        writeln!(
+        );
+        let _ = writeln!(out, "  key:   {key}");
+        let _ = writeln!(out, "  token (publish+subscribe to every topic): {token}");
+        let _ = writeln!(
             out,
             "  try:   curl -N 'http://{addr}{HUB_PATH}?match=https://example.com/hello' &"
-        )?;
-        writeln!(
+        );
+        let _ = writeln!(
             out,
             "         curl -H 'Authorization: Bearer {token}' -d topic=https://example.com/hello -d data=hi http://{addr}{HUB_PATH}"
-        )?;
-        writeln!(
+        );
+        let _ = writeln!(
             out,
             "  status page (open from this machine): http://{addr}/ui/"
-        )?;
-        writeln!(out, "  set --jwt-key (or HERALD_JWT_KEY) for a stable key")?;
+        );
+        let _ = writeln!(out, "  set --jwt-key (or HERALD_JWT_KEY) for a stable key");
     }
-    out.flush()?;
-    drop(out);
+    if let Err(e) = say(&out) {
+        tracing::warn!(error = %e, "could not write the startup lines to stdout; serving anyway");
+    }
 
     // Age retention and relaxed fsyncs run on the committer, between
     // batches, once a second.
@@ -199,8 +204,16 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway")
         }
     }
-    println!("herald stopped");
+    let _ = say("herald stopped\n");
     Ok(())
+}
+
+/// Write to stdout, reporting (not panicking on) a stdout that cannot take
+/// it: a full disk or a closed pipe must never stop the hub.
+fn say(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
 }
 
 /// Logs accept errors at most once per [`ACCEPT_ERROR_LOG_INTERVAL`].

@@ -363,3 +363,39 @@ async fn the_subscriptions_api_never_reveals_a_private_id() {
     .await;
     assert_eq!(last, secret);
 }
+
+/// On a small disk the journal is not preallocated (its 17 MiB of zeros
+/// would fill it for a moment, and then a log line or the history file
+/// could not be written): it grows as it is written, and the hub says so.
+#[tokio::test]
+async fn on_a_small_disk_the_journal_is_not_preallocated() {
+    let disk = SmallDisk::mount("48m");
+    let data_dir = disk.path().join("data");
+    let s = Server::start_on(&data_dir, &[]);
+    let journal = data_dir.join("history.journal");
+    let len = std::fs::metadata(&journal)
+        .expect("the journal exists")
+        .len();
+    assert!(
+        len < 1 << 20,
+        "the journal was preallocated on a 48 MiB disk: {len} bytes"
+    );
+    let id = publish(&s.hub(), &[("topic", "t"), ("data", "fits")]).await;
+    assert!(!id.is_empty());
+    assert!(
+        std::fs::metadata(&journal).unwrap().len() > 0,
+        "the journal grows as written"
+    );
+    drop(s);
+    // On a roomy disk it is preallocated as before.
+    let roomy = tempfile::tempdir().unwrap();
+    let s = Server::start_on(roomy.path(), &[]);
+    let len = std::fs::metadata(roomy.path().join("history.journal"))
+        .unwrap()
+        .len();
+    assert!(
+        len >= 16 << 20,
+        "the journal was not preallocated on a roomy disk: {len} bytes"
+    );
+    drop(s);
+}

@@ -42,6 +42,10 @@ pub trait JournalFile: Send + Sync {
     /// `fsync`: data and metadata (the length) are durable.
     fn sync_all(&self) -> io::Result<()>;
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Bytes still free on the device it lives on, when known.
+    fn available(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The real file system.
@@ -104,5 +108,18 @@ impl JournalFile for File {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         File::set_len(self, len)
+    }
+
+    fn available(&self) -> Option<u64> {
+        use std::os::fd::AsRawFd;
+        let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: fstatvfs fills `stat` for an open descriptor, and it is
+        // read only when the call succeeded.
+        let ok = unsafe { libc::fstatvfs(self.as_raw_fd(), stat.as_mut_ptr()) } == 0;
+        ok.then(|| {
+            // SAFETY: initialised by the successful call above.
+            let stat = unsafe { stat.assume_init() };
+            (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64)
+        })
     }
 }

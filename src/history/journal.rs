@@ -37,6 +37,9 @@ const HEADER: usize = 24;
 /// A frame claiming a longer record is damage, not a record (`--max-body`
 /// and `--max-batch-bytes` are far below it).
 const MAX_RECORD: usize = 1 << 30;
+/// The journal is preallocated only when at least this much (and a second
+/// journal's worth) stays free after it.
+const MIN_FREE_AFTER_PREALLOC: u64 = 64 << 20;
 /// Set in the generation field of a group's last frame: a group is replayed
 /// only whole, so no part of an all-or-nothing batch comes back alone.
 const GROUP_END: u64 = 1 << 63;
@@ -188,13 +191,27 @@ impl Journal {
     /// for them the journal simply grows as it is written.
     pub fn truncate(&mut self, preallocate: u64) -> io::Result<()> {
         self.file.set_len(0)?;
-        if let Err(e) = self.fill_with_zeros(preallocate) {
-            tracing::warn!(
+        // Only where it leaves room: on a small disk the zeros would fill
+        // it for a moment, and then a log line, or the history file,
+        // could not be written.
+        let room = preallocate.saturating_mul(2) + MIN_FREE_AFTER_PREALLOC;
+        match self.file.available() {
+            Some(free) if free < room => tracing::info!(
                 path = %self.path.display(),
-                error = %e,
-                "could not preallocate the journal; it grows as it is written"
-            );
-            self.file.set_len(0)?;
+                free_mib = free >> 20,
+                "not preallocating the journal ({} MiB): the disk has little room; it grows as it is written",
+                preallocate >> 20
+            ),
+            _ => {
+                if let Err(e) = self.fill_with_zeros(preallocate) {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        error = %e,
+                        "could not preallocate the journal; it grows as it is written"
+                    );
+                    self.file.set_len(0)?;
+                }
+            }
         }
         self.file.sync_all()?;
         self.end = 0;
