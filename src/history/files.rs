@@ -119,6 +119,8 @@ impl JournalFile for File {
         ok.then(|| {
             // SAFETY: initialised by the successful call above.
             let stat = unsafe { stat.assume_init() };
+            // The fields are `c_ulong`: u64 here, u32 on 32-bit targets.
+            #[allow(clippy::unnecessary_cast)]
             (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64)
         })
     }
