@@ -1,9 +1,9 @@
 //! Power loss, the way storage engines test it: the durable history runs a
 //! random workload on a simulated disk ([`super::simdisk`]) that records
-//! every write and sync; at crash points (before writes and syncs, chosen
-//! at random, and around every sync) the disk a power cut could leave is
-//! built, several ways each (unsynced changes dropped, kept or torn), and
-//! opened again. Each time Herald must open it (never panic), and every
+//! every write and sync; at crash points (just before writes and syncs,
+//! chosen at random, those before syncs favoured) the disk a power cut
+//! could leave is built, several ways each (unsynced changes dropped, kept
+//! or torn), and opened again. Each time Herald must open it (never panic), and every
 //! update acknowledged before the crash point must be there, once, in
 //! order, with its id still refused as a duplicate.
 //!
