@@ -22,8 +22,9 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -67,6 +68,8 @@ pub struct EdgeStats {
     pub refused_per_ip: AtomicU64,
     pub write_timeouts: AtomicU64,
     pub header_timeouts: AtomicU64,
+    /// Request bodies that did not arrive within `--body-timeout` (408).
+    pub body_timeouts: AtomicU64,
     pub accept_errors: AtomicU64,
 }
 
@@ -76,6 +79,7 @@ pub static STATS: EdgeStats = EdgeStats {
     refused_per_ip: AtomicU64::new(0),
     write_timeouts: AtomicU64::new(0),
     header_timeouts: AtomicU64::new(0),
+    body_timeouts: AtomicU64::new(0),
     accept_errors: AtomicU64::new(0),
 };
 
@@ -515,10 +519,14 @@ async fn serve_with_hyper(
     timeouts: Timeouts,
 ) {
     let peer: Option<SocketAddr> = tcp.peer_addr().ok();
+    // Valid for as long as `conn` (which owns the socket) lives.
+    let fd = tcp.as_raw_fd();
+    let mid_request = Arc::new(AtomicBool::new(!already_read.is_empty()));
     let io = TokioIo::new(Prefixed {
         prefix: already_read,
         pos: 0,
         inner: WriteDeadline::new(tcp, timeouts.write),
+        mid_request: mid_request.clone(),
     });
     let service = TowerToHyperService::new(tower::service_fn(
         move |r: Request<hyper::body::Incoming>| {
@@ -546,11 +554,44 @@ async fn serve_with_hyper(
         conn.as_mut().graceful_shutdown();
     }
     tokio::select! {
-        _ = conn.as_mut() => return,
+        served = conn.as_mut() => {
+            if served.is_err_and(|e| e.is_timeout()) {
+                // hyper gave up on a request head (`--header-timeout`):
+                // counted, and answered 408 like the lean path, unless the
+                // connection was idle between requests. (A half head that
+                // came in one read with the request before it, pipelined,
+                // is closed without the 408: hyper holds it unseen.)
+                STATS.header_timeouts.fetch_add(1, Relaxed);
+                if mid_request.load(Relaxed) {
+                    let message =
+                        format!("the request head did not arrive within {:?}", timeouts.header);
+                    answer_on_fd(fd, &canned("408 Request Timeout", false, &message));
+                }
+            }
+            return;
+        }
         _ = shutdown.wait_for(|stop| *stop) => {}
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+/// Send a short answer on a socket that hyper still owns but no longer
+/// uses (it gave up on the connection), then end our side of it. One
+/// non-blocking send: the answer is far smaller than an empty socket
+/// buffer, and a peer that cannot take it is not waited for.
+fn answer_on_fd(fd: std::os::fd::RawFd, answer: &[u8]) {
+    // SAFETY: `fd` is the socket of a connection that is still open (its
+    // owner is alive in the caller); send and shutdown only read `answer`.
+    unsafe {
+        libc::send(
+            fd,
+            answer.as_ptr().cast(),
+            answer.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        );
+        libc::shutdown(fd, libc::SHUT_WR);
+    }
 }
 
 fn missing_host() -> Response<Body> {
@@ -658,6 +699,9 @@ struct Prefixed {
     prefix: Vec<u8>,
     pos: usize,
     inner: WriteDeadline<TcpStream>,
+    /// Bytes were read since the last write: a request is under way (so
+    /// a header timeout now is told why, with a 408).
+    mid_request: Arc<AtomicBool>,
 }
 
 impl AsyncRead for Prefixed {
@@ -677,7 +721,12 @@ impl AsyncRead for Prefixed {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.mid_request.store(true, Relaxed);
+        }
+        read
     }
 }
 
@@ -687,7 +736,11 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let wrote = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(wrote, Poll::Ready(Ok(n)) if n > 0) {
+            self.mid_request.store(false, Relaxed);
+        }
+        wrote
     }
 
     fn poll_write_vectored(
@@ -695,7 +748,11 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let wrote = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(wrote, Poll::Ready(Ok(n)) if n > 0) {
+            self.mid_request.store(false, Relaxed);
+        }
+        wrote
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -153,7 +153,8 @@ async fn metrics(State(s): State<AppState>) -> Response {
          # HELP herald_connections_refused_total Connections refused over --max-connections (503).\n# TYPE herald_connections_refused_total counter\nherald_connections_refused_total {}\n\
          # HELP herald_connections_refused_per_ip_total Connections refused over --max-connections-per-ip (429).\n# TYPE herald_connections_refused_per_ip_total counter\nherald_connections_refused_per_ip_total {}\n\
          # HELP herald_write_timeouts_total Connections closed because a write made no progress for --write-timeout.\n# TYPE herald_write_timeouts_total counter\nherald_write_timeouts_total {}\n\
-         # HELP herald_header_timeouts_total Connections closed because their first request head did not arrive within --header-timeout.\n# TYPE herald_header_timeouts_total counter\nherald_header_timeouts_total {}\n\
+         # HELP herald_header_timeouts_total Connections closed because a request head did not arrive within --header-timeout.\n# TYPE herald_header_timeouts_total counter\nherald_header_timeouts_total {}\n\
+         # HELP herald_body_timeouts_total Requests answered 408 because their body did not arrive within --body-timeout.\n# TYPE herald_body_timeouts_total counter\nherald_body_timeouts_total {}\n\
          # HELP herald_accept_errors_total Failed accepts (e.g. out of file descriptors).\n# TYPE herald_accept_errors_total counter\nherald_accept_errors_total {}\n",
         s.hub.subscriber_count(),
         st.published.load(Relaxed),
@@ -170,6 +171,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         edge.refused_per_ip.load(Relaxed),
         edge.write_timeouts.load(Relaxed),
         edge.header_timeouts.load(Relaxed),
+        edge.body_timeouts.load(Relaxed),
         edge.accept_errors.load(Relaxed),
     );
     let mut body = body;

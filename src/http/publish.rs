@@ -314,12 +314,17 @@ pub(super) async fn read_body(
         Ok(Err(e)) => Err(HttpError::bad_request(format!(
             "could not read the request body: {e}"
         ))),
-        Err(_) => Err(HttpError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "the request body did not arrive within {timeout:?} (--body-timeout); send it faster or in smaller updates"
-            ),
-        )),
+        Err(_) => {
+            super::conn::STATS
+                .body_timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(HttpError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {timeout:?} (--body-timeout); send it faster or in smaller updates"
+                ),
+            ))
+        }
     }
 }
 
