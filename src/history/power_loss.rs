@@ -1,8 +1,8 @@
 //! Power loss, the way storage engines test it: the durable history runs a
 //! random workload on a simulated disk ([`super::simdisk`]) that records
-//! every write and sync; at crash points (just before writes and syncs,
-//! chosen at random, those before syncs favoured) the disk a power cut
-//! could leave is built, several ways each (unsynced changes dropped, kept
+//! every write and sync; at crash points (just before every sync, and
+//! before writes chosen at random) the disk a power cut could leave is
+//! built, several ways each (unsynced changes dropped, kept
 //! or torn), and opened again. Each time Herald must open it (never panic), and every
 //! update acknowledged before the crash point must be there, once, in
 //! order, with its id still refused as a duplicate.
@@ -28,7 +28,8 @@ use crate::update::Update;
 const MAX_LEN: usize = 6;
 /// Ids are drawn from this many, so they come back after a trim.
 const IDS: usize = 10;
-/// Crash points kept per workload (reservoir: spread over the whole run).
+/// Crash points between syncs kept per workload (a reservoir: spread over
+/// the whole run); every sync is a crash point too.
 const POINTS: usize = 24;
 /// Disks built from each crash point.
 const CRASHES_PER_POINT: usize = 4;
@@ -99,6 +100,8 @@ struct CrashPoint {
 struct Reservoir {
     seen: u64,
     points: Vec<CrashPoint>,
+    /// One at every sync.
+    at_syncs: Vec<CrashPoint>,
     rng: StdRng,
 }
 
@@ -122,6 +125,7 @@ fn run(seed: u64, ops: Vec<Op>) {
     let reservoir = Arc::new(Mutex::new(Reservoir {
         seen: 0,
         points: Vec::new(),
+        at_syncs: Vec::new(),
         rng: StdRng::seed_from_u64(seed),
     }));
     {
@@ -133,17 +137,12 @@ fn run(seed: u64, ops: Vec<Op>) {
                 known: known.lock().clone(),
             };
             let mut r = reservoir.lock();
-            if point == Point::Sync && r.rng.gen_bool(0.25) {
-                // Around syncs, always in the running.
+            if point == Point::Sync {
+                // Every sync boundary: the power goes just before it.
                 let p = take();
-                r.seen += 1;
-                let at = r.rng.gen_range(0..POINTS);
-                if r.points.len() < POINTS {
-                    r.points.push(p);
-                } else {
-                    r.points[at] = p;
-                }
+                r.at_syncs.push(p);
             } else {
+                // Points between: a uniform sample of the writes.
                 r.offer(take);
             }
         });
@@ -180,7 +179,12 @@ fn run(seed: u64, ops: Vec<Op>) {
         writes > 0 && syncs > 0,
         "seed {seed}: the history wrote nothing through the simulated disk"
     );
-    let points = std::mem::take(&mut reservoir.lock().points);
+    let points: Vec<CrashPoint> = {
+        let mut r = reservoir.lock();
+        let mut points = std::mem::take(&mut r.at_syncs);
+        points.append(&mut r.points);
+        points
+    };
     assert!(!points.is_empty(), "seed {seed}: no crash point was taken");
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     for (n, point) in points.iter().enumerate() {
