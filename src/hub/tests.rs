@@ -222,27 +222,47 @@ async fn a_batch_is_stored_and_delivered_whole_or_not_at_all() {
     assert_eq!(ids, ["taken", "b1", "b2", "b3"]);
 }
 
-/// A store whose appends panic: the committer must survive it.
-struct PanickingHistory(MemoryHistory, AtomicBool);
+/// A memory history that runs a test's hooks around each append: one
+/// before it (to panic, as a failing store would), one after it (to hold
+/// the committer between storing a batch and delivering it).
+struct HookedHistory {
+    inner: MemoryHistory,
+    before: Box<dyn Fn() + Send + Sync>,
+    after: Box<dyn Fn() + Send + Sync>,
+}
 
-impl HistoryStore for PanickingHistory {
+impl HookedHistory {
+    fn new(
+        inner: MemoryHistory,
+        before: impl Fn() + Send + Sync + 'static,
+        after: impl Fn() + Send + Sync + 'static,
+    ) -> HookedHistory {
+        HookedHistory {
+            inner,
+            before: Box::new(before),
+            after: Box::new(after),
+        }
+    }
+}
+
+impl HistoryStore for HookedHistory {
     fn append_batch(
         &self,
         updates: &[Arc<Update>],
     ) -> Result<Vec<crate::history::AppendResult>, HistoryError> {
-        if self.1.swap(false, Ordering::SeqCst) {
-            panic!("injected fault");
-        }
-        self.0.append_batch(updates)
+        (self.before)();
+        let result = self.inner.append_batch(updates);
+        (self.after)();
+        result
     }
     fn head(&self) -> (u64, Option<String>) {
-        self.0.head()
+        self.inner.head()
     }
     fn lookup(&self, id: &str) -> Result<Option<u64>, HistoryError> {
-        self.0.lookup(id)
+        self.inner.lookup(id)
     }
     fn first_seq(&self) -> u64 {
-        self.0.first_seq()
+        self.inner.first_seq()
     }
     fn read_range(
         &self,
@@ -250,22 +270,27 @@ impl HistoryStore for PanickingHistory {
         upto: u64,
         max: usize,
     ) -> Result<Vec<(u64, Arc<Update>)>, HistoryError> {
-        self.0.read_range(start, upto, max)
+        self.inner.read_range(start, upto, max)
     }
     fn len(&self) -> usize {
-        self.0.len()
+        self.inner.len()
     }
 }
 
 #[tokio::test]
 async fn a_panicking_commit_fails_its_batch_and_the_committer_goes_on() {
-    let hub = Hub::new(
-        HubConfig::default(),
-        Arc::new(PanickingHistory(
-            MemoryHistory::new(10),
-            AtomicBool::new(true),
-        )),
+    // A store whose next append panics: the committer must survive it.
+    let armed = AtomicBool::new(true);
+    let panicking = HookedHistory::new(
+        MemoryHistory::new(10),
+        move || {
+            if armed.swap(false, Ordering::SeqCst) {
+                panic!("injected fault");
+            }
+        },
+        || {},
     );
+    let hub = Hub::new(HubConfig::default(), Arc::new(panicking));
     let err = hub.publish(update("1", &["t"], false)).await.unwrap_err();
     assert!(matches!(err, HubError::Unavailable(_)), "{err:?}");
     let reason = hub.readiness().unwrap_err();
@@ -652,54 +677,6 @@ mod properties {
     }
 }
 
-/// A store whose next append, once armed, stops after storing and waits
-/// for the test: the committer is then between storing a batch and
-/// delivering it.
-struct GatedHistory {
-    inner: MemoryHistory,
-    armed: AtomicBool,
-    stored: parking_lot::Mutex<Option<std::sync::mpsc::Sender<()>>>,
-    go: parking_lot::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
-}
-
-impl HistoryStore for GatedHistory {
-    fn append_batch(
-        &self,
-        updates: &[Arc<Update>],
-    ) -> Result<Vec<crate::history::AppendResult>, HistoryError> {
-        let result = self.inner.append_batch(updates);
-        if self.armed.swap(false, Ordering::SeqCst) {
-            if let Some(stored) = self.stored.lock().take() {
-                let _ = stored.send(());
-            }
-            if let Some(go) = self.go.lock().take() {
-                let _ = go.recv();
-            }
-        }
-        result
-    }
-    fn head(&self) -> (u64, Option<String>) {
-        self.inner.head()
-    }
-    fn lookup(&self, id: &str) -> Result<Option<u64>, HistoryError> {
-        self.inner.lookup(id)
-    }
-    fn first_seq(&self) -> u64 {
-        self.inner.first_seq()
-    }
-    fn read_range(
-        &self,
-        start: u64,
-        upto: u64,
-        max: usize,
-    ) -> Result<Vec<(u64, Arc<Update>)>, HistoryError> {
-        self.inner.read_range(start, upto, max)
-    }
-    fn len(&self) -> usize {
-        self.inner.len()
-    }
-}
-
 /// Review found this: with publisher-chosen ids, a resume from an id
 /// stored a moment earlier could be registered before the committer had
 /// delivered that update, and then received it once more, live. Here the
@@ -707,16 +684,27 @@ impl HistoryStore for GatedHistory {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_from_an_update_not_yet_delivered_does_not_receive_it_again() {
     let (stored_tx, stored_rx) = std::sync::mpsc::channel();
-    let (go_tx, go_rx) = std::sync::mpsc::channel();
-    let history = Arc::new(GatedHistory {
-        inner: MemoryHistory::new(100),
-        armed: AtomicBool::new(false),
-        stored: parking_lot::Mutex::new(Some(stored_tx)),
-        go: parking_lot::Mutex::new(Some(go_rx)),
-    });
-    let hub = Hub::new(HubConfig::default(), history.clone());
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    // Once armed, the next append stops after storing and waits for the
+    // test: the committer is then between storing and delivering.
+    let armed = Arc::new(AtomicBool::new(false));
+    let gate = parking_lot::Mutex::new(Some((stored_tx, go_rx)));
+    let hold = armed.clone();
+    let history = HookedHistory::new(
+        MemoryHistory::new(100),
+        || {},
+        move || {
+            if hold.swap(false, Ordering::SeqCst) {
+                if let Some((stored, go)) = gate.lock().take() {
+                    let _ = stored.send(());
+                    let _ = go.recv();
+                }
+            }
+        },
+    );
+    let hub = Hub::new(HubConfig::default(), Arc::new(history));
     hub.publish(update("before", &["t"], false)).await.unwrap();
-    history.armed.store(true, Ordering::SeqCst);
+    armed.store(true, Ordering::SeqCst);
     let publisher = hub.clone();
     let publishing =
         tokio::spawn(async move { publisher.publish(update("x", &["t"], false)).await });
