@@ -265,7 +265,7 @@ impl DiskHistory {
         let creates = !files.exists(&path)
             || (durability == Durability::Sync && !files.exists(&data_dir.join(JOURNAL_FILE_NAME)));
         if !files.exists(&path) {
-            Self::create_file(&*files, data_dir, &path).map_err(|e| OpenError::File {
+            Self::create_file(&*files, &path).map_err(|e| OpenError::File {
                 path: path.clone(),
                 reason: format!("cannot create it: {e}"),
             })?;
@@ -306,19 +306,19 @@ impl DiskHistory {
     }
 
     /// Create a new, empty database file whole or not at all: made under
-    /// another name, closed (which syncs it), then renamed into place and
-    /// the directory synced. A power cut while Herald first starts then
-    /// leaves either no file (the next start makes one) or a whole one,
-    /// never a half-written header that no later start could open.
-    fn create_file(files: &dyn Files, data_dir: &Path, path: &Path) -> Result<(), String> {
+    /// another name, closed (which syncs it), then renamed into place (the
+    /// directory is synced once the open is done). A power cut while Herald
+    /// first starts then leaves either no file (the next start makes one)
+    /// or a whole one, never a half-written header that no later start
+    /// could open.
+    fn create_file(files: &dyn Files, path: &Path) -> Result<(), String> {
         let fresh = path.with_file_name(format!("{FILE_NAME}.new"));
         if files.exists(&fresh) {
             files.remove(&fresh).map_err(|e| e.to_string())?;
         }
         let db = files.open_db(&fresh).map_err(|e| e.to_string())?;
         drop(db);
-        files.rename(&fresh, path).map_err(|e| e.to_string())?;
-        files.sync_dir(data_dir).map_err(|e| e.to_string())
+        files.rename(&fresh, path).map_err(|e| e.to_string())
     }
 
     /// Create the tables if new, then fill the cache and counters from the
@@ -334,13 +334,12 @@ impl DiskHistory {
         txn.commit().map_err(storage)?;
         // A journal left by a sync-mode run is replayed whatever the mode
         // now: its frames were acknowledged.
-        if self.durability == Durability::Sync || self.files.exists(&self.journal_path()) {
-            self.open_journal()?;
-            if self.durability != Durability::Sync {
-                *self.journal.lock() = None;
-                let _ = self.files.remove(&self.journal_path());
-            }
-        }
+        let journal =
+            if self.durability == Durability::Sync || self.files.exists(&self.journal_path()) {
+                Some(self.replay_journal()?)
+            } else {
+                None
+            };
 
         let txn = self.begin_read()?;
         let updates = txn.open_table(UPDATES).map_err(storage)?;
@@ -370,6 +369,20 @@ impl DiskHistory {
         *self.cache.write() = cache;
         self.len.store(len, Ordering::Relaxed);
         self.first_seq.store(first_seq, Ordering::Relaxed);
+        // The journal is the only copy of what it held until the file is
+        // known to be whole (`extent` above: a file with a hole refuses to
+        // load, naming the hole, and keeps the journal): only now is it
+        // emptied, or, in relaxed mode, removed.
+        if let Some(mut journal) = journal {
+            if self.durability == Durability::Sync {
+                journal
+                    .truncate(self.journal_prealloc)
+                    .map_err(|e| storage(format!("journal {}: {e}", journal.path().display())))?;
+                *self.journal.lock() = Some(journal);
+            } else {
+                let _ = self.files.remove(&self.journal_path());
+            }
+        }
         Ok(())
     }
 
@@ -400,10 +413,10 @@ impl DiskHistory {
         })
     }
 
-    /// Open the journal, store the frames the file does not hold yet
+    /// Open the journal and store the frames the file does not hold yet
     /// durably (what was acknowledged since the last checkpoint before a
-    /// crash), then empty it.
-    fn open_journal(&self) -> Result<(), HistoryError> {
+    /// crash). The caller empties it once the file is known to be whole.
+    fn replay_journal(&self) -> Result<Journal, HistoryError> {
         let path = self.journal_path();
         let durable_seq = {
             let txn = self.begin_read()?;
@@ -414,7 +427,7 @@ impl DiskHistory {
                 .map_or(0, |v| v.value());
             seq
         };
-        let (mut journal, pending) = Journal::open_in(&*self.files, &path, durable_seq)
+        let (journal, pending) = Journal::open_in(&*self.files, &path, durable_seq)
             .map_err(|e| storage(format!("journal {}: {e}", path.display())))?;
         if let Some(&(last, _)) = pending.frames.last() {
             let mut txn = self.begin_write()?;
@@ -447,15 +460,7 @@ impl DiskHistory {
                 "history: stored the journaled updates of the last run"
             );
         }
-        // The journal is the only copy of what it holds until the file is
-        // known to be whole: a file with a hole keeps it (and refuses to
-        // load, naming the hole).
-        self.extent()?;
-        journal
-            .truncate(self.journal_prealloc)
-            .map_err(|e| storage(format!("journal {}: {e}", path.display())))?;
-        *self.journal.lock() = Some(journal);
-        Ok(())
+        Ok(journal)
     }
 
     fn journal_path(&self) -> PathBuf {

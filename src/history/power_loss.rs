@@ -69,13 +69,6 @@ fn update(id: &str) -> Arc<Update> {
     ))
 }
 
-fn retention() -> Retention {
-    Retention {
-        max_len: MAX_LEN,
-        max_age: None,
-    }
-}
-
 /// Relaxed mode, with no durable commit of its own between the workload's
 /// flushes and checkpoints.
 const RELAXED: Durability = Durability::Relaxed {
@@ -83,10 +76,21 @@ const RELAXED: Durability = Durability::Relaxed {
 };
 
 fn open(disk: &SimDisk, durability: Durability) -> Result<DiskHistory, super::disk::OpenError> {
+    open_with(disk, MAX_LEN, durability)
+}
+
+fn open_with(
+    disk: &SimDisk,
+    max_len: usize,
+    durability: Durability,
+) -> Result<DiskHistory, super::disk::OpenError> {
     DiskHistory::open_in(
         Arc::new(disk.clone()),
         Path::new("/data"),
-        retention(),
+        Retention {
+            max_len,
+            max_age: None,
+        },
         durability,
         PREALLOC,
     )
@@ -355,16 +359,7 @@ proptest! {
 }
 
 fn open_keep(disk: &SimDisk, max_len: usize) -> Result<DiskHistory, super::disk::OpenError> {
-    DiskHistory::open_in(
-        Arc::new(disk.clone()),
-        Path::new("/data"),
-        Retention {
-            max_len,
-            max_age: None,
-        },
-        Durability::Sync,
-        PREALLOC,
-    )
+    open_with(disk, max_len, Durability::Sync)
 }
 
 /// A history with `a` checkpointed and `b`, `c` acknowledged in the
