@@ -8,10 +8,11 @@
 //! detected and rolled back on the next open). A crash therefore loses at
 //! most the batch being written, which no publisher was told succeeded.
 //!
-//! Tables: `updates` (sequence -> record, see [`super::record`]), `ids`
-//! (update id -> sequence, for duplicates and `Last-Event-ID` look-ups),
-//! `meta` (`last_seq`, so sequences never go back even when retention has
-//! emptied the table).
+//! Tables: `updates` (sequence -> record, see [`super::record`]) and `meta`
+//! (`last_seq`, so sequences never go back even when retention has emptied
+//! the table; `first_seq`, where retention starts). Which held update has
+//! which id (duplicates, `Last-Event-ID`) is an index in memory, rebuilt
+//! from the records on every load: see [`super::index`] for why.
 //!
 //! Group commit: the hub's committer thread hands over every update that
 //! arrived while the previous batch was being written, so one `fsync` is
@@ -19,9 +20,13 @@
 //! journal frame, not of redb's pages: see [`super::journal`] for why and
 //! how a crash still loses nothing acknowledged.
 //!
-//! Retention never stalls publishing: each commit removes at most a bounded
-//! number of old entries (count limit), and the age limit is enforced by
-//! [`HistoryStore::trim`] in bounded steps between batches.
+//! Retention puts no per-update delete on a publish: a commit only moves
+//! `first_seq` (the count limit), and the updates below it leave the file
+//! in ranges, a bounded step at a time, between batches
+//! ([`HistoryStore::trim`], which also enforces the age limit). Until they
+//! do they are invisible: every read starts at `first_seq`. So a publish
+//! costs the same on a history that is full and trimming as on an empty
+//! one.
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -36,6 +41,7 @@ use redb::{
 };
 
 use super::files::{Files, RealFiles};
+use super::index::{HashedMap, IdHash, IdIndex};
 use super::journal::Journal;
 use super::memory::Ring;
 use super::record;
@@ -43,9 +49,14 @@ use super::{now_ms, AppendResult, HistoryError, HistoryStore, Retention};
 use crate::update::Update;
 
 const UPDATES: TableDefinition<u64, &[u8]> = TableDefinition::new("updates");
-const IDS: TableDefinition<&str, u64> = TableDefinition::new("ids");
+/// Files written before the id index moved to memory have this table
+/// (id -> sequence); the first load deletes it.
+const LEGACY_IDS: TableDefinition<&str, u64> = TableDefinition::new("ids");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const LAST_SEQ: &str = "last_seq";
+/// The oldest update retention keeps (entries below it wait for the sweep).
+/// Absent in older files: the oldest entry is then the start.
+const FIRST_SEQ: &str = "first_seq";
 
 /// The history file's name inside the data dir.
 pub const FILE_NAME: &str = "history.redb";
@@ -66,9 +77,14 @@ const JOURNAL_PREALLOC: u64 = CHECKPOINT_BYTES + (1 << 20);
 /// Most recent updates kept in memory in front of the file.
 const CACHE_CAPACITY: usize = 10_000;
 
-/// Old entries removed per commit or per trim step: bounds the work one
-/// publish batch can be charged with.
+/// Updates the age limit lets go per trim step: bounds the reading one
+/// step does between two batches.
 const TRIM_STEP: usize = 1_000;
+
+/// Updates removed from the file per trim step (one range delete: it costs
+/// about a page write per ~25 updates, so a step of this size takes a few
+/// milliseconds between two batches).
+const SWEEP_STEP: u64 = 20_000;
 
 /// When a publish is acknowledged relative to the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -96,10 +112,16 @@ pub struct DiskHistory {
     /// The newest updates (up to [`CACHE_CAPACITY`]), so recent resumes
     /// never read the file.
     cache: RwLock<Ring>,
-    /// Entries in the file.
+    /// Updates held (`first_seq..=last_seq`).
     len: AtomicU64,
-    /// Sequence number of the oldest entry in the file.
+    /// Sequence number of the oldest update held. Entries below it may
+    /// still be in the file, waiting for the sweep; no read returns them.
     first_seq: AtomicU64,
+    /// Sequence number of the oldest entry in the file (the sweep's
+    /// position).
+    file_first: AtomicU64,
+    /// Which held update has which id.
+    index: RwLock<IdIndex>,
     last_sync: Mutex<Instant>,
     unsynced: AtomicBool,
     /// Sync mode: where each commit group is made durable (`None` in
@@ -188,7 +210,6 @@ pub(crate) mod failpoints {
 struct Extent {
     first_seq: u64,
     last_seq: u64,
-    len: u64,
 }
 
 impl DiskHistory {
@@ -287,6 +308,8 @@ impl DiskHistory {
             cache: RwLock::new(Ring::default()),
             len: AtomicU64::new(0),
             first_seq: AtomicU64::new(0),
+            file_first: AtomicU64::new(0),
+            index: RwLock::new(IdIndex::new(1)),
             last_sync: Mutex::new(Instant::now()),
             unsynced: AtomicBool::new(false),
             journal: Mutex::new(None),
@@ -321,16 +344,17 @@ impl DiskHistory {
         files.rename(&fresh, path).map_err(|e| e.to_string())
     }
 
-    /// Create the tables if new, then fill the cache and counters from the
-    /// file. Every cached record is decoded, so damage in the recent part
-    /// of the file is found at startup.
+    /// Create the tables if new, then fill the cache, the id index and the
+    /// counters from the file. Every held record's id is read (and every
+    /// cached record decoded whole), so damage is found at startup.
     fn load(&self) -> Result<(), HistoryError> {
         let txn = self.begin_write()?;
         {
             txn.open_table(UPDATES).map_err(storage)?;
-            txn.open_table(IDS).map_err(storage)?;
             txn.open_table(META).map_err(storage)?;
         }
+        // An older file's on-disk id index: the one in memory replaces it.
+        txn.delete_table(LEGACY_IDS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         // A journal left by a sync-mode run is replayed whatever the mode
         // now: its frames were acknowledged.
@@ -343,32 +367,60 @@ impl DiskHistory {
 
         let txn = self.begin_read()?;
         let updates = txn.open_table(UPDATES).map_err(storage)?;
+        let meta = txn.open_table(META).map_err(storage)?;
         let Extent {
-            first_seq,
+            first_seq: file_first,
             last_seq,
-            len,
         } = self.extent()?;
+        let stored_first = meta
+            .get(FIRST_SEQ)
+            .map_err(storage)?
+            .map_or(0, |v| v.value());
+        // Count retention applies at once (a lower --history-size too);
+        // the age limit at the next trim.
+        let first_seq = self.retained_from(stored_first.max(file_first), last_seq);
         let cached_from = last_seq.saturating_sub(self.cache_capacity() as u64) + 1;
         // Built aside and swapped in whole: readers (streams replaying,
-        // subscribers resuming) never see an empty or half-filled cache,
-        // and a failed load leaves the previous one, which still matches
-        // what was acknowledged.
+        // subscribers resuming) never see an empty or half-filled cache or
+        // index, and a failed load leaves the previous ones, which still
+        // match what was acknowledged.
         let mut cache = Ring::default();
-        for entry in updates
-            .range(cached_from.max(first_seq)..=last_seq)
-            .map_err(storage)?
-        {
+        let mut index = self.index.read().empty_like(first_seq);
+        for entry in updates.range(first_seq..=last_seq).map_err(storage)? {
             let (seq, bytes) = entry.map_err(storage)?;
             let seq = seq.value();
-            let (update, at) = record::decode(bytes.value())
-                .map_err(|reason| HistoryError::Corrupt { seq, reason })?;
-            cache.push(seq, at, Arc::new(update), self.cache_capacity());
+            let corrupt = |reason| HistoryError::Corrupt { seq, reason };
+            let (id, cached) = if seq >= cached_from {
+                let (update, at) = record::decode(bytes.value()).map_err(corrupt)?;
+                (update.id.clone(), Some((at, update)))
+            } else {
+                (
+                    record::decode_id_and_time(bytes.value())
+                        .map_err(corrupt)?
+                        .0,
+                    None,
+                )
+            };
+            let hash = index.hash(&id);
+            // The same id held twice happens only when a crash undid the
+            // trim that had let the older one go: the newer one is the id's.
+            let collides = match resolve(&index, &id, hash, |s| id_in_table(&updates, s))? {
+                IdState::Held { collided, .. } => collided,
+                IdState::Free { collides } => collides,
+            };
+            index.push(seq, &id, hash, collides);
+            if let Some((at, update)) = cached {
+                cache.push(seq, at, Arc::new(update), self.cache_capacity());
+            }
         }
         // An emptied file still remembers where sequences stand.
         cache.skip_to(last_seq);
+        *self.index.write() = index;
         *self.cache.write() = cache;
-        self.len.store(len, Ordering::Relaxed);
+        self.len
+            .store((last_seq + 1).saturating_sub(first_seq), Ordering::Relaxed);
         self.first_seq.store(first_seq, Ordering::Relaxed);
+        self.file_first.store(file_first, Ordering::Relaxed);
         // The journal is the only copy of what it held until the file is
         // known to be whole (`extent` above: a file with a hole refuses to
         // load, naming the hole, and keeps the journal): only now is it
@@ -409,7 +461,6 @@ impl DiskHistory {
         Ok(Extent {
             first_seq,
             last_seq,
-            len,
         })
     }
 
@@ -435,16 +486,12 @@ impl DiskHistory {
                 .map_err(storage)?;
             {
                 let mut updates = txn.open_table(UPDATES).map_err(storage)?;
-                let mut ids = txn.open_table(IDS).map_err(storage)?;
                 for (seq, bytes) in &pending.frames {
-                    let (id, _) = record::decode_id_and_time(bytes).map_err(|reason| {
-                        HistoryError::Corrupt {
-                            seq: *seq,
-                            reason: format!("in the journal: {reason}"),
-                        }
+                    record::decode_id_and_time(bytes).map_err(|reason| HistoryError::Corrupt {
+                        seq: *seq,
+                        reason: format!("in the journal: {reason}"),
                     })?;
                     updates.insert(*seq, bytes.as_slice()).map_err(storage)?;
-                    ids.insert(id.as_str(), *seq).map_err(storage)?;
                 }
                 let mut meta = txn.open_table(META).map_err(storage)?;
                 meta.insert(LAST_SEQ, last).map_err(storage)?;
@@ -573,57 +620,24 @@ impl DiskHistory {
         }
     }
 
-    /// Remove up to `max` of the oldest entries that are over the count
-    /// limit or older than `cutoff_ms`; returns how many went, and whether
-    /// more remain.
-    fn remove_oldest(
+    /// Where retention starts once the history ends at `last_seq`, given
+    /// that it started at `first`: never before `first`, and at most
+    /// `max_len` updates.
+    fn retained_from(&self, first: u64, last_seq: u64) -> u64 {
+        let by_count = (last_seq + 1).saturating_sub(self.retention.max_len as u64);
+        first.max(by_count).min(last_seq + 1)
+    }
+
+    /// The id of held update `seq`, from the cache or from `updates`.
+    fn id_at(
         &self,
-        txn: &WriteTransaction,
-        first_seq: &mut u64,
-        last_seq: u64,
-        cutoff_ms: Option<u64>,
-        max: usize,
-    ) -> Result<(u64, bool), HistoryError> {
-        let mut updates = txn.open_table(UPDATES).map_err(storage)?;
-        let mut ids = txn.open_table(IDS).map_err(storage)?;
-        let mut removed = 0u64;
-        while *first_seq <= last_seq {
-            let len = last_seq - *first_seq + 1;
-            let over_count = len > self.retention.max_len as u64;
-            let seq = *first_seq;
-            let Some(bytes) = updates
-                .get(seq)
-                .map_err(storage)?
-                .map(|v| v.value().to_vec())
-            else {
-                return Err(HistoryError::Corrupt {
-                    seq,
-                    reason: "missing from the updates table".into(),
-                });
-            };
-            let (id, at) = record::decode_id_and_time(&bytes)
-                .map_err(|reason| HistoryError::Corrupt { seq, reason })?;
-            let too_old = cutoff_ms.is_some_and(|c| at < c);
-            if !over_count && !too_old {
-                return Ok((removed, false));
-            }
-            if removed as usize >= max {
-                return Ok((removed, true));
-            }
-            updates.remove(seq).map_err(storage)?;
-            // The id goes only if it is still this entry's. It may have
-            // been published again since: an earlier trim of this entry
-            // was undone by a crash, and replaying the journal recorded
-            // the newer one; removing it would let a third publish of the
-            // same id through.
-            let kept = ids.remove(id.as_str()).map_err(storage)?.map(|v| v.value());
-            if let Some(other) = kept.filter(|s| *s != seq) {
-                ids.insert(id.as_str(), other).map_err(storage)?;
-            }
-            *first_seq += 1;
-            removed += 1;
+        updates: &impl ReadableTable<u64, &'static [u8]>,
+        seq: u64,
+    ) -> Result<Option<String>, HistoryError> {
+        if let Some(update) = self.cache.read().get(seq) {
+            return Ok(Some(update.id.clone()));
         }
-        Ok((removed, false))
+        id_in_table(updates, seq)
     }
 
     fn age_cutoff(&self) -> Option<u64> {
@@ -641,6 +655,8 @@ impl DiskHistory {
         let txn = self.begin_read()?;
         let updates = txn.open_table(UPDATES).map_err(storage)?;
         let mut out = Vec::new();
+        // Entries below the start wait for the sweep: retention let them go.
+        let start = start.max(self.first_seq.load(Ordering::Relaxed));
         if start > upto {
             return Ok(out);
         }
@@ -655,6 +671,63 @@ impl DiskHistory {
     }
 }
 
+/// Whether an id is held, once the index's candidate was checked.
+enum IdState {
+    /// `collided`: found among the ids whose hash another held id has.
+    Held { collided: bool },
+    /// Not held; `collides`: another held id has its hash.
+    Free { collides: bool },
+}
+
+/// Check the index's candidates for `id`, reading a candidate's id with
+/// `id_at` (`None`: no such update).
+fn resolve(
+    index: &IdIndex,
+    id: &str,
+    hash: IdHash,
+    id_at: impl FnOnce(u64) -> Result<Option<String>, HistoryError>,
+) -> Result<IdState, HistoryError> {
+    let candidates = index.candidates(id, hash);
+    if candidates.collided.is_some() {
+        return Ok(IdState::Held { collided: true });
+    }
+    let Some(seq) = candidates.by_hash else {
+        return Ok(IdState::Free { collides: false });
+    };
+    Ok(match id_at(seq)? {
+        Some(other) if other == id => IdState::Held { collided: false },
+        Some(_) => IdState::Free { collides: true },
+        None => {
+            return Err(HistoryError::Corrupt {
+                seq,
+                reason: "held, but missing from the updates table".into(),
+            })
+        }
+    })
+}
+
+/// The id of update `seq` as `updates` has it.
+fn id_in_table(
+    updates: &impl ReadableTable<u64, &'static [u8]>,
+    seq: u64,
+) -> Result<Option<String>, HistoryError> {
+    let Some(bytes) = updates.get(seq).map_err(storage)? else {
+        return Ok(None);
+    };
+    let (id, _) = record::decode_id_and_time(bytes.value())
+        .map_err(|reason| HistoryError::Corrupt { seq, reason })?;
+    Ok(Some(id))
+}
+
+/// An update of the batch being appended, for the index once committed.
+struct Staged {
+    /// Its place in the batch.
+    at: usize,
+    seq: u64,
+    hash: IdHash,
+    collides: bool,
+}
+
 impl HistoryStore for DiskHistory {
     fn append_batch(&self, batch: &[Arc<Update>]) -> Result<Vec<AppendResult>, HistoryError> {
         let now = now_ms();
@@ -662,44 +735,66 @@ impl HistoryStore for DiskHistory {
         // The file's own counter too: sequence numbers must never go back,
         // whatever happened to the cache.
         let mut last_seq = self.cache.read().last_seq().max(stored_last_seq(&txn)?);
-        let mut first_seq = self.first_seq.load(Ordering::Relaxed);
+        let first_seq = self.first_seq.load(Ordering::Relaxed);
         let mut results = Vec::with_capacity(batch.len());
         let mut journal = self.journal.lock();
         if self.durability == Durability::Sync && journal.is_none() {
             return Err(closed());
         }
         let mut frames = Vec::with_capacity(if journal.is_some() { batch.len() } else { 0 });
+        let mut staged: Vec<Staged> = Vec::with_capacity(batch.len());
+        let mut staged_hashes: HashedMap<usize> =
+            HashedMap::with_capacity_and_hasher(batch.len(), Default::default());
+        let new_first;
         {
+            let index = self.index.read();
             let mut updates = txn.open_table(UPDATES).map_err(storage)?;
-            let mut ids = txn.open_table(IDS).map_err(storage)?;
-            for update in batch {
-                if ids.get(update.id.as_str()).map_err(storage)?.is_some() {
-                    results.push(Err(HistoryError::DuplicateId(update.id.clone())));
-                    continue;
+            for (at, update) in batch.iter().enumerate() {
+                let id = update.id.as_str();
+                let hash = index.hash(id);
+                // Earlier in this batch.
+                let mut collides = false;
+                if let Some(&same) = staged_hashes.get(&hash) {
+                    if batch[same].id == update.id {
+                        results.push(Err(HistoryError::DuplicateId(update.id.clone())));
+                        continue;
+                    }
+                    collides = true;
+                }
+                match resolve(&index, id, hash, |seq| self.id_at(&updates, seq))? {
+                    IdState::Held { .. } => {
+                        results.push(Err(HistoryError::DuplicateId(update.id.clone())));
+                        continue;
+                    }
+                    IdState::Free { collides: c } => collides |= c,
                 }
                 last_seq += 1;
                 let bytes = record::encode(update, now);
                 updates
                     .insert(last_seq, bytes.as_slice())
                     .map_err(storage)?;
-                ids.insert(update.id.as_str(), last_seq).map_err(storage)?;
+                staged_hashes.entry(hash).or_insert(at);
+                staged.push(Staged {
+                    at,
+                    seq: last_seq,
+                    hash,
+                    collides,
+                });
                 results.push(Ok(last_seq));
                 if journal.is_some() {
                     frames.push((last_seq, bytes));
                 }
             }
+            // Count retention: only where the history starts moves; the
+            // updates before it leave the file in ranges, between batches
+            // (`trim`).
+            new_first = self.retained_from(first_seq, last_seq);
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert(LAST_SEQ, last_seq).map_err(storage)?;
+            if new_first != first_seq {
+                meta.insert(FIRST_SEQ, new_first).map_err(storage)?;
+            }
         }
-        // Count retention, bounded: a batch pays for at most its own size
-        // plus a constant, so lowering --history-size trims gradually.
-        let (_, _) = self.remove_oldest(
-            &txn,
-            &mut first_seq,
-            last_seq,
-            None,
-            batch.len() + TRIM_STEP,
-        )?;
         let journal_start = journal.as_ref().map(|j| j.position());
         if let Some(journal) = journal.as_mut() {
             // Durable first: until this returns nothing is acknowledged,
@@ -744,16 +839,23 @@ impl HistoryStore for DiskHistory {
             }
         }
 
-        let len = (last_seq + 1).saturating_sub(first_seq);
-        self.first_seq.store(first_seq, Ordering::Relaxed);
-        self.len.store(len, Ordering::Relaxed);
+        {
+            let mut index = self.index.write();
+            for s in &staged {
+                index.push(s.seq, &batch[s.at].id, s.hash, s.collides);
+            }
+            index.drop_before(new_first);
+        }
+        self.first_seq.store(new_first, Ordering::Relaxed);
+        self.len
+            .store((last_seq + 1).saturating_sub(new_first), Ordering::Relaxed);
         let mut cache = self.cache.write();
         for (update, result) in batch.iter().zip(&results) {
             if let Ok(seq) = result {
                 cache.push(*seq, now, update.clone(), self.cache_capacity());
             }
         }
-        cache.drop_before(first_seq);
+        cache.drop_before(new_first);
         Ok(results)
     }
 
@@ -766,10 +868,23 @@ impl HistoryStore for DiskHistory {
         if let Some(seq) = self.cache.read().lookup(id) {
             return Ok(Some(seq));
         }
+        let candidates = {
+            let index = self.index.read();
+            index.candidates(id, index.hash(id))
+        };
+        if let Some(seq) = candidates.collided {
+            return Ok(Some(seq));
+        }
+        let Some(seq) = candidates.by_hash else {
+            return Ok(None);
+        };
+        // Read without the index's lock: retention may let `seq` go
+        // meanwhile, which reads as not found.
         let txn = self.begin_read()?;
-        let ids = txn.open_table(IDS).map_err(storage)?;
-        let seq = ids.get(id).map_err(storage)?.map(|v| v.value());
-        Ok(seq)
+        let updates = txn.open_table(UPDATES).map_err(storage)?;
+        let held = seq >= self.first_seq.load(Ordering::Relaxed)
+            && id_in_table(&updates, seq)?.is_some_and(|other| other == id);
+        Ok(held.then_some(seq))
     }
 
     fn first_seq(&self) -> u64 {
@@ -796,29 +911,67 @@ impl HistoryStore for DiskHistory {
         self.len.load(Ordering::Relaxed) as usize
     }
 
+    /// Between batches: the age limit moves the start past updates older
+    /// than it (at most [`TRIM_STEP`] of them), then updates below the
+    /// start leave the file (at most [`SWEEP_STEP`], one range delete).
     fn trim(&self) -> Result<bool, HistoryError> {
-        let Some(cutoff) = self.age_cutoff() else {
-            return Ok(false);
-        };
-        let mut first_seq = self.first_seq.load(Ordering::Relaxed);
+        let first_seq = self.first_seq.load(Ordering::Relaxed);
+        let file_first = self.file_first.load(Ordering::Relaxed);
         let last_seq = self.cache.read().last_seq();
-        if first_seq > last_seq {
+        let cutoff = self.age_cutoff();
+        if cutoff.is_none() && file_first >= first_seq {
             return Ok(false);
         }
         let (txn, synced) = self.begin(false)?;
-        let (removed, more) =
-            self.remove_oldest(&txn, &mut first_seq, last_seq, Some(cutoff), TRIM_STEP)?;
-        if removed == 0 {
-            txn.abort().map_err(storage)?;
-            return Ok(false);
+        let mut new_first = first_seq;
+        let mut aged_more = false;
+        {
+            let mut updates = txn.open_table(UPDATES).map_err(storage)?;
+            if let Some(cutoff) = cutoff {
+                for entry in updates.range(first_seq..=last_seq).map_err(storage)? {
+                    let (seq, bytes) = entry.map_err(storage)?;
+                    let seq = seq.value();
+                    let (_, at) = record::decode_id_and_time(bytes.value())
+                        .map_err(|reason| HistoryError::Corrupt { seq, reason })?;
+                    if at >= cutoff {
+                        break;
+                    }
+                    if seq - first_seq >= TRIM_STEP as u64 {
+                        aged_more = true;
+                        break;
+                    }
+                    new_first = seq + 1;
+                }
+            }
+            let sweep_to = new_first.min(file_first.saturating_add(SWEEP_STEP));
+            if new_first == first_seq && sweep_to <= file_first {
+                drop(updates);
+                txn.abort().map_err(storage)?;
+                return Ok(false);
+            }
+            if sweep_to > file_first {
+                updates
+                    .retain_in(file_first..sweep_to, |_, _| false)
+                    .map_err(storage)?;
+            }
+            if new_first != first_seq {
+                let mut meta = txn.open_table(META).map_err(storage)?;
+                meta.insert(FIRST_SEQ, new_first).map_err(storage)?;
+            }
+            drop(updates);
+            txn.commit().map_err(storage)?;
+            self.committed(synced);
+            self.file_first
+                .store(sweep_to.max(file_first), Ordering::Relaxed);
         }
-        txn.commit().map_err(storage)?;
-        self.committed(synced);
-        self.first_seq.store(first_seq, Ordering::Relaxed);
-        self.len
-            .store((last_seq + 1).saturating_sub(first_seq), Ordering::Relaxed);
-        self.cache.write().drop_before(first_seq);
-        Ok(more)
+        if new_first != first_seq {
+            self.index.write().drop_before(new_first);
+            self.first_seq.store(new_first, Ordering::Relaxed);
+            self.len
+                .store((last_seq + 1).saturating_sub(new_first), Ordering::Relaxed);
+            self.cache.write().drop_before(new_first);
+        }
+        Ok(aged_more || self.file_first.load(Ordering::Relaxed) < new_first)
     }
 
     fn syncs(&self) -> u64 {
@@ -1343,5 +1496,87 @@ mod tests {
             matches!(r[0], Err(HistoryError::DuplicateId(_))),
             "a third a: {r:?}"
         );
+    }
+
+    /// Count retention only moves where history starts; the sweep removes
+    /// the rest later. Until it does, what retention let go is invisible
+    /// and its ids are free, also across a restart.
+    #[test]
+    fn what_retention_let_go_is_gone_before_the_sweep_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = DiskHistory::open(dir.path(), keep(3), Durability::Sync).unwrap();
+        let batch: Vec<_> = ["a", "b", "c", "d", "e"].map(up).to_vec();
+        h.append_batch(&batch).unwrap();
+        assert_eq!((h.len(), h.first_seq()), (3, 3));
+        assert_eq!(h.file_first.load(Ordering::Relaxed), 1, "not swept yet");
+        let r = h.replay(&ResumeFrom::Earliest, 5).unwrap();
+        assert_eq!(ids(&r), ["c", "d", "e"]);
+        assert_eq!(h.read_range(1, 5, 10).unwrap()[0].0, 3);
+        assert_eq!(h.lookup("a").unwrap(), None);
+        assert_eq!(h.lookup("c").unwrap(), Some(3));
+        drop(h);
+        let h = DiskHistory::open(dir.path(), keep(3), Durability::Sync).unwrap();
+        assert_eq!((h.len(), h.first_seq()), (3, 3));
+        assert_eq!(h.lookup("b").unwrap(), None);
+        // b left with a: it is free again; c is held.
+        let r = h.append_batch(&[up("b"), up("c")]).unwrap();
+        assert_eq!(r[0].as_ref().unwrap(), &6);
+        assert!(matches!(r[1], Err(HistoryError::DuplicateId(_))), "{r:?}");
+        assert!(!h.trim().unwrap(), "one step sweeps it all");
+        assert_eq!(h.file_first.load(Ordering::Relaxed), 4);
+        drop(h);
+        // The file holds exactly what is held.
+        let h = DiskHistory::open(dir.path(), keep(100), Durability::Sync).unwrap();
+        let r = h.replay(&ResumeFrom::Earliest, 6).unwrap();
+        assert_eq!(ids(&r), ["d", "e", "b"]);
+    }
+
+    /// A file from before the id index moved to memory has an `ids` table:
+    /// it opens, its ids are found and refused as before, and the table
+    /// goes.
+    #[test]
+    fn a_file_with_the_old_id_table_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut updates = txn.open_table(UPDATES).unwrap();
+                let mut ids = txn.open_table(LEGACY_IDS).unwrap();
+                for (seq, id) in [(1u64, "x"), (2, "y")] {
+                    updates
+                        .insert(seq, record::encode(&up(id), now_ms()).as_slice())
+                        .unwrap();
+                    ids.insert(id, seq).unwrap();
+                }
+                txn.open_table(META).unwrap().insert(LAST_SEQ, 2).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let h = DiskHistory::open(dir.path(), keep(10), Durability::Sync).unwrap();
+        assert_eq!(h.lookup("x").unwrap(), Some(1));
+        let r = h.append_batch(&[up("y"), up("z")]).unwrap();
+        assert!(matches!(r[0], Err(HistoryError::DuplicateId(_))), "{r:?}");
+        assert_eq!(r[1].as_ref().unwrap(), &3);
+        drop(h);
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        assert!(txn.open_table(LEGACY_IDS).is_err(), "the old table is gone");
+    }
+
+    /// Ids published again within one batch are refused, also when the
+    /// batch is large (the batch's own ids are checked by hash).
+    #[test]
+    fn a_large_batch_refuses_its_own_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = DiskHistory::open(dir.path(), keep(100_000), Durability::Sync).unwrap();
+        let batch: Vec<_> = (0..5_000).map(|i| up(&format!("u{}", i % 4_000))).collect();
+        let r = h.append_batch(&batch).unwrap();
+        assert_eq!(r.iter().filter(|r| r.is_ok()).count(), 4_000);
+        assert!(r[4_000..]
+            .iter()
+            .all(|r| matches!(r, Err(HistoryError::DuplicateId(_)))));
+        assert_eq!(h.lookup("u3999").unwrap(), Some(4_000));
     }
 }

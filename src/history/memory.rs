@@ -102,6 +102,14 @@ impl Ring {
         self.by_id.get(id).copied()
     }
 
+    /// The update with sequence number `seq`, if the ring holds it.
+    pub(super) fn get(&self, seq: u64) -> Option<&Arc<Update>> {
+        let index = seq.checked_sub(self.first_seq())?;
+        self.entries
+            .get(usize::try_from(index).ok()?)
+            .map(|(_, _, u)| u)
+    }
+
     /// Sequence number of the oldest entry (`last_seq + 1` when empty).
     pub(super) fn first_seq(&self) -> u64 {
         self.entries

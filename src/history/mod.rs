@@ -14,6 +14,7 @@
 
 mod disk;
 mod files;
+mod index;
 mod journal;
 mod memory;
 #[cfg(test)]

@@ -47,6 +47,9 @@ enum Op {
     /// `flush`, as the maintenance tick calls it (relaxed: a durable
     /// commit).
     Flush,
+    /// `trim`, as the maintenance tick calls it: what count retention let
+    /// go leaves the file.
+    Sweep,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -55,6 +58,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Checkpoint),
         1 => Just(Op::Restart),
         1 => Just(Op::Flush),
+        2 => Just(Op::Sweep),
     ]
 }
 
@@ -204,6 +208,7 @@ fn run(seed: u64, ops: Vec<Op>, durability: Durability) {
                     made_durable(&known);
                 }
             }
+            Op::Sweep => while h.trim().expect("the disk works") {},
             Op::Restart => {
                 drop(history.take());
                 made_durable(&known);
