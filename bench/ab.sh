@@ -7,6 +7,11 @@
 #   ONLY=fanout bash bench/ab.sh OLD NEW 6   # one workload, more rounds
 #   PIN=1 bash bench/ab.sh OLD NEW            # server on core 0, load generator
 #                                             # on core 1: far less spread
+#   STEADY=1 bash bench/ab.sh OLD NEW         # steady state: before each run,
+#                                             # fill history past its cap
+#                                             # (FILL updates, default 200,000
+#                                             # = 2x the default --history-size)
+#                                             # through the batch endpoint
 #
 # e.g. build the old one with `git worktree add /tmp/old <rev>` and
 # `cargo build --release` there. Workloads (loopback only, each bounded by
@@ -25,7 +30,7 @@ tmp="$(mktemp -d)"
 pid=""
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT
 
-start() { # binary
+start() { # binary token
   rm -rf "$tmp/data"
   local extra=()
   # Builds that know connection limits get them lifted for the bench.
@@ -35,8 +40,15 @@ start() { # binary
   ${PIN:+taskset -c 0} "$1" serve --listen "127.0.0.1:$PORT" --jwt-key "$KEY" --data-dir "$tmp/data" "${extra[@]}" \
     > "$tmp/out" 2> /dev/null &
   pid=$!
-  for _ in $(seq 100); do grep -q '^listening on ' "$tmp/out" && return 0; sleep 0.1; done
-  echo "herald did not start" >&2; return 1
+  local up=""
+  for _ in $(seq 100); do grep -q '^listening on ' "$tmp/out" && { up=1; break; }; sleep 0.1; done
+  [ -n "$up" ] || { echo "herald did not start" >&2; return 1; }
+  if [ "${STEADY:-0}" = 1 ]; then
+    # History full and trimming, as after weeks in production; then a
+    # moment for the sweep to catch up with the fill's backlog.
+    python3 "$root/bench/fill_history.py" "http://127.0.0.1:$PORT" "$2" "${FILL:-200000}" 2> /dev/null
+    sleep 2
+  fi
 }
 
 stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=""; }
@@ -46,12 +58,13 @@ run() { # label binary workload args...
   # ONLY=fanout (say) runs just the workloads whose name contains it.
   case "$*" in *"${ONLY:-}"*) ;; *) return 0 ;; esac
   local token; token="$("$bin" token --jwt-key "$KEY" --publish '*' --subscribe '*' --ttl 1h)"
-  start "$bin"
+  start "$bin" "$token"
   ${PIN:+taskset -c 1} timeout 300 "$LG" "$@" --target herald --url "http://127.0.0.1:$PORT" --token "$token" \
     --server-pid "$pid" > "$tmp/lg" 2> /dev/null || true
   stop
   local result; result="$(sed -n 's/^RESULT //p' "$tmp/lg")"
-  echo "$label $*: $(python3 - "$result" <<'EOF'
+  local tag=""; [ "${STEADY:-0}" = 1 ] && tag=" steady"
+  echo "$label$tag $*: $(python3 - "$result" <<'EOF'
 import json, sys
 d = json.loads(sys.argv[1] or "{}")
 out = []

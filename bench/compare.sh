@@ -7,6 +7,13 @@
 #
 #   bash bench/compare.sh            # full run (~11 minutes)
 #   QUICK=1 bash bench/compare.sh    # small sizes, a smoke test of the script
+#   STEADY=1 bash bench/compare.sh   # steady state: Herald's history is filled
+#                                    # past its cap (FILL, default 200,000 = 2x
+#                                    # the default --history-size) before each
+#                                    # of its runs; the peers keep no such
+#                                    # bounded history. Results under
+#                                    # bench/results/steady/, table between the
+#                                    # COMPARE-STEADY markers
 #
 # Loopback only; every phase is bounded by the load generator's timeouts.
 set -euo pipefail
@@ -15,6 +22,10 @@ cd "$root"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 out="$root/bench/results"
 plots="$root/bench/plots"
+marker=COMPARE
+if [ "${STEADY:-0}" = 1 ]; then
+  out="$out/steady"; plots="$plots/steady"; marker=COMPARE-STEADY
+fi
 mkdir -p "$out" "$plots"
 # Only this script's results (publish_scaling.sh keeps its scaling-*.json here too).
 rm -f "$out"/herald-*.json "$out"/nchan-*.json "$out"/pushpin-*.json
@@ -48,8 +59,13 @@ start_server() {
         --max-connections 0 --max-connections-per-ip 0 \
         --data-dir "$tmp/data" > "$tmp/herald.out" 2> "$tmp/herald.err" &
       herald_pid=$!
-      for _ in $(seq 100); do grep -q '^listening on ' "$tmp/herald.out" && return 0; sleep 0.1; done
-      echo "herald did not start" >&2; cat "$tmp/herald.err" >&2; return 1 ;;
+      local up=""
+      for _ in $(seq 100); do grep -q '^listening on ' "$tmp/herald.out" && { up=1; break; }; sleep 0.1; done
+      [ -n "$up" ] || { echo "herald did not start" >&2; cat "$tmp/herald.err" >&2; return 1; }
+      if [ "${STEADY:-0}" = 1 ]; then
+        python3 bench/fill_history.py "http://127.0.0.1:$HERALD_PORT" "$TOKEN" "${FILL:-200000}"
+        sleep 2
+      fi ;;
     nchan) bash bench/peers/nchan.sh start ;;
     pushpin) bash bench/peers/pushpin.sh start ;;
   esac
@@ -117,11 +133,11 @@ done
 
 python3 bench/compare_table.py "$out" > "$tmp/table.md"
 cat "$tmp/table.md"
-python3 - "$root/bench/RESULTS.md" "$tmp/table.md" <<'PY'
+python3 - "$root/bench/RESULTS.md" "$tmp/table.md" "$marker" <<'PY'
 import sys, re
-path, table = sys.argv[1], open(sys.argv[2]).read()
+path, table, marker = sys.argv[1], open(sys.argv[2]).read(), sys.argv[3]
 text = open(path).read() if __import__("os").path.exists(path) else "# Benchmark results\n"
-begin, end = "<!-- COMPARE:BEGIN -->", "<!-- COMPARE:END -->"
+begin, end = f"<!-- {marker}:BEGIN -->", f"<!-- {marker}:END -->"
 block = f"{begin}\n{table}\n{end}"
 text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda m: block, text, flags=re.S) if begin in text else text.rstrip() + "\n\n" + block + "\n"
 open(path, "w").write(text)

@@ -12,6 +12,12 @@
 #
 #   bash bench/publish_scaling.sh          # ~5 minutes
 #   QUICK=1 bash bench/publish_scaling.sh  # 1,000 subscribers, 10,000 updates: a smoke test
+#   STEADY=1 bash bench/publish_scaling.sh # steady state: each Herald server's
+#                                          # history is filled past its cap
+#                                          # (FILL, default 200,000 = 2x the
+#                                          # default --history-size) first;
+#                                          # results under .../steady/ and
+#                                          # publish-scaling-steady.svg
 #
 # Writes bench/results/scaling-*.json (one RESULT per run, plus the mode and
 # the fsync figures), bench/results/scaling.md (also printed) and
@@ -33,6 +39,9 @@ if [ "${QUICK:-0}" = 1 ]; then
 else
   SUBS=10000; ROUNDS=5; BATCH_UPDATES=100000; PUBLISH_FOR="${PUBLISH_FOR:-10}"
   out="$root/bench/results"; svg="$root/bench/plots/publish-scaling.svg"
+fi
+if [ "${STEADY:-0}" = 1 ]; then
+  out="$out/steady"; svg="${svg%.svg}-steady.svg"
 fi
 CONCURRENCY=(1 8 32 128)
 BATCH_SIZES=(1000 10000)
@@ -72,8 +81,13 @@ start_server() { # mode
         --max-connections 0 --max-connections-per-ip 0 --data-dir "$tmp/data" \
         $(herald_flags "$1") > "$tmp/herald.out" 2> "$tmp/herald.err" &
       herald_pid=$!
-      for _ in $(seq 100); do grep -q '^listening on ' "$tmp/herald.out" && return 0; sleep 0.1; done
-      echo "herald did not start" >&2; cat "$tmp/herald.err" >&2; return 1 ;;
+      local up=""
+      for _ in $(seq 100); do grep -q '^listening on ' "$tmp/herald.out" && { up=1; break; }; sleep 0.1; done
+      [ -n "$up" ] || { echo "herald did not start" >&2; cat "$tmp/herald.err" >&2; return 1; }
+      if [ "${STEADY:-0}" = 1 ]; then
+        python3 bench/fill_history.py "http://127.0.0.1:$HERALD_PORT" "$TOKEN" "${FILL:-200000}"
+        sleep 2
+      fi ;;
     nchan) bash bench/peers/nchan.sh start ;;
   esac
 }
