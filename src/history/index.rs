@@ -10,8 +10,9 @@
 //! history holds; the file keeps only the updates, appended at one end and
 //! trimmed at the other (see `docs/history.md`).
 //!
-//! The index keeps 64-bit keyed hashes of the ids, not the ids: about 26
-//! bytes per held update (a map slot and a queue slot). A hash hit is only
+//! The index keeps 64-bit keyed hashes of the ids, not the ids: 27-50
+//! bytes per held update (a map slot and a queue slot, with the slack of
+//! tables that double). A hash hit is only
 //! a candidate: the caller reads that update's id and compares. Two held
 //! ids with the same hash (the hasher is SipHash with a key drawn per
 //! process, so nobody can aim for it) are both found: the second goes to
