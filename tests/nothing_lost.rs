@@ -139,8 +139,16 @@ async fn damaged_history(dir: &std::path::Path) {
     }
     let file = dir.join("history.redb");
     let mut bytes = std::fs::read(&file).expect("read history");
+    // Garble the page that holds update 150's record: wherever the storage
+    // engine put it, a page of updates every start reads.
+    let needle = format!("150{}", "y".repeat(40));
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+        .expect("update 150 is in the file");
+    let page = at / 4096 * 4096;
     let mut x: u32 = 0x1234_5678;
-    for b in bytes.iter_mut().skip(8192).take(4096) {
+    for b in bytes.iter_mut().skip(page).take(4096) {
         // xorshift: deterministic garbage.
         x ^= x << 13;
         x ^= x >> 17;
