@@ -284,7 +284,8 @@ settings! {
     max_token_len: usize = crate::auth::DEFAULT_MAX_TOKEN_LEN, env "HERALD_MAX_TOKEN_LEN";
     /// Cluster mode: the Redis that holds the shared log
     /// (redis://[user:password@]host:port[/db]), or several, comma-separated,
-    /// to spread --redis-partitions over. Every node given the same ones acts
+    /// to spread --redis-partitions over. Through Redis Sentinel, following
+    /// failovers: redis+sentinel://[user:password@]host:port[,host:port...]/<master-name>[/<db>]. Every node given the same ones acts
     /// as one hub: publish on any, receive on every, resume on any. Unset
     /// (the default): a single node with its own history.
     transport: String = String::new(), env "HERALD_TRANSPORT", then empty_is_none => Option<String>;

@@ -32,14 +32,28 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
-    /// Split `--transport` (comma-separated URLs).
+    /// Split `--transport` (comma-separated URLs). A
+    /// `redis+sentinel://` URL lists its sentinels with commas too: a part
+    /// that does not start with a scheme continues the URL before it.
     pub fn urls_of(transport: &str) -> Vec<String> {
-        transport
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(String::from)
-            .collect()
+        let mut urls: Vec<String> = Vec::new();
+        for part in transport.split(',').map(str::trim) {
+            if part.is_empty() {
+                continue;
+            }
+            let continues = !part.contains("://")
+                && urls
+                    .last()
+                    .is_some_and(|u| u.starts_with(super::sentinel::SCHEME));
+            match urls.last_mut() {
+                Some(last) if continues => {
+                    last.push(',');
+                    last.push_str(part);
+                }
+                _ => urls.push(part.to_string()),
+            }
+        }
+        urls
     }
 
     pub(super) fn check(&self) -> anyhow::Result<()> {
@@ -89,6 +103,16 @@ mod tests {
         assert_eq!(
             ClusterConfig::urls_of(" redis://a:1 ,redis://b:2,"),
             vec!["redis://a:1", "redis://b:2"]
+        );
+        assert_eq!(
+            ClusterConfig::urls_of(
+                "redis+sentinel://a:1,b:2/m1,redis+sentinel://a:1, b:2/m2,redis://c"
+            ),
+            vec![
+                "redis+sentinel://a:1,b:2/m1",
+                "redis+sentinel://a:1,b:2/m2",
+                "redis://c"
+            ]
         );
     }
 }

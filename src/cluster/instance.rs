@@ -17,6 +17,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
 use super::config::ClusterConfig;
+use super::sentinel::{self, Sentinels};
 use super::Cluster;
 
 /// A command to Redis gets an answer within this time or fails (503).
@@ -34,8 +35,16 @@ pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// One Redis instance and the partitions it holds.
 pub(super) struct Instance {
+    /// As given in `--transport` (a `redis+sentinel://` URL names the
+    /// sentinels).
     pub(super) url: String,
-    pub(super) client: redis::Client,
+    /// The client of the Redis to dial: the one in the URL, or the primary
+    /// the sentinels named last.
+    pub(super) client: Mutex<redis::Client>,
+    /// Through Redis Sentinel: asked for the primary at every dial.
+    sentinels: Option<Sentinels>,
+    /// PEM roots for `rediss://` (kept for clients made later).
+    ca: Option<Vec<u8>>,
     /// The shared connection (publishes, look-ups, presence), dialled on
     /// demand after an error.
     pub(super) conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
@@ -86,20 +95,21 @@ impl Instance {
         ca: Option<&[u8]>,
     ) -> anyhow::Result<Instance> {
         let url = &config.urls[i];
-        let client = match (ca, url.starts_with("rediss://")) {
-            (Some(ca), true) => redis::Client::build_with_tls(
-                url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca.to_vec()),
-                },
-            ),
-            _ => redis::Client::open(url.as_str()),
-        }
-        .map_err(|e| anyhow::anyhow!("--transport {url}: {e}"))?;
+        let sentinels = Sentinels::parse(url).transpose()?;
+        // Through sentinels, the client is replaced at the first dial; until
+        // then it names nothing that answers.
+        let first = if sentinels.is_some() {
+            "redis://127.0.0.1:0/"
+        } else {
+            url.as_str()
+        };
+        let client =
+            Self::client(first, ca).map_err(|e| anyhow::anyhow!("--transport {url}: {e}"))?;
         Ok(Instance {
             url: url.clone(),
-            client,
+            client: Mutex::new(client),
+            sentinels,
+            ca: ca.map(<[u8]>::to_vec),
             conn: tokio::sync::Mutex::new(None),
             dial_failure: Mutex::new(None),
             partitions: (i..config.partitions).step_by(config.urls.len()).collect(),
@@ -176,18 +186,48 @@ impl Instance {
         }
     }
 
+    fn client(url: &str, ca: Option<&[u8]>) -> redis::RedisResult<redis::Client> {
+        match (ca, url.starts_with("rediss://")) {
+            (Some(ca), true) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.to_vec()),
+                },
+            ),
+            _ => redis::Client::open(url),
+        }
+    }
+
     /// A new connection whose commands fail after `response_timeout`.
+    /// Through sentinels: to the primary they name now, checked to be one.
     pub(super) async fn dial(
         &self,
         response_timeout: Duration,
     ) -> redis::RedisResult<MultiplexedConnection> {
-        self.client
+        let failed = |detail: String| {
+            redis::RedisError::from((redis::ErrorKind::IoError, "Redis Sentinel", detail))
+        };
+        if let Some(sentinels) = &self.sentinels {
+            let primary = sentinels.primary().await.map_err(failed)?;
+            let client = Self::client(&primary, self.ca.as_deref())?;
+            *self.client.lock() = client;
+        }
+        let client = self.client.lock().clone();
+        let mut conn = client
             .get_multiplexed_async_connection_with_config(
                 &AsyncConnectionConfig::new()
                     .set_connection_timeout(CONNECT_TIMEOUT)
                     .set_response_timeout(response_timeout),
             )
-            .await
+            .await?;
+        if self.sentinels.is_some() && !sentinel::is_primary(&mut conn).await? {
+            return Err(failed(format!(
+                "{} is not a primary (yet): a failover is under way",
+                client.get_connection_info().addr
+            )));
+        }
+        Ok(conn)
     }
 
     /// Forget the shared connection after an error: the next call dials

@@ -53,6 +53,7 @@ mod presence;
 mod reader;
 mod replicas;
 mod scripts;
+mod sentinel;
 
 pub use config::{ClusterConfig, MAX_PARTITIONS};
 pub use positions::{LogPosition, RESUME_HOLD};

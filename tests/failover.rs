@@ -1,0 +1,436 @@
+//! Redis Sentinel: a Herald cluster follows its Redis through failovers.
+//!
+//! Real parts: two `redis-server`s (a primary and its replica), three
+//! sentinels (`redis-server --sentinel`, the same binary Debian's
+//! `redis-sentinel` links to) and three Herald nodes that know only the
+//! sentinels, all on loopback. Publishers on every node publish
+//! continuously with `--redis-replicas 1`; the primary is killed with
+//! SIGKILL and restarted once the sentinels moved (as a supervisor would),
+//! then the new primary is killed the same way, then a failover is asked
+//! of the sentinels (the primary is demoted and stays up). Every update that got a
+//! 200 must reach the subscriber on each node once, in its publisher's
+//! order, and the subscribers stay connected throughout.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::redis::{free_port, Redis};
+use common::*;
+
+const MASTER: &str = "herald-main";
+
+/// A sentinel process on a free port, stopped on drop.
+struct Sentinel {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    fn start(primary_port: u16) -> Sentinel {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n\
+                 sentinel down-after-milliseconds {MASTER} 1000\n\
+                 sentinel failover-timeout {MASTER} 4000\n\
+                 sentinel parallel-syncs {MASTER} 1\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (apt-get install redis-server)");
+        let s = Sentinel {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while resp(port, &["PING"]).is_err() {
+            assert!(Instant::now() < deadline, "sentinel did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    /// The port of the primary this sentinel names now.
+    fn primary(&self) -> Option<u16> {
+        let reply = resp(self.port, &["SENTINEL", "get-master-addr-by-name", MASTER]).ok()?;
+        reply.lines().rev().find_map(|l| l.trim().parse().ok())
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One command, the whole raw reply (what arrives within a short while).
+fn resp(port: u16, args: &[&str]) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes())?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) if !out.is_empty() => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn port_of(redis: &Redis) -> u16 {
+    redis.url().rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Wait until every sentinel names `port` as the primary.
+fn wait_named(sentinels: &[Sentinel], port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sentinels.iter().all(|s| s.primary() == Some(port)) {
+        assert!(
+            Instant::now() < deadline,
+            "the sentinels did not move to {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Wait until `primary` has an online replica, known to the sentinels.
+fn wait_replicated(primary: &Redis, sentinels: &[Sentinel]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = primary
+            .try_cmd(&["INFO", "replication"])
+            .unwrap_or_default();
+        let known = sentinels.iter().all(|s| {
+            resp(s.port, &["SENTINEL", "replicas", MASTER])
+                .map(|r| r.contains("slave") || r.contains("replica"))
+                .unwrap_or(false)
+        });
+        if info.contains("connected_slaves:1") && info.contains("state=online") && known {
+            return;
+        }
+        assert!(Instant::now() < deadline, "replica not online: {info}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[derive(Default)]
+struct Published {
+    /// Ids answered 200, in publish order.
+    acked: Vec<String>,
+    /// When each failover began (the kill), and the first 200 after it.
+    first_ok_after: Vec<Option<Instant>>,
+    /// Answers other than 200, by status (0: no answer).
+    refused: std::collections::BTreeMap<u16, u64>,
+}
+
+async fn publisher_loop(
+    hub: String,
+    node: usize,
+    published: Arc<parking_lot::Mutex<Published>>,
+    kills: Arc<parking_lot::Mutex<Vec<Instant>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let token = publisher();
+    let mut i = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        i += 1;
+        let id = format!("n{node}-{i}");
+        let body = format!("topic=f/{node}&id={id}&data={i}");
+        let sent = Instant::now();
+        let answer = client
+            .post(&hub)
+            .bearer_auth(&token)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await;
+        let status = answer.as_ref().map_or(0, |r| r.status().as_u16());
+        {
+            let mut p = published.lock();
+            if status == 200 {
+                p.acked.push(id);
+                // A publish sent after a kill and answered 200: the
+                // cluster took publishes again.
+                let kills = kills.lock();
+                while p.first_ok_after.len() < kills.len() {
+                    p.first_ok_after.push(None);
+                }
+                for (slot, killed) in p.first_ok_after.iter_mut().zip(kills.iter()) {
+                    if sent > *killed {
+                        slot.get_or_insert_with(Instant::now);
+                    }
+                }
+            } else {
+                *p.refused.entry(status).or_default() += 1;
+            }
+        }
+        if status != 200 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Read a subscription until told to stop, reconnecting (with
+/// `Last-Event-ID`) only if the stream ends; returns the ids in order and
+/// how many times it had to reconnect.
+async fn subscriber_loop(
+    hub: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (Vec<String>, u32) {
+    let query = format!("topic={}", enc("f/{node}"));
+    let mut ids: Vec<String> = Vec::new();
+    let mut reconnects = 0;
+    let mut sub = Sub::ok(&hub, &query).await;
+    loop {
+        match sub.next_within(Duration::from_millis(500)).await {
+            Some(ev) => ids.push(ev.id),
+            None if stop.load(std::sync::atomic::Ordering::Relaxed) => return (ids, reconnects),
+            None => {
+                if sub.ended_within(Duration::from_millis(1)).await {
+                    reconnects += 1;
+                    let opts = SubOpts {
+                        last_event_id: ids.last().map(String::as_str),
+                        ..Default::default()
+                    };
+                    sub = Sub::open(&hub, &query, opts).await;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_follows_three_failovers_losing_nothing_acknowledged() {
+    let mut a = Redis::start(&[]);
+    let a_port = port_of(&a).to_string();
+    let mut b = Redis::start(&["--replicaof", "127.0.0.1", &a_port]);
+    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(port_of(&a))).collect();
+    wait_replicated(&a, &sentinels);
+    let transport = format!(
+        "redis+sentinel://{}/{MASTER}",
+        sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let nodes: Vec<Server> = (0..3)
+        .map(|i| {
+            let name = format!("node{i}");
+            Server::start(&[
+                "--transport",
+                &transport,
+                "--node-id",
+                &name,
+                "--redis-replicas",
+                "1",
+                "--redis-replica-timeout",
+                "500ms",
+            ])
+        })
+        .collect();
+    for n in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while reqwest::get(format!("{}/readyz", n.base))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+            != 200
+        {
+            assert!(Instant::now() < deadline, "{} not ready", n.base);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let stop_subs = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let subs: Vec<_> = nodes
+        .iter()
+        .map(|n| tokio::spawn(subscriber_loop(n.hub(), stop_subs.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stop_pubs = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let kills = Arc::new(parking_lot::Mutex::new(Vec::<Instant>::new()));
+    let published: Vec<_> = (0..3)
+        .map(|_| Arc::new(parking_lot::Mutex::new(Published::default())))
+        .collect();
+    let pubs: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            tokio::spawn(publisher_loop(
+                n.hub(),
+                i,
+                published[i].clone(),
+                kills.clone(),
+                stop_pubs.clone(),
+            ))
+        })
+        .collect();
+
+    // Wait until every publisher's next 200 comes after the latest kill.
+    let recovered = |published: &[Arc<parking_lot::Mutex<Published>>], n: usize| {
+        let published = published.to_vec();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let firsts: Vec<Option<Instant>> = published
+                    .iter()
+                    .map(|p| p.lock().first_ok_after.get(n).copied().flatten())
+                    .collect();
+                if firsts.iter().all(Option::is_some) {
+                    return firsts.into_iter().flatten().min().unwrap();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no publish answered 200 within 60 s of failover {n}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    // Failover 1: the primary (a) dies; b takes over; a comes back as
+    // b's replica.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    kills.lock().push(Instant::now());
+    let killed = Instant::now();
+    a.stop();
+    let b_port = port_of(&b);
+    tokio::task::block_in_place(|| wait_named(&sentinels, b_port));
+    a.launch();
+    let first = recovered(&published, 0).await;
+    let recovery1 = first - killed;
+    tokio::task::block_in_place(|| wait_replicated(&b, &sentinels));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Failover 2: back to a.
+    kills.lock().push(Instant::now());
+    let killed = Instant::now();
+    b.stop();
+    tokio::task::block_in_place(|| wait_named(&sentinels, port_of(&a)));
+    b.launch();
+    let first = recovered(&published, 1).await;
+    let recovery2 = first - killed;
+    tokio::task::block_in_place(|| wait_replicated(&a, &sentinels));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Failover 3, asked for: the primary (a) is demoted but stays up, so
+    // connections to it answer READONLY (or ROLE says replica) instead of
+    // failing.
+    kills.lock().push(Instant::now());
+    let switched = Instant::now();
+    let answer = resp(sentinels[0].port, &["SENTINEL", "FAILOVER", MASTER]).unwrap();
+    assert!(answer.starts_with("+OK"), "{answer}");
+    tokio::task::block_in_place(|| wait_named(&sentinels, port_of(&b)));
+    let first = recovered(&published, 2).await;
+    let recovery3 = first - switched;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    stop_pubs.store(true, std::sync::atomic::Ordering::Relaxed);
+    for p in pubs {
+        p.await.unwrap();
+    }
+    // Let the last deliveries arrive, then stop reading.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_subs.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for s in subs {
+        seen.push(s.await.unwrap());
+    }
+
+    let acked: Vec<Vec<String>> = published.iter().map(|p| p.lock().acked.clone()).collect();
+    let refused: Vec<_> = published.iter().map(|p| p.lock().refused.clone()).collect();
+    eprintln!(
+        "failover recovery (first 200 after the kill): {recovery1:?}, then {recovery2:?}; \
+         after SENTINEL FAILOVER (old primary demoted, still up): {recovery3:?}; \
+         acknowledged per publisher: {:?}; refused by status: {refused:?}",
+        acked.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    for (node, (ids, reconnects)) in seen.iter().enumerate() {
+        assert_eq!(*reconnects, 0, "node {node}'s subscriber was disconnected");
+        for (p, acked) in acked.iter().enumerate() {
+            let prefix = format!("n{p}-");
+            let got: Vec<u64> = ids
+                .iter()
+                .filter_map(|id| id.strip_prefix(&prefix))
+                .map(|n| n.parse().unwrap())
+                .collect();
+            assert!(
+                got.windows(2).all(|w| w[0] < w[1]),
+                "node {node}: publisher {p}'s updates out of order or repeated: {got:?}"
+            );
+            let got: std::collections::HashSet<u64> = got.into_iter().collect();
+            let missing: Vec<&String> = acked
+                .iter()
+                .filter(|id| !got.contains(&id[prefix.len()..].parse().unwrap()))
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "node {node} missed {} acknowledged updates of publisher {p}: {missing:?}",
+                missing.len()
+            );
+        }
+    }
+    assert!(acked.iter().all(|a| a.len() > 50), "publishes went through");
+}
+
+/// A `redis+sentinel://` transport whose sentinels cannot be reached is a
+/// clear startup error naming them, and a malformed one is refused by its
+/// text.
+#[test]
+fn unreachable_or_malformed_sentinels_are_clear_errors() {
+    let port = free_port();
+    for (transport, wanted) in [
+        (
+            format!("redis+sentinel://127.0.0.1:{port}/{MASTER}"),
+            "no sentinel named the primary".to_string(),
+        ),
+        (
+            format!("redis+sentinel://127.0.0.1:{port}"),
+            "no master name".to_string(),
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--jwt-key", KEY])
+            .args(["--transport", &transport])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run herald");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{transport}: must refuse to start");
+        assert!(stderr.contains(&wanted), "{transport}: {stderr}");
+    }
+}
