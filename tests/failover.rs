@@ -149,6 +149,8 @@ struct Published {
     first_ok_after: Vec<Option<Instant>>,
     /// Answers other than 200, by status (0: no answer).
     refused: std::collections::BTreeMap<u16, u64>,
+    /// Their reasons (the answer's first words), counted.
+    reasons: std::collections::BTreeMap<String, u64>,
 }
 
 async fn publisher_loop(
@@ -177,6 +179,10 @@ async fn publisher_loop(
             .send()
             .await;
         let status = answer.as_ref().map_or(0, |r| r.status().as_u16());
+        let text = match answer {
+            Ok(r) if status != 200 => r.text().await.unwrap_or_default(),
+            _ => String::new(),
+        };
         {
             let mut p = published.lock();
             if status == 200 {
@@ -195,6 +201,8 @@ async fn publisher_loop(
                 }
             } else {
                 *p.refused.entry(status).or_default() += 1;
+                let reason: String = text.chars().take(70).collect();
+                *p.reasons.entry(reason).or_default() += 1;
             }
         }
         if status != 200 {
@@ -402,6 +410,13 @@ async fn the_cluster_follows_three_failovers_losing_nothing_acknowledged() {
     eprintln!("log resets seen by each node (history dropped): {resets:?}");
     let acked: Vec<Vec<String>> = published.iter().map(|p| p.lock().acked.clone()).collect();
     let refused: Vec<_> = published.iter().map(|p| p.lock().refused.clone()).collect();
+    let mut reasons = std::collections::BTreeMap::<String, u64>::new();
+    for p in &published {
+        for (r, n) in &p.lock().reasons {
+            *reasons.entry(r.clone()).or_default() += n;
+        }
+    }
+    eprintln!("refusals by reason: {reasons:#?}");
     eprintln!(
         "failover recovery (first 200 after the kill): {recovery1:?} (sentinels moved after \
          {moved1:?}), then {recovery2:?} (moved after {moved2:?}); SENTINEL FAILOVER (old \
