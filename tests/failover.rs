@@ -13,132 +13,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::redis::{free_port, Redis};
 use common::*;
 
-const MASTER: &str = "herald-main";
-
-/// A sentinel process on a free port, stopped on drop.
-struct Sentinel {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Sentinel {
-    fn start(primary_port: u16) -> Sentinel {
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\n\
-                 sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n\
-                 sentinel down-after-milliseconds {MASTER} 1000\n\
-                 sentinel failover-timeout {MASTER} 4000\n\
-                 sentinel parallel-syncs {MASTER} 1\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (apt-get install redis-server)");
-        let s = Sentinel {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while resp(port, &["PING"]).is_err() {
-            assert!(Instant::now() < deadline, "sentinel did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        s
-    }
-
-    /// The port of the primary this sentinel names now.
-    fn primary(&self) -> Option<u16> {
-        let reply = resp(self.port, &["SENTINEL", "get-master-addr-by-name", MASTER]).ok()?;
-        reply.lines().rev().find_map(|l| l.trim().parse().ok())
-    }
-}
-
-impl Drop for Sentinel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One command, the whole raw reply (what arrives within a short while).
-fn resp(port: u16, args: &[&str]) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_millis(300)))?;
-    let mut req = format!("*{}\r\n", args.len());
-    for a in args {
-        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(req.as_bytes())?;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(_) if !out.is_empty() => break,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(String::from_utf8_lossy(&out).into_owned())
-}
-
-fn port_of(redis: &Redis) -> u16 {
-    redis.url().rsplit(':').next().unwrap().parse().unwrap()
-}
-
-/// Wait until every sentinel names `port` as the primary.
-fn wait_named(sentinels: &[Sentinel], port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sentinels.iter().all(|s| s.primary() == Some(port)) {
-        assert!(
-            Instant::now() < deadline,
-            "the sentinels did not move to {port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Wait until `primary` has an online replica, known to the sentinels.
-fn wait_replicated(primary: &Redis, sentinels: &[Sentinel]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let info = primary
-            .try_cmd(&["INFO", "replication"])
-            .unwrap_or_default();
-        let known = sentinels.iter().all(|s| {
-            resp(s.port, &["SENTINEL", "replicas", MASTER])
-                .map(|r| r.contains("slave") || r.contains("replica"))
-                .unwrap_or(false)
-        });
-        if info.contains("connected_slaves:1") && info.contains("state=online") && known {
-            return;
-        }
-        assert!(Instant::now() < deadline, "replica not online: {info}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use common::sentinel::{port_of, resp, wait_named, wait_replicated, Sentinel, MASTER};
 
 #[derive(Default)]
 struct Published {

@@ -277,3 +277,4 @@ pub fn enc(s: &str) -> String {
 pub mod apps;
 
 pub mod redis;
+pub mod sentinel;
