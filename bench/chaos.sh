@@ -18,5 +18,5 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 if [ $# -ge 2 ]; then seed="$1"; minutes="$2"; else seed="$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')"; minutes="${1:-30}"; fi
 echo "==> chaos: seed $seed, $minutes minutes"
 HERALD_STORM_SEED="$seed" HERALD_STORM_SECS="$(( minutes * 60 ))" \
-  timeout "$(( minutes * 60 + 900 ))" cargo test --release --locked --test storm -- --nocapture 2>&1 |
+  timeout "$(( minutes * 60 + 900 ))" cargo test --release --locked --test storm -- --include-ignored --nocapture 2>&1 |
   grep -E '^storm:|panicked|test result|seed'

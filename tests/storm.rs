@@ -21,8 +21,9 @@
 //!
 //! `HERALD_STORM_SEED` picks the schedule (printed; a failing seed replays
 //! the same schedule of faults, though not the same interleaving of every
-//! request); `HERALD_STORM_SECS` how long it lasts (60 in the test command,
-//! with a fixed seed; `bench/chaos.sh [SEED] MINUTES` runs long ones).
+//! request); `HERALD_STORM_SECS` how long it lasts (60 by default,
+//! with a fixed seed; ignored by the test command for now, see the test;
+//! `bench/chaos.sh [SEED] MINUTES` runs it).
 //!
 //! Not in this storm yet: a real nginx in front (clients hop between the
 //! nodes themselves), and cutting or stalling the link between a node and
@@ -262,7 +263,18 @@ fn roles<'a>(
     }
 }
 
+/// Ignored in the test command for now: a 30-minute run (`bash
+/// bench/chaos.sh 3004304987 30`) found a subscriber that got one update
+/// twice ("subscriber 0, publisher 0: 3219 after 3219"), after about 30
+/// minutes of faults; 60-second runs with seeds 1, 2 and 3 passed. Until
+/// that is found and fixed, a passing 60 s run would promise more than
+/// Herald keeps. Suspected cause: a resume right after a failover that lost an
+/// unreplicated entry, whose log counter the next update reused. The node resumed
+/// from is then "caught up" by counter but does not hold the id yet, resumes
+/// live, and delivers the update again when it reads it. Run it with
+/// `cargo test --release --test storm -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finds a duplicate delivery in long runs (see the comment); bench/chaos.sh runs it"]
 async fn a_storm_of_faults_loses_nothing_and_shows_nobody_what_is_not_theirs() {
     let seed: u64 = std::env::var("HERALD_STORM_SEED")
         .ok()
