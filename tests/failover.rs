@@ -17,10 +17,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis::{free_port, Redis};
+use common::redis::free_port;
 use common::*;
 
-use common::sentinel::{port_of, resp, wait_named, wait_replicated, Sentinel, MASTER};
+use common::sentinel::{
+    port_of, primary_replica_sentinels, resp, transport, wait_named, wait_replicated, MASTER,
+};
 
 #[derive(Default)]
 struct Published {
@@ -126,19 +128,8 @@ async fn subscriber_loop(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_follows_three_failovers_losing_nothing_acknowledged() {
-    let mut a = Redis::start(&[]);
-    let a_port = port_of(&a).to_string();
-    let mut b = Redis::start(&["--replicaof", "127.0.0.1", &a_port]);
-    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(port_of(&a))).collect();
-    wait_replicated(&a, &sentinels);
-    let transport = format!(
-        "redis+sentinel://{}/{MASTER}",
-        sentinels
-            .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let (mut a, mut b, sentinels) = tokio::task::block_in_place(|| primary_replica_sentinels(&[]));
+    let transport = transport(&sentinels);
     let nodes: Vec<Server> = (0..3)
         .map(|i| {
             let name = format!("node{i}");

@@ -43,7 +43,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use common::redis::Redis;
-use common::sentinel::{port_of, resp, wait_named, wait_replicated, Sentinel, MASTER};
+use common::sentinel::{
+    port_of, primary_replica_sentinels, resp, transport, wait_named, wait_replicated, Sentinel,
+    MASTER,
+};
 use common::*;
 
 const PUBLISHERS: usize = 3;
@@ -289,22 +292,10 @@ async fn a_storm_of_faults_loses_nothing_and_shows_nobody_what_is_not_theirs() {
     eprintln!("storm: seed {seed}, {secs} s (HERALD_STORM_SEED={seed} reproduces the schedule)");
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let aof = ["--appendonly", "yes", "--appendfsync", "always"];
-    let mut a = Redis::start(&aof);
-    let a_port = port_of(&a).to_string();
-    let mut b_args = aof.to_vec();
-    b_args.extend(["--replicaof", "127.0.0.1", &a_port]);
-    let mut b = Redis::start(&b_args);
-    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(port_of(&a))).collect();
-    tokio::task::block_in_place(|| wait_replicated(&a, &sentinels));
-    let transport = format!(
-        "redis+sentinel://{}/{MASTER}",
-        sentinels
-            .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let (mut a, mut b, sentinels) = tokio::task::block_in_place(|| {
+        primary_replica_sentinels(&["--appendonly", "yes", "--appendfsync", "always"])
+    });
+    let transport = transport(&sentinels);
     let nodes = Arc::new(Nodes::start(&transport));
     wait_all_ready(&nodes).await;
 

@@ -405,7 +405,7 @@ impl DiskHistory {
             // The same id held twice happens only when a crash undid the
             // trim that had let the older one go: the newer one is the id's.
             let collides = match resolve(&index, &id, hash, |s| id_in_table(&updates, s))? {
-                IdState::Held { collided, .. } => collided,
+                IdState::Held { collided } => collided,
                 IdState::Free { collides } => collides,
             };
             index.push(seq, &id, hash, collides);

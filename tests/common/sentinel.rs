@@ -126,3 +126,26 @@ pub fn wait_replicated(primary: &Redis, sentinels: &[Sentinel]) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A Redis primary, its replica and three sentinels watching them, once the
+/// replica is online and known to the sentinels; `extra` are both Redis
+/// servers' flags (persistence, say).
+pub fn primary_replica_sentinels(extra: &[&str]) -> (Redis, Redis, Vec<Sentinel>) {
+    let primary = Redis::start(extra);
+    let primary_port = port_of(&primary).to_string();
+    let mut replica_args = extra.to_vec();
+    replica_args.extend(["--replicaof", "127.0.0.1", &primary_port]);
+    let replica = Redis::start(&replica_args);
+    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(port_of(&primary))).collect();
+    wait_replicated(&primary, &sentinels);
+    (primary, replica, sentinels)
+}
+
+/// `--transport` for a node that knows only these sentinels.
+pub fn transport(sentinels: &[Sentinel]) -> String {
+    let hosts: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    format!("redis+sentinel://{}/{MASTER}", hosts.join(","))
+}
