@@ -1518,3 +1518,62 @@ async fn a_flushed_redis_under_load_is_noticed_in_every_partition() {
         .expect("delivered");
     assert_eq!(ev.id, id);
 }
+
+/// An entry lost from the log (an unreplicated append, then a failover)
+/// frees its counter, and the next update takes it. A subscriber that got
+/// that next update from one node and resumes from it on a node that read
+/// the lost entry (and not yet the new one) must not count that node as
+/// caught up by counter: the node holds the resume until it has read the
+/// update, then resumes after it, so the update is not delivered twice.
+#[tokio::test]
+async fn a_lost_entry_whose_counter_is_reused_does_not_repeat_an_update() {
+    let _serial = SERIAL.lock().await;
+    let redis = Redis::start(&[]);
+    let a = node(&redis, &[]);
+    let url = redis.url();
+    // Node b applies each page of the log 1 s late.
+    let b = Server::start_raw(
+        &serve_args(&url, &[])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        &[("HERALD_CLUSTER_APPLY_DELAY_MS", "1000")],
+    );
+    wait_ready(&a.base, 200).await;
+    wait_ready(&b.base, 200).await;
+    let mut watch = Sub::ok(&b.hub(), "topic=lost").await;
+    let lost = publish(&a.hub(), &[("topic", "lost"), ("id", "will-be-lost")]).await;
+    assert_eq!(watch.next().await.id, lost, "node b applied it");
+    // The failover: the entry, its id and its counter step are gone.
+    let gone = redis.cmd(&[
+        "EVAL",
+        "local e = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1) \
+         redis.call('XDEL', KEYS[1], e[1][1]) redis.call('DECR', KEYS[2]) \
+         redis.call('DEL', KEYS[3]) return 'gone'",
+        "3",
+        "herald:{p0}:log",
+        "herald:{p0}:n",
+        "herald:{p0}:id:will-be-lost",
+    ]);
+    assert!(gone.contains("gone"), "{gone}");
+    // The next update takes the lost one's counter; a subscriber got it
+    // from node a and resumes from it on node b, which has not read it.
+    let next = publish(&a.hub(), &[("topic", "lost"), ("id", "takes-its-place")]).await;
+    let mut resumed = Sub::open(
+        &b.hub(),
+        "topic=lost",
+        SubOpts {
+            last_event_id: Some(&next),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(resumed.status, 200);
+    assert_eq!(
+        resumed.header("mercure-last-event-id").as_deref(),
+        Some(next.as_str()),
+        "resumed exactly after the update it got"
+    );
+    let after = publish(&a.hub(), &[("topic", "lost"), ("data", "after")]).await;
+    assert_eq!(resumed.next().await.id, after, "the update is not repeated");
+}

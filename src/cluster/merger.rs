@@ -362,6 +362,9 @@ impl Cluster {
                 self.log_reset(entry.partition, last, got);
             }
             if entry.n > 0 {
+                if let Some((update, _)) = &entry.update {
+                    self.recent.record(entry.partition, entry.n, &update.id);
+                }
                 tops.push((entry.partition, entry.n));
                 count += 1;
                 per_instance[self.instance_of(entry.partition)] += 1;
@@ -419,6 +422,7 @@ impl Cluster {
         );
         self.forget_history();
         // Counters of the old log mean nothing in the new one.
+        self.recent.forget(partition);
         self.applied.send_modify(|applied| applied[partition] = 0);
     }
 

@@ -101,6 +101,9 @@ pub struct Cluster {
     /// Per partition, the counter value of the last entry this node
     /// applied.
     applied: watch::Sender<Vec<u64>>,
+    /// Per partition, which update this node applied at its recent counter
+    /// values (a lost entry's value can be taken by the next update).
+    recent: positions::Recent,
     /// To the presence task (subscription events and this node's
     /// subscriptions); set by [`Cluster::start_presence`].
     changes: std::sync::OnceLock<mpsc::UnboundedSender<Change>>,
@@ -137,6 +140,7 @@ impl Cluster {
             replica,
             merge_fault: Mutex::new(None),
             applied: watch::channel(vec![0; config.partitions]).0,
+            recent: positions::Recent::new(config.partitions),
             changes: std::sync::OnceLock::new(),
             known_nodes: Mutex::new(Vec::new()),
             stats: ClusterStats::default(),

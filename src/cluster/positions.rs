@@ -7,8 +7,23 @@
 //! that position; then it resumes as usual. A node that cannot tell, or is
 //! still behind after the wait, answers 503 rather than resume from the
 //! wrong place.
+//!
+//! A counter value names one entry only while the log keeps everything it
+//! was given. An entry lost in a Redis failover (appended, answered 503
+//! because no replica acknowledged it, then gone with its primary) frees
+//! its counter value, and the next update takes it. A node that read the
+//! lost entry has "applied" that value before it has read the new update,
+//! so the counter alone would let a resume from the new update go live
+//! there, and the node would deliver the update again when it reads it.
+//! Each node therefore remembers which update it applied at each of its
+//! recent counter values ([`Recent`]): when that is another update, the
+//! resume waits on until the node has read past the lost entry.
 
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use super::Cluster;
 use crate::log::LogError;
@@ -40,15 +55,50 @@ impl Cluster {
         let position = self.position_of(id).await.map_err(|e| {
             LogError::Unavailable(format!("cannot look up {id:?} in the cluster log: {e}"))
         })?;
-        if let Some(position) = position {
-            if !self.wait_applied(position, RESUME_HOLD).await {
-                return Err(LogError::Unavailable(format!(
-                    "node {} has not yet received update {id:?} from the cluster log; retry in a moment",
-                    self.node_id()
-                )));
+        let Some((partition, n)) = position else {
+            return Ok(());
+        };
+        if partition >= self.config.partitions {
+            return Err(LogError::Unavailable(format!(
+                "update {id:?} is in partition {partition}, which node {} does not have",
+                self.node_id()
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + RESUME_HOLD;
+        let mut rx = self.applied.subscribe();
+        let mut another = false;
+        loop {
+            if rx.borrow_and_update()[partition] >= n {
+                if self.replica.lookup(id)?.is_some() {
+                    return Ok(());
+                }
+                another = self
+                    .recent
+                    .at(partition, n)
+                    .is_some_and(|h| h != self.recent.hash(id));
+                if !another {
+                    // Applied, and let go since (retention, a reset):
+                    // resumed as on one node.
+                    return Ok(());
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => break,
             }
         }
-        Ok(())
+        Err(LogError::Unavailable(if another {
+            format!(
+                "node {} read another update at the place of {id:?} in the cluster log (an \
+                 entry lost in a Redis failover) and has not yet read {id:?}; retry in a moment",
+                self.node_id()
+            )
+        } else {
+            format!(
+                "node {} has not yet received update {id:?} from the cluster log; retry in a moment",
+                self.node_id()
+            )
+        }))
     }
 
     /// Where `id` is in the log, if Redis still remembers it.
@@ -87,24 +137,88 @@ impl Cluster {
             None => Ok(None),
         }
     }
+}
 
-    /// Wait (at most `limit`) until this node has applied the entry at
-    /// `position`; true when it has.
-    pub async fn wait_applied(&self, position: LogPosition, limit: Duration) -> bool {
-        let (partition, n) = position;
-        if partition >= self.config.partitions {
-            return false;
+/// How many recent counter values each partition remembers the update
+/// of: a lost entry is noticed as long as the node has applied fewer than
+/// this many entries of its partition since (16 bytes each).
+pub(super) const RECENT: usize = 4096;
+
+/// Per partition, the updates this node applied at its last [`RECENT`]
+/// counter values (as a keyed hash of the update's id), in counter order.
+pub(super) struct Recent {
+    hasher: RandomState,
+    parts: Mutex<Vec<VecDeque<(u64, u64)>>>,
+}
+
+impl Recent {
+    pub(super) fn new(partitions: usize) -> Recent {
+        Recent {
+            hasher: RandomState::new(),
+            parts: Mutex::new(vec![VecDeque::new(); partitions]),
         }
-        let mut rx = self.applied.subscribe();
-        tokio::time::timeout(limit, rx.wait_for(|applied| applied[partition] >= n))
-            .await
-            .is_ok_and(|r| r.is_ok())
+    }
+
+    pub(super) fn hash(&self, id: &str) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    /// The update with `id` was applied at `n`. Counter values only grow
+    /// between two [`Recent::forget`]s (a gap or a reset calls it).
+    pub(super) fn record(&self, partition: usize, n: u64, id: &str) {
+        let hash = self.hash(id);
+        let mut parts = self.parts.lock();
+        let Some(part) = parts.get_mut(partition) else {
+            return;
+        };
+        if part.back().is_some_and(|&(last, _)| last >= n) {
+            part.clear();
+        }
+        if part.len() == RECENT {
+            part.pop_front();
+        }
+        part.push_back((n, hash));
+    }
+
+    /// The partition's counter values no longer name what they did.
+    pub(super) fn forget(&self, partition: usize) {
+        if let Some(part) = self.parts.lock().get_mut(partition) {
+            part.clear();
+        }
+    }
+
+    /// The hash of the update applied at `n`, if remembered.
+    pub(super) fn at(&self, partition: usize, n: u64) -> Option<u64> {
+        let parts = self.parts.lock();
+        let part = parts.get(partition)?;
+        let i = part.binary_search_by_key(&n, |&(k, _)| k).ok()?;
+        Some(part[i].1)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_remembers_the_last_values_and_forgets_on_a_reset() {
+        let recent = Recent::new(2);
+        for n in 1..=(RECENT as u64 + 10) {
+            recent.record(1, n, &format!("u{n}"));
+        }
+        assert_eq!(recent.at(1, 5), None, "the oldest are let go");
+        let last = RECENT as u64 + 10;
+        assert_eq!(recent.at(1, last), Some(recent.hash(&format!("u{last}"))));
+        assert_eq!(recent.at(1, 11), Some(recent.hash("u11")));
+        assert_eq!(recent.at(0, 11), None, "per partition");
+        // A counter that goes back starts afresh.
+        recent.record(1, 3, "again");
+        assert_eq!(recent.at(1, 3), Some(recent.hash("again")));
+        assert_eq!(recent.at(1, 11), None);
+        recent.forget(1);
+        assert_eq!(recent.at(1, 3), None);
+        assert_eq!(recent.at(7, 3), None, "no such partition");
+    }
 
     #[test]
     fn positions_parse_in_both_forms() {
