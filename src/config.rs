@@ -305,6 +305,12 @@ settings! {
     /// Redis servers' must chain to (a private CA). Unset: the system's
     /// trust store.
     redis_tls_ca: String = String::new(), env "HERALD_REDIS_TLS_CA", then empty_is_none => Option<String>;
+    /// Cluster mode, through Redis Sentinel: addresses the sentinels give
+    /// out that this node must dial at another address (NAT, containers,
+    /// port forwarding), as FROM=TO pairs, comma-separated, each host:port
+    /// (e.g. 10.0.0.5:6379=203.0.113.7:16379). Unset: dial what the
+    /// sentinels say.
+    redis_nat_map: String = String::new(), env "HERALD_REDIS_NAT_MAP", then empty_is_none => Option<String>;
     /// This node's name in cluster logs and /readyz (default: the host
     /// name and the process id).
     node_id: String = String::new(), env "HERALD_NODE_ID", then empty_is_none => Option<String>;

@@ -79,6 +79,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
                     replicas: config.redis_replicas,
                     replica_timeout: config.redis_replica_timeout,
                     tls_ca: config.redis_tls_ca.as_ref().map(std::path::PathBuf::from),
+                    nat_map: ClusterConfig::nat_map_of(config.redis_nat_map.as_deref())
+                        .context("--redis-nat-map")?,
                 },
                 replica.clone(),
             )

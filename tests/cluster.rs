@@ -8,9 +8,10 @@
 mod common;
 
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::nginx::Nginx;
 use common::redis::{free_port, Redis};
 use common::*;
 
@@ -522,70 +523,6 @@ async fn killed_node_resumes(redis: &[&Redis], partitions: usize) {
     );
 }
 
-/// A real nginx (Debian's) in front of the nodes: round-robin, buffering
-/// off, stopped on drop.
-struct Nginx {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    fn start(upstreams: &[&Server]) -> Nginx {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let d = dir.path().display();
-        let servers: String = upstreams
-            .iter()
-            .map(|s| format!("    server {};\n", s.base.trim_start_matches("http://")))
-            .collect();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log warn;\nevents {{ worker_connections 2048; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             upstream herald {{\n{servers}    keepalive 32;\n  }}\n\
-             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
-             proxy_pass http://herald;\n      proxy_http_version 1.1;\n\
-             proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n\
-             proxy_buffering off;\n      proxy_read_timeout 1h;\n    }}\n  }}\n}}\n"
-        );
-        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(dir.path().join("nginx.conf"))
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx on PATH (apt-get install nginx-light)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Nginx {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    fn hub(&self) -> String {
-        format!("http://127.0.0.1:{}/.well-known/mercure", self.port)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Through a load balancer, subscribers that keep reconnecting land on
 /// whichever node is next and still see every update once, in log order.
 #[tokio::test]
@@ -626,7 +563,7 @@ async fn hopping_behind_nginx(redis: &[&Redis], partitions: usize) {
     for n in &nodes {
         wait_ready(&n.base, 200).await;
     }
-    let lb = Nginx::start(&[&nodes[0], &nodes[1], &nodes[2]]);
+    let lb = Nginx::start(&[&nodes[0].base, &nodes[1].base, &nodes[2].base]);
     let query = spread_query("lb");
     // The reference: one subscriber that never moves.
     let mut reference = Sub::ok(&nodes[0].hub(), &query).await;

@@ -29,6 +29,9 @@ pub struct ClusterConfig {
     /// PEM certificates that `rediss://` servers must chain to (none: the
     /// system's trust store).
     pub tls_ca: Option<std::path::PathBuf>,
+    /// Through Redis Sentinel: `(given, dialled)` addresses, `host:port`
+    /// each (`--redis-nat-map`).
+    pub nat_map: Vec<(String, String)>,
 }
 
 impl ClusterConfig {
@@ -54,6 +57,29 @@ impl ClusterConfig {
             }
         }
         urls
+    }
+
+    /// Parse `--redis-nat-map`: `FROM=TO` pairs, comma-separated, each
+    /// side `host:port`.
+    pub fn nat_map_of(map: Option<&str>) -> anyhow::Result<Vec<(String, String)>> {
+        let usage = "expected FROM=TO pairs, comma-separated, each host:port";
+        let host_port = |s: &str| {
+            s.rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        };
+        let mut pairs = Vec::new();
+        for pair in map.unwrap_or("").split(',').map(str::trim) {
+            if pair.is_empty() {
+                continue;
+            }
+            match pair.split_once('=') {
+                Some((from, to)) if host_port(from.trim()) && host_port(to.trim()) => {
+                    pairs.push((from.trim().to_string(), to.trim().to_string()))
+                }
+                _ => anyhow::bail!("{pair:?}: {usage}"),
+            }
+        }
+        Ok(pairs)
     }
 
     pub(super) fn check(&self) -> anyhow::Result<()> {
@@ -92,6 +118,7 @@ mod tests {
             id_ttl: None,
             replicas: 0,
             replica_timeout: Duration::from_secs(1),
+            nat_map: Vec::new(),
             tls_ca: None,
         };
         assert!(c(&["redis://a"], 1).check().is_ok());

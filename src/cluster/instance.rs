@@ -95,7 +95,9 @@ impl Instance {
         ca: Option<&[u8]>,
     ) -> anyhow::Result<Instance> {
         let url = &config.urls[i];
-        let sentinels = Sentinels::parse(url).transpose()?;
+        let sentinels = Sentinels::parse(url)
+            .transpose()?
+            .map(|s| s.with_nat_map(&config.nat_map));
         // Through sentinels, the client is replaced at the first dial; until
         // then it names nothing that answers.
         let first = if sentinels.is_some() {

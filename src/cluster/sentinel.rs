@@ -37,6 +37,8 @@ pub(super) struct Sentinels {
     credentials: String,
     /// `/db`, as written, or empty.
     db: String,
+    /// `--redis-nat-map`: addresses given out that are dialled elsewhere.
+    nat: Vec<(String, String)>,
 }
 
 pub(super) const SCHEME: &str = "redis+sentinel://";
@@ -46,6 +48,21 @@ impl Sentinels {
     pub(super) fn parse(url: &str) -> Option<anyhow::Result<Sentinels>> {
         let rest = url.strip_prefix(SCHEME)?;
         Some(Self::parse_rest(url, rest))
+    }
+
+    /// Dial these given addresses elsewhere (`--redis-nat-map`).
+    pub(super) fn with_nat_map(mut self, nat: &[(String, String)]) -> Sentinels {
+        self.nat = nat.to_vec();
+        self
+    }
+
+    /// Where to dial the primary the sentinels named at `ip:port`.
+    fn dialled(&self, ip: &str, port: u16) -> String {
+        let given = format!("{ip}:{port}");
+        match self.nat.iter().find(|(from, _)| *from == given) {
+            Some((_, to)) => to.clone(),
+            None => given,
+        }
     }
 
     fn parse_rest(url: &str, rest: &str) -> anyhow::Result<Sentinels> {
@@ -92,6 +109,7 @@ impl Sentinels {
             hosts: Mutex::new(hosts),
             master: master.to_string(),
             credentials,
+            nat: Vec::new(),
             db: if db.is_empty() {
                 String::new()
             } else {
@@ -117,8 +135,10 @@ impl Sentinels {
                         }
                     }
                     return Ok(format!(
-                        "redis://{}{ip}:{port}{}",
-                        self.credentials, self.db
+                        "redis://{}{}{}",
+                        self.credentials,
+                        self.dialled(&ip, port),
+                        self.db
                     ));
                 }
                 Ok(None) => errors.push(format!("{host}: does not know master {:?}", self.master)),
@@ -195,6 +215,28 @@ mod tests {
         ] {
             let e = Sentinels::parse(bad).unwrap().unwrap_err().to_string();
             assert!(e.contains(bad) && e.contains("expected"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn given_addresses_are_dialled_through_the_nat_map() {
+        let map = crate::cluster::ClusterConfig::nat_map_of(Some(
+            "10.0.0.5:6379=127.0.0.1:16379, 10.0.0.6:6379=proxy:7000",
+        ))
+        .unwrap();
+        let s = Sentinels::parse("redis+sentinel://a/m")
+            .unwrap()
+            .unwrap()
+            .with_nat_map(&map);
+        assert_eq!(s.dialled("10.0.0.5", 6379), "127.0.0.1:16379");
+        assert_eq!(s.dialled("10.0.0.6", 6379), "proxy:7000");
+        assert_eq!(s.dialled("10.0.0.7", 6379), "10.0.0.7:6379");
+        assert!(crate::cluster::ClusterConfig::nat_map_of(None)
+            .unwrap()
+            .is_empty());
+        for bad in ["a=b", "a:1", "a:1=b", "a:1=b:x", ":1=b:2"] {
+            let e = crate::cluster::ClusterConfig::nat_map_of(Some(bad)).unwrap_err();
+            assert!(e.to_string().contains(bad), "{bad}: {e}");
         }
     }
 }

@@ -276,5 +276,7 @@ pub fn enc(s: &str) -> String {
 /// The example apps' tests (tests/example_*.rs).
 pub mod apps;
 
+pub mod nginx;
+pub mod proxy;
 pub mod redis;
 pub mod sentinel;
