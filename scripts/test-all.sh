@@ -14,6 +14,10 @@ command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # ... and a real nginx in front of several nodes.
 command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
+# TLS and HTTP/2 tests: h2load and nghttp (tests/tls.rs).
+command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
+# The vanished-peer test puts its client in a network namespace (tests/vanished.rs).
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # The rediss:// (TLS) cluster test makes its certificates with openssl.
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then

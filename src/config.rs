@@ -338,6 +338,25 @@ settings! {
     /// Most client connections open at once from one IP address; more are
     /// answered 429 and closed (0: no limit). [default: 4096]
     edge max_connections_per_ip: usize = 4096, env "HERALD_MAX_CONNECTIONS_PER_IP";
+    /// A PEM certificate chain (leaf first): serve HTTPS (TLS 1.2 and 1.3,
+    /// HTTP/2 and HTTP/1.1) instead of clear text. Needs --tls-key; both
+    /// are read again on SIGHUP. Unset: clear text (HTTP/1.1, and HTTP/2
+    /// with prior knowledge).
+    edge tls_cert: String = String::new(), env "HERALD_TLS_CERT", then empty_is_none => Option<String>;
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    edge tls_key: String = String::new(), env "HERALD_TLS_KEY", then empty_is_none => Option<String>;
+    /// With TLS: also listen here in clear text and answer every request
+    /// with a 308 redirect to the same URL over https (e.g. 0.0.0.0:80).
+    /// Unset: no such listener.
+    edge redirect_http: String = String::new(), env "HERALD_REDIRECT_HTTP", then empty_is_none => Option<String>;
+    /// Most concurrent streams (requests, event streams) on one HTTP/2
+    /// connection (SETTINGS_MAX_CONCURRENT_STREAMS). [default: 256]
+    edge h2_max_streams: usize = 256, env "HERALD_H2_MAX_STREAMS";
+    /// A peer whose network vanished (no FIN, no RST) is dropped within
+    /// about this time: TCP keepalive probes and TCP_USER_TIMEOUT on every
+    /// connection, HTTP/2 PINGs (0: off). [default: 60s]
+    edge peer_timeout: Duration = Duration::from_secs(60), env "HERALD_PEER_TIMEOUT",
+        arg(value_parser = parse_duration);
 }
 
 /// How a setting's value is written in the TOML file, and how it is read
@@ -493,6 +512,15 @@ impl Config {
             if value.is_zero() {
                 bail!("{name} must be longer than 0 (e.g. 10s)");
             }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("tls_cert and tls_key go together: give both (a PEM certificate chain and its private key) or neither");
+        }
+        if self.redirect_http.is_some() && self.tls_cert.is_none() {
+            bail!("redirect_http redirects to https: it needs tls_cert and tls_key");
+        }
+        if self.h2_max_streams == 0 {
+            bail!("h2_max_streams must be at least 1 (e.g. 256)");
         }
         if self.queue_capacity == 0 {
             bail!("queue_capacity must be at least 1");

@@ -13,7 +13,10 @@ use crate::auth::{mint_hs256, Verifier};
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::{Config, DurabilityMode, HistoryBackend, KeySource};
 use crate::history::{DiskHistory, Durability, HistoryStore, MemoryHistory, Retention};
-use crate::http::conn::{refuse, serve_connection, ConnLimiter, Timeouts, STATS};
+use crate::http::conn::{
+    detect_vanished_peer, refuse, serve_connection, ConnLimiter, Edge, Timeouts, STATS,
+};
+use crate::http::tls::Certificates;
 use crate::http::{router, AppState, HUB_PATH};
 use crate::hub::{Hub, HubConfig};
 use crate::log::Log;
@@ -100,6 +103,19 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         }
     };
 
+    // TLS: the pair is read (and checked) before anything listens.
+    let certificates = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(Certificates::load(
+            std::path::Path::new(cert),
+            std::path::Path::new(key),
+        )?),
+        _ => None,
+    };
+    let scheme = if certificates.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| {
@@ -114,7 +130,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     // stdout that cannot take it (a full disk, a closed pipe) is logged
     // and ignored: the hub serves all the same.
     let mut out = String::new();
-    let _ = writeln!(out, "listening on http://{addr}");
+    let _ = writeln!(out, "listening on {scheme}://{addr}");
     if let Some(key) = &dev_key {
         let token = mint_hs256(key, &["*".into()], &["*".into()], None, None)?;
         let _ = writeln!(
@@ -125,15 +141,15 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         let _ = writeln!(out, "  token (publish+subscribe to every topic): {token}");
         let _ = writeln!(
             out,
-            "  try:   curl -N 'http://{addr}{HUB_PATH}?match=https://example.com/hello' &"
+            "  try:   curl -N '{scheme}://{addr}{HUB_PATH}?match=https://example.com/hello' &"
         );
         let _ = writeln!(
             out,
-            "         curl -H 'Authorization: Bearer {token}' -d topic=https://example.com/hello -d data=hi http://{addr}{HUB_PATH}"
+            "         curl -H 'Authorization: Bearer {token}' -d topic=https://example.com/hello -d data=hi {scheme}://{addr}{HUB_PATH}"
         );
         let _ = writeln!(
             out,
-            "  status page (open from this machine): http://{addr}/ui/"
+            "  status page (open from this machine): {scheme}://{addr}/ui/"
         );
         let _ = writeln!(out, "  set --jwt-key (or HERALD_JWT_KEY) for a stable key");
     }
@@ -153,6 +169,26 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         write: config.write_timeout,
     };
     let limiter = ConnLimiter::new(config.max_connections, config.max_connections_per_ip);
+    let peer_timeout = config.peer_timeout;
+    let edge = Arc::new(Edge {
+        tls: match &certificates {
+            Some(c) => Some(tokio_rustls::TlsAcceptor::from(c.server_config()?)),
+            None => None,
+        },
+        h2_max_streams: config.h2_max_streams.min(u32::MAX as usize) as u32,
+        peer_timeout,
+    });
+    if let Some(certificates) = certificates.clone() {
+        reload_on_sighup(certificates);
+    }
+    let redirect = match &config.redirect_http {
+        Some(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("--redirect-http: cannot listen on {at}"))?,
+        ),
+        None => None,
+    };
     let state = AppState {
         hub: hub.clone(),
         config: Arc::new(config),
@@ -163,6 +199,42 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     crate::http::status::start(&state);
     let app = router(state);
     let (stop_connections, connections_stopped) = tokio::sync::watch::channel(false);
+    if let Some(redirect) = redirect {
+        let plain = Arc::new(Edge {
+            tls: None,
+            ..(*edge).clone()
+        });
+        let to = redirect_app(addr.port());
+        let limiter = limiter.clone();
+        let mut stopped = connections_stopped.clone();
+        tracing::info!(listen = %redirect.local_addr()?, "redirecting http to https");
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = redirect.accept() => accepted,
+                    _ = stopped.wait_for(|stop| *stop) => break,
+                };
+                let Ok((tcp, peer)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                match limiter.try_acquire(peer.ip()) {
+                    Ok(slot) => {
+                        detect_vanished_peer(&tcp, peer_timeout);
+                        tokio::spawn(serve_connection(
+                            tcp,
+                            to.clone(),
+                            stopped.clone(),
+                            timeouts,
+                            plain.clone(),
+                            slot,
+                        ));
+                    }
+                    Err(why) => refuse(tcp, why),
+                }
+            }
+        });
+    }
     let mut signal = std::pin::pin!(shutdown_signal());
     let mut accept_errors = AcceptErrorLog::default();
     loop {
@@ -171,11 +243,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
                 Ok((tcp, peer)) => match limiter.try_acquire(peer.ip()) {
                     Ok(slot) => {
                         let _ = tcp.set_nodelay(true);
+                        detect_vanished_peer(&tcp, peer_timeout);
                         tokio::spawn(serve_connection(
                             tcp,
                             app.clone(),
                             connections_stopped.clone(),
                             timeouts,
+                            edge.clone(),
                             slot,
                         ));
                     }
@@ -208,6 +282,59 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     }
     let _ = say("herald stopped\n");
     Ok(())
+}
+
+/// Read the certificate and key again on each SIGHUP; a pair that fails
+/// is logged and the one in use stays.
+fn reload_on_sighup(certificates: Arc<Certificates>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: the certificate will not be reloaded");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match certificates.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                Err(e) => tracing::error!(
+                    error = %format!("{e:#}"),
+                    "SIGHUP: TLS certificate not reloaded; the one in use stays"
+                ),
+            }
+        }
+    });
+}
+
+/// `--redirect-http`: every request answered 308 to the same host and
+/// path over https, on the TLS listener's port.
+fn redirect_app(https_port: u16) -> axum::Router {
+    use axum::http::{header, HeaderMap, StatusCode, Uri};
+    use axum::response::IntoResponse;
+    axum::Router::new().fallback(move |headers: HeaderMap, uri: Uri| async move {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<axum::http::uri::Authority>().ok());
+        let Some(host) = host else {
+            return (
+                StatusCode::BAD_REQUEST,
+                "a request to be redirected to https needs a valid Host header\n",
+            )
+                .into_response();
+        };
+        let port = if https_port == 443 {
+            String::new()
+        } else {
+            format!(":{https_port}")
+        };
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let location = format!("https://{}{port}{path}", host.host());
+        (
+            StatusCode::PERMANENT_REDIRECT,
+            [(header::LOCATION, location)],
+            "use https\n",
+        )
+            .into_response()
+    })
 }
 
 /// Write to stdout, reporting (not panicking on) a stdout that cannot take

@@ -16,6 +16,12 @@
 //! malformed request, HTTP/1.0, a pipelined request) is handed to hyper
 //! together with the bytes already read, and hyper serves the rest of that
 //! connection as usual.
+//!
+//! HTTP/2 goes to hyper's HTTP/2: over TLS when the client picks `h2` in
+//! ALPN, and in clear text (h2c with prior knowledge) when the first bytes
+//! are the HTTP/2 preface. Over TLS with `http/1.1`, the connection takes
+//! the path above, lean event streams included. Every socket write, under
+//! TLS too, has the write deadline.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -35,7 +41,7 @@ use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode, Ver
 use axum::Router;
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -59,6 +65,8 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_REFUSALS_IN_FLIGHT: usize = 256;
 /// `Retry-After` of a refused connection, in seconds.
 const RETRY_AFTER_SECS: u32 = 5;
+/// The first bytes of every HTTP/2 connection (RFC 9113 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Counters of the HTTP edge for `/metrics`. Process-wide, like the
 /// process's sockets they count.
@@ -71,6 +79,11 @@ pub struct EdgeStats {
     /// Request bodies that did not arrive within `--body-timeout` (408).
     pub body_timeouts: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// TLS handshakes that failed or did not finish within
+    /// `--header-timeout`.
+    pub tls_failures: AtomicU64,
+    /// Connections served as HTTP/2 (over TLS or h2c).
+    pub h2_connections: AtomicU64,
 }
 
 pub static STATS: EdgeStats = EdgeStats {
@@ -81,7 +94,22 @@ pub static STATS: EdgeStats = EdgeStats {
     header_timeouts: AtomicU64::new(0),
     body_timeouts: AtomicU64::new(0),
     accept_errors: AtomicU64::new(0),
+    tls_failures: AtomicU64::new(0),
+    h2_connections: AtomicU64::new(0),
 };
+
+/// How connections are served beyond clear-text HTTP/1.1.
+#[derive(Clone)]
+pub struct Edge {
+    /// `--tls-cert`/`--tls-key`: every connection is TLS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `--h2-max-streams`: `SETTINGS_MAX_CONCURRENT_STREAMS` of each
+    /// HTTP/2 connection.
+    pub h2_max_streams: u32,
+    /// `--peer-timeout`: an HTTP/2 peer that does not answer a PING within
+    /// it is dropped (PINGs are sent after half of it without traffic).
+    pub peer_timeout: Duration,
+}
 
 /// Deadlines of one connection.
 #[derive(Debug, Clone, Copy)]
@@ -232,6 +260,43 @@ async fn answer_and_close(mut tcp: TcpStream, answer: Vec<u8>) {
     }
 }
 
+/// Make a peer whose network vanished (no FIN, no RST) go away within
+/// about `timeout` (0: leave the socket as the system made it): TCP
+/// keepalive probes after half of it idle, and `TCP_USER_TIMEOUT` so that
+/// data left unacknowledged that long ends the connection too.
+pub fn detect_vanished_peer(tcp: &TcpStream, timeout: Duration) {
+    if timeout.is_zero() {
+        return;
+    }
+    let fd = tcp.as_raw_fd();
+    let idle = (timeout.as_secs() / 2).max(1) as libc::c_int;
+    let probes: libc::c_int = 4;
+    let interval = ((timeout.as_secs() / 2) / probes as u64).max(1) as libc::c_int;
+    let user_timeout = timeout.as_millis().min(u32::MAX as u128) as libc::c_uint;
+    let set = |level, name, value: libc::c_int| {
+        // SAFETY: a valid socket descriptor, and a pointer to an int that
+        // lives across the call, with its size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, probes);
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_USER_TIMEOUT,
+        user_timeout as libc::c_int,
+    );
+}
+
 /// A complete HTTP/1.1 answer with a text body, closing the connection.
 fn canned(status: &str, retry_after: bool, message: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
@@ -259,8 +324,13 @@ pub async fn serve_connection(
     app: Router,
     shutdown: watch::Receiver<bool>,
     timeouts: Timeouts,
+    edge: Arc<Edge>,
     _slot: ConnGuard,
 ) {
+    if let Some(acceptor) = edge.tls.clone() {
+        // Boxed: the TLS state is large, and only TLS connections pay it.
+        return Box::pin(serve_tls(tcp, acceptor, app, shutdown, timeouts, edge)).await;
+    }
     let mut head = Vec::with_capacity(1024);
     let first = tokio::time::timeout(timeouts.header, read_head(&tcp, &mut head)).await;
     let request = match first {
@@ -294,7 +364,23 @@ pub async fn serve_connection(
         Ok(Ok(Head::Other)) => {
             // Boxed, so the state of every lean connection's task stays
             // small: hyper's connection future is large.
-            return Box::pin(serve_with_hyper(tcp, head, app, shutdown, timeouts)).await;
+            let peer = tcp.peer_addr().ok();
+            let fd = tcp.as_raw_fd();
+            let io = Prefixed::new(head, WriteDeadline::new(tcp, timeouts.write));
+            return Box::pin(serve_with_hyper(
+                io,
+                peer,
+                Some(fd),
+                app,
+                shutdown,
+                timeouts,
+            ))
+            .await;
+        }
+        Ok(Ok(Head::H2)) => {
+            let peer = tcp.peer_addr().ok();
+            let io = Prefixed::new(head, WriteDeadline::new(tcp, timeouts.write));
+            return Box::pin(serve_h2(io, peer, app, shutdown, &edge)).await;
         }
     };
     drop(head);
@@ -305,9 +391,117 @@ pub async fn serve_connection(
     let _ = write_response(WriteDeadline::new(tcp, timeouts.write), response).await;
 }
 
+/// A TLS connection: the handshake (within `--header-timeout`), then
+/// HTTP/2 if the client picked `h2`, else the clear-text path's HTTP/1.1
+/// (the lean event stream included) inside TLS.
+async fn serve_tls(
+    tcp: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+    shutdown: watch::Receiver<bool>,
+    timeouts: Timeouts,
+    edge: Arc<Edge>,
+) {
+    let peer = tcp.peer_addr().ok();
+    let io = WriteDeadline::new(tcp, timeouts.write);
+    let mut tls = match tokio::time::timeout(timeouts.header, acceptor.accept(io)).await {
+        Ok(Ok(tls)) => tls,
+        _ => {
+            STATS.tls_failures.fetch_add(1, Relaxed);
+            return;
+        }
+    };
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        return serve_h2(tls, peer, app, shutdown, &edge).await;
+    }
+    let mut head = Vec::with_capacity(1024);
+    let first = tokio::time::timeout(timeouts.header, read_head_from(&mut tls, &mut head)).await;
+    let mut request = match first {
+        Err(_) => {
+            STATS.header_timeouts.fetch_add(1, Relaxed);
+            if !head.is_empty() {
+                let message = format!(
+                    "the request head did not arrive within {:?}",
+                    timeouts.header
+                );
+                let answer = canned("408 Request Timeout", false, &message);
+                let _ = tokio::time::timeout(timeouts.write, async {
+                    tls.write_all(&answer).await?;
+                    tls.shutdown().await
+                })
+                .await;
+            }
+            return;
+        }
+        Ok(Err(_)) | Ok(Ok(Head::Closed)) => return,
+        Ok(Ok(Head::Lean(request))) => *request,
+        Ok(Ok(Head::H2)) => {
+            // The preface after ALPN said http/1.1 (or nothing): HTTP/2
+            // with prior knowledge, as on a clear-text connection.
+            let io = Prefixed::new(head, tls);
+            return serve_h2(io, peer, app, shutdown, &edge).await;
+        }
+        Ok(Ok(Head::Other)) => {
+            let io = Prefixed::new(head, tls);
+            return serve_with_hyper(io, peer, None, app, shutdown, timeouts).await;
+        }
+    };
+    drop(head);
+    if let Some(peer) = peer {
+        request.extensions_mut().insert(ConnectInfo(peer));
+    }
+    let response = match app.oneshot(request).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let _ = write_response(tls, response).await;
+}
+
+/// [`read_head`] for a stream that is not a bare socket (TLS).
+async fn read_head_from<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Head> {
+    loop {
+        let mut chunk = [0u8; 1024];
+        let n = io.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(Head::Closed);
+        }
+        let searched = buf.len();
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(head) = classify(buf, searched) {
+            return Ok(head);
+        }
+    }
+}
+
+/// What the bytes read so far are, once that can be told (`searched`: how
+/// many of them were looked at before).
+fn classify(buf: &[u8], searched: usize) -> Option<Head> {
+    if buf.len() >= H2_PREFACE.len().min(14) && buf.starts_with(&H2_PREFACE[..14]) {
+        return Some(Head::H2);
+    }
+    // Parse only once the head can be complete: re-parsing on every read
+    // would be quadratic for a client sending a byte at a time.
+    if !has_end_of_head(buf, searched) {
+        if buf.len() < MAX_HEAD {
+            return None;
+        }
+        return Some(Head::Other);
+    }
+    match parse_lean_head(buf) {
+        LeanHead::Partial => None,
+        LeanHead::Lean(request) => Some(Head::Lean(request)),
+        LeanHead::Other => Some(Head::Other),
+    }
+}
+
 enum Head {
     /// The client went away before sending a request.
     Closed,
+    /// The HTTP/2 preface: h2c with prior knowledge.
+    H2,
     /// A bodiless `GET` of the hub, to be answered on the lean path.
     Lean(Box<Request<Body>>),
     /// Anything else: hyper's job.
@@ -326,18 +520,8 @@ async fn read_head(tcp: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Head> 
         };
         let searched = buf.len();
         buf.extend_from_slice(&chunk[..n]);
-        // Parse only once the head can be complete: re-parsing on every
-        // read would be quadratic for a client sending a byte at a time.
-        if !has_end_of_head(buf, searched) {
-            if buf.len() < MAX_HEAD {
-                continue;
-            }
-            return Ok(Head::Other);
-        }
-        match parse_lean_head(buf) {
-            LeanHead::Partial => continue,
-            LeanHead::Lean(request) => return Ok(Head::Lean(request)),
-            LeanHead::Other => return Ok(Head::Other),
+        if let Some(head) = classify(buf, searched) {
+            return Ok(head);
         }
     }
 }
@@ -511,23 +695,20 @@ where
     }
 }
 
-async fn serve_with_hyper(
-    tcp: TcpStream,
-    already_read: Vec<u8>,
+/// HTTP/1.1 by hyper. `fd`: the bare socket under `io` (valid for as long
+/// as `io` lives), to answer a late head with a 408; none under TLS.
+async fn serve_with_hyper<S>(
+    io: Prefixed<S>,
+    peer: Option<SocketAddr>,
+    fd: Option<std::os::fd::RawFd>,
     app: Router,
     mut shutdown: watch::Receiver<bool>,
     timeouts: Timeouts,
-) {
-    let peer: Option<SocketAddr> = tcp.peer_addr().ok();
-    // Valid for as long as `conn` (which owns the socket) lives.
-    let fd = tcp.as_raw_fd();
-    let mid_request = Arc::new(AtomicBool::new(!already_read.is_empty()));
-    let io = TokioIo::new(Prefixed {
-        prefix: already_read,
-        pos: 0,
-        inner: WriteDeadline::new(tcp, timeouts.write),
-        mid_request: mid_request.clone(),
-    });
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mid_request = io.mid_request.clone();
+    let io = TokioIo::new(io);
     let service = TowerToHyperService::new(tower::service_fn(
         move |r: Request<hyper::body::Incoming>| {
             let app = app.clone();
@@ -562,7 +743,7 @@ async fn serve_with_hyper(
                 // came in one read with the request before it, pipelined,
                 // is closed without the 408: hyper holds it unseen.)
                 STATS.header_timeouts.fetch_add(1, Relaxed);
-                if mid_request.load(Relaxed) {
+                if let Some(fd) = fd.filter(|_| mid_request.load(Relaxed)) {
                     let message =
                         format!("the request head did not arrive within {:?}", timeouts.header);
                     answer_on_fd(fd, &canned("408 Request Timeout", false, &message));
@@ -570,6 +751,58 @@ async fn serve_with_hyper(
             }
             return;
         }
+        _ = shutdown.wait_for(|stop| *stop) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// HTTP/2 by hyper, over TLS or in clear text: every stream a request
+/// through the router, like HTTP/1.1. At most `--h2-max-streams` streams at
+/// once; a peer that does not answer a PING within `--peer-timeout` is
+/// dropped, with all its streams.
+async fn serve_h2<S>(
+    io: S,
+    peer: Option<SocketAddr>,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+    edge: &Edge,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    STATS.h2_connections.fetch_add(1, Relaxed);
+    let service = TowerToHyperService::new(tower::service_fn(
+        move |r: Request<hyper::body::Incoming>| {
+            let app = app.clone();
+            async move {
+                let mut r = r.map(Body::new);
+                if let Some(peer) = peer {
+                    r.extensions_mut().insert(ConnectInfo(peer));
+                }
+                app.oneshot(r).await
+            }
+        },
+    ));
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(edge.h2_max_streams)
+        // Small windows: a stream carries small events, and each stream's
+        // buffered bytes count against its memory.
+        .initial_stream_window_size(64 * 1024)
+        .max_send_buf_size(64 * 1024);
+    if !edge.peer_timeout.is_zero() {
+        builder
+            .keep_alive_interval(edge.peer_timeout / 2)
+            .keep_alive_timeout(edge.peer_timeout / 2);
+    }
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    if *shutdown.borrow() {
+        conn.as_mut().graceful_shutdown();
+    }
+    tokio::select! {
+        _ = conn.as_mut() => return,
         _ = shutdown.wait_for(|stop| *stop) => {}
     }
     conn.as_mut().graceful_shutdown();
@@ -695,16 +928,27 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
 }
 
 /// The socket, with the bytes already read from it put back in front.
-struct Prefixed {
+struct Prefixed<S> {
     prefix: Vec<u8>,
     pos: usize,
-    inner: WriteDeadline<TcpStream>,
+    inner: S,
     /// Bytes were read since the last write: a request is under way (so
     /// a header timeout now is told why, with a 408).
     mid_request: Arc<AtomicBool>,
 }
 
-impl AsyncRead for Prefixed {
+impl<S> Prefixed<S> {
+    fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
+        Prefixed {
+            mid_request: Arc::new(AtomicBool::new(!prefix.is_empty())),
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -730,7 +974,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -11,6 +11,7 @@ mod publish;
 pub mod status;
 mod subscribe;
 mod subscriptions;
+pub mod tls;
 
 pub use error::HttpError;
 // Exposed for the fuzz targets (fuzz/) and tests: the pure parsers behind

@@ -277,6 +277,7 @@ pub fn enc(s: &str) -> String {
 pub mod apps;
 
 pub mod nginx;
+pub mod pki;
 pub mod proxy;
 pub mod redis;
 pub mod sentinel;
