@@ -329,15 +329,23 @@ settings! {
     /// connection (a client that stopped reading). [default: 30s]
     edge write_timeout: Duration = Duration::from_secs(30), env "HERALD_WRITE_TIMEOUT",
         arg(value_parser = parse_duration);
-    // Fixed rather than derived from RLIMIT_NOFILE: a predictable number,
-    // and with the common 20,000 open-files limit it leaves ~5,000
-    // descriptors for history, logs and refused sockets.
     /// Most client connections open at once; more are answered 503 and
-    /// closed (0: no limit). [default: 15000]
-    edge max_connections: usize = 15_000, env "HERALD_MAX_CONNECTIONS";
+    /// closed (0: no limit). Default: the open-files limit (raised to its
+    /// hard limit at start) less 5%, at least 1,024 fewer (18,976 at 20,000).
+    edge max_connections: usize = default_max_connections(), env "HERALD_MAX_CONNECTIONS";
     /// Most client connections open at once from one IP address; more are
     /// answered 429 and closed (0: no limit). [default: 4096]
     edge max_connections_per_ip: usize = 4096, env "HERALD_MAX_CONNECTIONS_PER_IP";
+    /// Proxies whose Forwarded / X-Forwarded-For headers are believed
+    /// (CIDRs, comma-separated): their connections are not counted per
+    /// address; each stream through them is, by the client's address.
+    /// Empty: none. [default: 127.0.0.0/8,::1]
+    edge trusted_proxies: String = "127.0.0.0/8,::1".into(), env "HERALD_TRUSTED_PROXIES";
+    /// Most event streams open at once, hub-wide; more get 503. Kept below
+    /// --max-connections so a full hub still takes publishes and the
+    /// operator's requests (0: --max-connections minus 5%, at least 100
+    /// fewer). [default: 0]
+    edge max_subscribers: usize = 0, env "HERALD_MAX_SUBSCRIBERS";
     /// A PEM certificate chain (leaf first): serve HTTPS (TLS 1.2 and 1.3,
     /// HTTP/2 and HTTP/1.1) instead of clear text. Needs --tls-key; both
     /// are read again on SIGHUP. Unset: clear text (HTTP/1.1, and HTTP/2
@@ -357,6 +365,49 @@ settings! {
     /// connection, HTTP/2 PINGs (0: off). [default: 60s]
     edge peer_timeout: Duration = Duration::from_secs(60), env "HERALD_PEER_TIMEOUT",
         arg(value_parser = parse_duration);
+}
+
+/// `--max-connections` by default: what the open-files limit leaves after
+/// a reserve for history, Redis, logs and refused sockets (5%, at least
+/// 1,024), raising the soft limit to the hard one first, as servers do.
+pub fn default_max_connections() -> usize {
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    let limit = unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return 15_000;
+        }
+        if l.rlim_cur < l.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: l.rlim_max,
+                rlim_max: l.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                l.rlim_cur = l.rlim_max;
+            }
+        }
+        l.rlim_cur
+    };
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(4_000_000);
+    let reserve = (limit / 20).max(1024);
+    limit.saturating_sub(reserve).max(64)
+}
+
+/// `--max-subscribers` as given (0: derived): event streams kept below
+/// `max_connections` by 5%, at least 100 (at most half), so a hub full of
+/// subscribers still takes publishes and the operator's requests.
+pub fn effective_max_subscribers(max_subscribers: usize, max_connections: usize) -> usize {
+    if max_subscribers != 0 {
+        return max_subscribers;
+    }
+    if max_connections == 0 {
+        return 0;
+    }
+    let reserve = (max_connections / 20).max(100).min(max_connections / 2);
+    max_connections.saturating_sub(reserve).max(1)
 }
 
 /// How a setting's value is written in the TOML file, and how it is read
@@ -728,7 +779,15 @@ mod tests {
             redis_replicas = 1
             redis_replica_timeout = "250ms"
             redis_tls_ca = "/etc/herald/redis-ca.pem"
+            redis_nat_map = "10.0.0.5:6379=127.0.0.1:16379"
             node_id = " node-a "
+            tls_cert = "/etc/herald/cert.pem"
+            tls_key = "/etc/herald/key.pem"
+            redirect_http = "0.0.0.0:80"
+            h2_max_streams = 19
+            peer_timeout = "20s"
+            trusted_proxies = "10.0.0.0/8"
+            max_subscribers = 21
         "#;
         let keys: std::collections::BTreeSet<String> = toml
             .lines()
@@ -782,6 +841,17 @@ mod tests {
         assert_eq!(c.redis_replicas, 1);
         assert_eq!(c.redis_replica_timeout, Duration::from_millis(250));
         assert_eq!(c.redis_tls_ca.as_deref(), Some("/etc/herald/redis-ca.pem"));
+        assert_eq!(
+            c.redis_nat_map.as_deref(),
+            Some("10.0.0.5:6379=127.0.0.1:16379")
+        );
+        assert_eq!(c.tls_cert.as_deref(), Some("/etc/herald/cert.pem"));
+        assert_eq!(c.tls_key.as_deref(), Some("/etc/herald/key.pem"));
+        assert_eq!(c.redirect_http.as_deref(), Some("0.0.0.0:80"));
+        assert_eq!(c.h2_max_streams, 19);
+        assert_eq!(c.peer_timeout, Duration::from_secs(20));
+        assert_eq!(c.trusted_proxies, "10.0.0.0/8");
+        assert_eq!(c.max_subscribers, 21);
         assert_eq!(c.node_id.as_deref(), Some("node-a"));
     }
 

@@ -61,6 +61,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         queue_capacity: config.queue_capacity,
         queue_bytes: config.queue_bytes,
         subscription_events: config.subscriptions,
+        max_subscribers: crate::config::effective_max_subscribers(
+            config.max_subscribers,
+            config.max_connections,
+        ),
     };
     let (hub, cluster) = match &config.transport {
         None => (Hub::new(hub_config, open_history(&config)?), None),
@@ -169,6 +173,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         write: config.write_timeout,
     };
     let limiter = ConnLimiter::new(config.max_connections, config.max_connections_per_ip);
+    let proxies = Arc::new(
+        crate::http::proxies::TrustedProxies::parse(&config.trusted_proxies)
+            .context("--trusted-proxies")?,
+    );
     let peer_timeout = config.peer_timeout;
     let edge = Arc::new(Edge {
         tls: match &certificates {
@@ -189,7 +197,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let proxied_streams = crate::http::proxies::ProxiedStreams::new(config.max_connections_per_ip);
     let state = AppState {
+        proxies: proxies.clone(),
+        proxied_streams,
         hub: hub.clone(),
         config: Arc::new(config),
         publisher: publisher.map(Arc::new),
@@ -206,6 +217,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         });
         let to = redirect_app(addr.port());
         let limiter = limiter.clone();
+        let proxies = proxies.clone();
         let mut stopped = connections_stopped.clone();
         tracing::info!(listen = %redirect.local_addr()?, "redirecting http to https");
         tokio::spawn(async move {
@@ -218,7 +230,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                match limiter.try_acquire(peer.ip()) {
+                match limiter.try_acquire(peer.ip(), proxies.contains(peer.ip())) {
                     Ok(slot) => {
                         detect_vanished_peer(&tcp, peer_timeout);
                         tokio::spawn(serve_connection(
@@ -240,7 +252,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => match limiter.try_acquire(peer.ip()) {
+                Ok((tcp, peer)) => match limiter.try_acquire(peer.ip(), proxies.contains(peer.ip())) {
                     Ok(slot) => {
                         let _ = tcp.set_nodelay(true);
                         detect_vanished_peer(&tcp, peer_timeout);

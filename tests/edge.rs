@@ -302,7 +302,7 @@ async fn lean_path_answers_are_framed_once_and_streams_end_cleanly() {
 
 #[tokio::test]
 async fn connections_over_the_total_limit_get_503_until_one_closes() {
-    let s = Server::start(&["--max-connections", "3"]);
+    let s = Server::start(&["--max-connections", "3", "--max-subscribers", "3"]);
     let a = addr(&s);
     let mut subs = Vec::new();
     for _ in 0..3 {
@@ -364,7 +364,8 @@ async fn metric_when_admitted(base: &str, name: &str) -> u64 {
 
 #[tokio::test]
 async fn connections_over_the_per_ip_limit_get_429() {
-    let s = Server::start(&["--max-connections-per-ip", "2"]);
+    // Loopback is a trusted proxy by default: trust none here.
+    let s = Server::start(&["--max-connections-per-ip", "2", "--trusted-proxies", ""]);
     let a = addr(&s);
     let mut subs = vec![
         raw_subscriber(&a, Some("127.0.0.1")).await,
@@ -455,4 +456,111 @@ async fn subscribers_that_stop_reading_are_disconnected_by_the_write_timeout() {
             }
         }
     }
+}
+
+/// A subscriber's request with extra header lines; the head of the answer.
+async fn subscribe_with(addr: &str, extra: &str) -> (TcpStream, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET /.well-known/mercure?match=a HTTP/1.1\r\nHost: x\r\n{extra}\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (head, _) = read_until(&mut tcp, "\r\n\r\n", Duration::from_secs(10)).await;
+    (tcp, head)
+}
+
+/// A hub holding its most subscribers still takes publishes, and answers
+/// /healthz and /metrics: subscribers cannot crowd out publishers.
+#[tokio::test]
+async fn a_hub_full_of_subscribers_still_takes_publishes_and_answers_the_operator() {
+    // --max-subscribers derived: 20 connections less a reserve of 10.
+    let s = Server::start(&["--max-connections", "20"]);
+    let a = addr(&s);
+    let mut subs = Vec::new();
+    for _ in 0..10 {
+        subs.push(raw_subscriber(&a, None).await);
+    }
+    let (_, refused) = subscribe_with(&a, "").await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert_eq!(count(&refused, "\r\nretry-after: "), 1, "{refused}");
+    let (mut tcp, head) = subscribe_with(&a, "").await;
+    let (body, _) = read_until(&mut tcp, "retry later", Duration::from_secs(10)).await;
+    assert!(
+        format!("{head}{body}").contains("--max-subscribers 10"),
+        "{head}{body}"
+    );
+    let id = publish(&s.hub(), &[("topic", "a"), ("data", "still")]).await;
+    let (got, _) = read_until(&mut subs[0], &id, Duration::from_secs(10)).await;
+    assert!(got.contains(&id), "{got}");
+    assert_eq!(
+        reqwest::get(format!("{}/healthz", s.base))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(metric(&s.base, "herald_subscribers").await, 10);
+}
+
+/// Through a trusted proxy (loopback, by default), streams count against
+/// the client's address from X-Forwarded-For, not the proxy's; without a
+/// forwarding header they are not counted per address.
+#[tokio::test]
+async fn streams_through_a_trusted_proxy_count_by_the_forwarded_client() {
+    let s = Server::start(&["--max-connections-per-ip", "2"]);
+    let a = addr(&s);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (tcp, head) = subscribe_with(&a, "X-Forwarded-For: 6.6.6.6, 203.0.113.9\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        held.push(tcp);
+    }
+    let (_, head) = subscribe_with(&a, "X-Forwarded-For: 203.0.113.9\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    let (tcp, head) = subscribe_with(&a, "Forwarded: for=203.0.113.10\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "another client: {head}");
+    held.push(tcp);
+    // The proxy's own connections are not counted per address.
+    for _ in 0..3 {
+        let (tcp, head) = subscribe_with(&a, "").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        held.push(tcp);
+    }
+    // A closed stream frees its client's slot.
+    held.remove(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (tcp, head) = subscribe_with(&a, "X-Forwarded-For: 203.0.113.9\r\n").await;
+        if head.starts_with("HTTP/1.1 200") {
+            held.push(tcp);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was freed: {head}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// From a peer that is not a trusted proxy, forwarding headers change
+/// nothing: the connection counts against the peer's own address.
+#[tokio::test]
+async fn forwarding_headers_from_an_untrusted_peer_are_ignored() {
+    let s = Server::start(&[
+        "--max-connections-per-ip",
+        "2",
+        "--trusted-proxies",
+        "10.0.0.0/8",
+    ]);
+    let a = addr(&s);
+    let mut held = Vec::new();
+    for n in 0..2 {
+        let (tcp, head) = subscribe_with(&a, &format!("X-Forwarded-For: 203.0.113.{n}\r\n")).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        held.push(tcp);
+    }
+    let (_, head) = subscribe_with(&a, "X-Forwarded-For: 203.0.113.99\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
 }

@@ -335,3 +335,40 @@ fn signal(pid: u32, sig: &str) {
         .arg(pid.to_string())
         .status();
 }
+
+/// SIGTERM ends HTTP/2 streams cleanly (curl sees the stream end, not a
+/// broken connection) and the server exits 0.
+#[test]
+fn shutdown_ends_http2_streams_cleanly() {
+    let pki = Pki::new();
+    let mut server = tls_server(&pki, &[]);
+    let ca = pki.s("a-ca.pem");
+    let url = format!(
+        "{}?topic={}",
+        hub(&server.base),
+        enc("https://example.com/bye")
+    );
+    let mut streams: Vec<CurlStream> = (0..3)
+        .map(|_| CurlStream::open(&["--cacert", &ca, "--http2", "-D", "-", &url]))
+        .collect();
+    for s in &streams {
+        assert!(s.wait_for("HTTP/2 200"));
+    }
+    signal(server.child.id(), "TERM");
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    for s in &mut streams {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let code = loop {
+            if let Some(code) = s.child.try_wait().unwrap() {
+                break code;
+            }
+            assert!(Instant::now() < deadline, "the stream ended");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            code.success(),
+            "curl saw a clean end of the stream: {code:?}"
+        );
+    }
+}

@@ -155,14 +155,16 @@ impl ConnLimiter {
         })
     }
 
-    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Refusal> {
+    /// A slot for a connection from `ip`; `proxy`: a trusted proxy's,
+    /// not counted per address (it carries many clients).
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr, proxy: bool) -> Result<ConnGuard, Refusal> {
         let before = self.open.fetch_add(1, Relaxed);
         if self.max_total != 0 && before >= self.max_total {
             self.open.fetch_sub(1, Relaxed);
             STATS.refused_total.fetch_add(1, Relaxed);
             return Err(Refusal::Total);
         }
-        let ip = if self.max_per_ip == 0 {
+        let ip = if self.max_per_ip == 0 || proxy {
             None
         } else {
             let ip = client_key(ip);
@@ -1026,9 +1028,12 @@ mod tests {
         let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
         assert_eq!(client_key(mapped), "10.1.2.3".parse::<IpAddr>().unwrap());
         let limiter = ConnLimiter::new(0, 1);
-        let _held = limiter.try_acquire(a).expect("first from the /64");
-        assert!(limiter.try_acquire(b).is_err(), "same /64, over the limit");
-        assert!(limiter.try_acquire(c).is_ok(), "another /64");
+        let _held = limiter.try_acquire(a, false).expect("first from the /64");
+        assert!(
+            limiter.try_acquire(b, false).is_err(),
+            "same /64, over the limit"
+        );
+        assert!(limiter.try_acquire(c, false).is_ok(), "another /64");
     }
 
     #[test]
@@ -1051,17 +1056,17 @@ mod tests {
         let limiter = ConnLimiter::new(3, 2);
         let a: IpAddr = [10, 0, 0, 1].into();
         let b: IpAddr = [10, 0, 0, 2].into();
-        let a1 = limiter.try_acquire(a).unwrap();
-        let _a2 = limiter.try_acquire(a).unwrap();
-        assert_eq!(limiter.try_acquire(a).err(), Some(Refusal::PerIp));
-        let _b1 = limiter.try_acquire(b).unwrap();
-        assert_eq!(limiter.try_acquire(b).err(), Some(Refusal::Total));
+        let a1 = limiter.try_acquire(a, false).unwrap();
+        let _a2 = limiter.try_acquire(a, false).unwrap();
+        assert_eq!(limiter.try_acquire(a, false).err(), Some(Refusal::PerIp));
+        let _b1 = limiter.try_acquire(b, false).unwrap();
+        assert_eq!(limiter.try_acquire(b, false).err(), Some(Refusal::Total));
         drop(a1);
-        let _b2 = limiter.try_acquire(b).unwrap();
+        let _b2 = limiter.try_acquire(b, false).unwrap();
         assert_eq!(limiter.per_ip.lock().len(), 2);
         let unlimited = ConnLimiter::new(0, 0);
         let many: Vec<_> = (0..100)
-            .map(|_| unlimited.try_acquire(a).unwrap())
+            .map(|_| unlimited.try_acquire(a, false).unwrap())
             .collect();
         drop(many);
         assert_eq!(unlimited.open.load(Relaxed), 0);

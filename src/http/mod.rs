@@ -7,6 +7,7 @@ mod client_js;
 pub mod conn;
 mod error;
 pub mod form;
+pub mod proxies;
 mod publish;
 pub mod status;
 mod subscribe;
@@ -46,6 +47,9 @@ pub struct AppState {
     /// The Redis engine, when `--transport` runs one: its counters for
     /// `/metrics` and the status page.
     pub cluster: Option<Arc<Cluster>>,
+    /// `--trusted-proxies`, and the streams through them per client.
+    pub proxies: Arc<proxies::TrustedProxies>,
+    pub proxied_streams: Arc<proxies::ProxiedStreams>,
 }
 
 pub const HUB_PATH: &str = "/.well-known/mercure";

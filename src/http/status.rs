@@ -520,6 +520,8 @@ mod tests {
             publisher: verifier(),
             subscriber: verifier(),
             cluster: None,
+            proxies: Default::default(),
+            proxied_streams: crate::http::proxies::ProxiedStreams::new(0),
         });
         let call = |path: &str, peer: &str, token: Option<&str>, forwarded: bool| {
             let mut req = Request::builder().uri(path);

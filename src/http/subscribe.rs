@@ -154,16 +154,45 @@ pub fn accepts_event_stream(headers: &HeaderMap) -> bool {
 
 pub async fn subscribe(
     State(state): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    match open(&state, &headers, query.as_deref().unwrap_or("")).await {
+    // Through a trusted proxy: the stream counts against the client's
+    // address (the proxy's connection is not counted per address).
+    let mut slot = None;
+    if let Some(axum::Extension(axum::extract::ConnectInfo(peer))) = peer {
+        let proxied = state.proxies.contains(peer.ip());
+        if let Some(client) = state
+            .proxies
+            .client_ip(peer.ip(), &headers)
+            .filter(|_| proxied)
+        {
+            match state.proxied_streams.try_acquire(client) {
+                Some(s) => slot = s,
+                None => {
+                    return HttpError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many open streams from your address (--max-connections-per-ip); \
+                         close some or retry later",
+                    )
+                    .into_response()
+                }
+            }
+        }
+    }
+    match open(&state, &headers, query.as_deref().unwrap_or(""), slot).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
 }
 
-async fn open(state: &AppState, headers: &HeaderMap, query: &str) -> Result<Response, HttpError> {
+async fn open(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &str,
+    slot: Option<super::proxies::StreamSlot>,
+) -> Result<Response, HttpError> {
     if !accepts_event_stream(headers) {
         return Err(HttpError::new(
             StatusCode::NOT_ACCEPTABLE,
@@ -225,7 +254,11 @@ async fn open(state: &AppState, headers: &HeaderMap, query: &str) -> Result<Resp
         payload,
     };
     let subscribed = state.hub.subscribe(subscription, resume.clone()).await?;
-    let stream = subscribed.stream;
+    // The proxied client's slot lives as long as the stream.
+    let stream = subscribed.stream.map(move |event| {
+        let _ = &slot;
+        event
+    });
 
     let mut resp = Response::builder()
         .status(StatusCode::OK)

@@ -71,6 +71,9 @@ pub struct HubConfig {
     /// Publish an update on `/.well-known/mercure/subscriptions/…` when a
     /// subscriber connects or disconnects.
     pub subscription_events: bool,
+    /// Most subscribers at once (0: no limit); the status page's own
+    /// stream does not count.
+    pub max_subscribers: usize,
 }
 
 impl Default for HubConfig {
@@ -79,6 +82,7 @@ impl Default for HubConfig {
             queue_capacity: 1024,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             subscription_events: false,
+            max_subscribers: 0,
         }
     }
 }

@@ -63,6 +63,13 @@ impl Hub {
         if !status_only {
             // A node still reading the log it joined refuses (503).
             self.log.ready_to_subscribe()?;
+            let max = self.config.max_subscribers;
+            if max != 0 && self.subscriber_count() >= max {
+                return Err(HubError::Unavailable(format!(
+                    "the hub holds as many subscribers as it takes (--max-subscribers {max}); \
+                     retry later"
+                )));
+            }
         }
         if resume.is_none() {
             // Nothing to read from history: registering takes two short
