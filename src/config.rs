@@ -346,6 +346,14 @@ settings! {
     /// operator's requests (0: --max-connections minus 5%, at least 100
     /// fewer). [default: 0]
     edge max_subscribers: usize = 0, env "HERALD_MAX_SUBSCRIBERS";
+    /// Event streams are gzip-compressed for clients that send
+    /// Accept-Encoding: gzip (each event compressed once for every
+    /// subscriber it goes to). [default: true]
+    edge compression: bool = true, env "HERALD_COMPRESSION",
+        arg(num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new());
+    /// Events shorter than this many bytes are sent in a compressed stream
+    /// without compressing them (a stored block). [default: 64]
+    edge compression_min_size: usize = 64, env "HERALD_COMPRESSION_MIN_SIZE";
     /// A PEM certificate chain (leaf first): serve HTTPS (TLS 1.2 and 1.3,
     /// HTTP/2 and HTTP/1.1) instead of clear text. Needs --tls-key; both
     /// are read again on SIGHUP. Unset: clear text (HTTP/1.1, and HTTP/2
@@ -788,6 +796,8 @@ mod tests {
             peer_timeout = "20s"
             trusted_proxies = "10.0.0.0/8"
             max_subscribers = 21
+            compression = false
+            compression_min_size = 22
         "#;
         let keys: std::collections::BTreeSet<String> = toml
             .lines()
@@ -852,6 +862,8 @@ mod tests {
         assert_eq!(c.peer_timeout, Duration::from_secs(20));
         assert_eq!(c.trusted_proxies, "10.0.0.0/8");
         assert_eq!(c.max_subscribers, 21);
+        assert!(!c.compression);
+        assert_eq!(c.compression_min_size, 22);
         assert_eq!(c.node_id.as_deref(), Some("node-a"));
     }
 

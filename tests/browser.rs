@@ -72,5 +72,5 @@ fn chromium_over_https_runs_twelve_eventsources_on_http2() {
         out.status.success(),
         "browser checks failed:\n{stdout}\n{stderr}"
     );
-    assert_eq!(stdout.matches("ok - ").count(), 3, "{stdout}");
+    assert_eq!(stdout.matches("ok - ").count(), 5, "{stdout}");
 }

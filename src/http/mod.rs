@@ -7,6 +7,7 @@ mod client_js;
 pub mod conn;
 mod error;
 pub mod form;
+pub mod gzip;
 pub mod proxies;
 mod publish;
 pub mod status;

@@ -286,13 +286,25 @@ async fn open(
     }
     // A subscriber's connection ends when its token expires; it reconnects
     // with a fresh token and resumes from Last-Event-ID.
+    let gzip = cfg.compression && super::gzip::accepts_gzip(headers);
+    resp = resp.header(header::VARY, "accept-encoding");
+    if gzip {
+        resp = resp.header(header::CONTENT_ENCODING, "gzip");
+    }
+    let min_size = cfg.compression_min_size;
     let body = match grants.expires_at {
         Some(exp) => {
             let left = exp
                 .duration_since(std::time::SystemTime::now())
                 .unwrap_or_default();
-            Body::from_stream(stream.take_until(tokio::time::sleep(left)))
+            let stream = stream.take_until(tokio::time::sleep(left));
+            if gzip {
+                Body::from_stream(super::gzip::GzipStream::new(Box::pin(stream), min_size))
+            } else {
+                Body::from_stream(stream)
+            }
         }
+        None if gzip => Body::from_stream(super::gzip::GzipStream::new(stream, min_size)),
         None => Body::from_stream(stream),
     };
     resp.body(body)

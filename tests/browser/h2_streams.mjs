@@ -41,6 +41,12 @@ let failed = false;
 try {
   const context = await browser.newContext({ ignoreHTTPSErrors: true });
   const page = await context.newPage();
+  const encodings = [];
+  page.on('response', (r) => {
+    if (r.url().startsWith(hub) && r.request().method() === 'GET') {
+      encodings.push(r.headers()['content-encoding'] ?? 'none');
+    }
+  });
   await page.goto(`${base}/healthz`);
   const protocol = await page.evaluate(() => performance.getEntriesByType('navigation')[0].nextHopProtocol);
   if (protocol !== 'h2') throw new Error(`the page came over ${protocol}, not h2`);
@@ -74,6 +80,32 @@ try {
     }
   }
   console.log(`ok - every one of the ${STREAMS} streams received every update meant for it, in order`);
+  if (encodings.length < STREAMS || !encodings.every((e) => e === 'gzip')) {
+    throw new Error(`the streams' Content-Encoding: ${JSON.stringify(encodings)}`);
+  }
+  console.log('ok - the streams came gzip-compressed (Content-Encoding: gzip) and EventSource decoded them');
+
+  // herald.js reads a compressed stream too.
+  await page.evaluate(async (hubUrl) => {
+    const { Herald } = await import('/herald.js');
+    window.hjs = [];
+    const herald = new Herald({ hub: hubUrl });
+    herald.subscribe('https://example.com/h2/hjs', { onMessage: (u) => window.hjs.push(u.data) });
+  }, hub);
+  const deadline = Date.now() + 15_000;
+  let viaHjs = [];
+  while (Date.now() < deadline) {
+    await publish([['topic', 'https://example.com/h2/hjs'], ['data', 'via-herald-js']]);
+    viaHjs = await page.evaluate(() => window.hjs);
+    if (viaHjs.length > 0) break;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  if (viaHjs[0] !== 'via-herald-js') throw new Error(`herald.js got ${JSON.stringify(viaHjs)}`);
+  const last = encodings[encodings.length - 1];
+  if (encodings.length <= STREAMS || last !== 'gzip') {
+    throw new Error(`herald.js's stream Content-Encoding: ${JSON.stringify(encodings)}`);
+  }
+  console.log('ok - herald.js read a gzip-compressed stream');
 } catch (e) {
   failed = true;
   console.error(`not ok - ${e.stack || e}`);
