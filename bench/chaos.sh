@@ -19,4 +19,5 @@ if [ $# -ge 2 ]; then seed="$1"; minutes="$2"; else seed="$(od -An -N4 -tu4 /dev
 echo "==> chaos: seed $seed, $minutes minutes"
 HERALD_STORM_SEED="$seed" HERALD_STORM_SECS="$(( minutes * 60 ))" \
   timeout "$(( minutes * 60 + 900 ))" cargo test --release --locked --test storm -- --include-ignored --nocapture 2>&1 |
-  grep -E '^storm:|panicked|test result|seed'
+  tee "${CHAOS_LOG:-/tmp/chaos-$seed.log}" |
+  grep -A2 -E '^storm:|panicked|test result|seed'

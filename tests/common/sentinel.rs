@@ -97,19 +97,38 @@ pub fn port_of(redis: &Redis) -> u16 {
 
 /// Wait until every sentinel names `port` as the primary.
 pub fn wait_named(sentinels: &[Sentinel], port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    assert!(
+        named_within(sentinels, port, Duration::from_secs(30)),
+        "the sentinels did not move to {port}"
+    );
+}
+
+/// Whether every sentinel names `port` as the primary within `limit`.
+pub fn named_within(sentinels: &[Sentinel], port: u16, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
     while !sentinels.iter().all(|s| s.primary() == Some(port)) {
-        assert!(
-            Instant::now() < deadline,
-            "the sentinels did not move to {port}"
-        );
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    true
 }
 
 /// Wait until `primary` has an online replica, known to the sentinels.
 pub fn wait_replicated(primary: &Redis, sentinels: &[Sentinel]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let info = replicated_within(primary, sentinels, Duration::from_secs(30));
+    assert!(info.is_none(), "replica not online: {info:?}");
+}
+
+/// None once `primary` has an online replica known to the sentinels
+/// (within `limit`); else what `INFO replication` said last.
+pub fn replicated_within(
+    primary: &Redis,
+    sentinels: &[Sentinel],
+    limit: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + limit;
     loop {
         let info = primary
             .try_cmd(&["INFO", "replication"])
@@ -120,9 +139,11 @@ pub fn wait_replicated(primary: &Redis, sentinels: &[Sentinel]) {
                 .unwrap_or(false)
         });
         if info.contains("connected_slaves:1") && info.contains("state=online") && known {
-            return;
+            return None;
         }
-        assert!(Instant::now() < deadline, "replica not online: {info}");
+        if Instant::now() >= deadline {
+            return Some(info);
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
