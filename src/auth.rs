@@ -181,7 +181,7 @@ impl Verifier {
             )));
         }
         let header =
-            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(jwt_reason(&e)))?;
         if !self.algorithms.contains(&header.alg) {
             return Err(AuthError::Invalid(format!(
                 "algorithm {:?} is not accepted for this key",
@@ -199,7 +199,7 @@ impl Verifier {
         validation.validate_nbf = false;
         validation.validate_aud = false;
         let data = jsonwebtoken::decode::<Value>(token, &self.key, &validation)
-            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+            .map_err(|e| AuthError::Invalid(jwt_reason(&e)))?;
         let grants = Grants::from_claims(&data.claims)?;
         if let Some(exp) = grants.expires_at {
             // Not expired while now <= exp + leeway.
@@ -359,6 +359,31 @@ impl Grants {
             })
             .map(|r| r.payload.clone())
             .or_else(|| self.legacy_payload.clone())
+    }
+}
+
+/// Why jsonwebtoken refused a token, in words a developer can act on.
+fn jwt_reason(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::InvalidSignature => {
+            "the signature does not verify with the configured key (--jwt-key, \
+             --jwt-public-key-file or their per-role variants)"
+                .into()
+        }
+        ErrorKind::InvalidToken => {
+            "not a JWT: expected three base64url parts separated by dots".into()
+        }
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            "the token's algorithm ('alg') does not match the configured key".into()
+        }
+        ErrorKind::InvalidKeyFormat => {
+            "the configured key cannot verify this token's algorithm".into()
+        }
+        ErrorKind::Base64(_) => format!("the token is not valid base64url: {e}"),
+        ErrorKind::Json(_) => format!("the token's header or claims are not valid JSON: {e}"),
+        ErrorKind::Utf8(_) => "the token's header or claims are not UTF-8".into(),
+        _ => e.to_string(),
     }
 }
 

@@ -254,6 +254,58 @@ async fn publish_validation_and_auth_statuses() {
         .to_str()
         .unwrap()
         .starts_with("Bearer"));
+    // Every refusal of a token says why, in the challenge too (RFC 6750).
+    let why = |expired: &str| {
+        let expired = expired.to_string();
+        let hub = hub.clone();
+        async move {
+            let resp = reqwest::Client::new()
+                .post(&hub)
+                .bearer_auth(expired)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("topic=https%3A%2F%2Fexample.com%2Fnot-mine")
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let challenge = resp.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            (status, challenge)
+        }
+    };
+    let (status, challenge) = why(&expired).await;
+    assert_eq!(status, 401);
+    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+    assert!(
+        challenge.contains("error_description=\"invalid token: the token expired"),
+        "{challenge}"
+    );
+    let forged = herald::auth::mint_hs256("another-key", &["*".into()], &[], None, None).unwrap();
+    let (status, challenge) = why(&forged).await;
+    assert_eq!(status, 401);
+    assert!(
+        challenge.contains("signature does not verify"),
+        "{challenge}"
+    );
+    assert!(
+        !challenge.contains("another-key") && !challenge.contains(KEY),
+        "{challenge}"
+    );
+    let narrow =
+        herald::auth::mint_hs256(KEY, &["https://example.com/mine".into()], &[], None, None)
+            .unwrap();
+    let (status, challenge) = why(&narrow).await;
+    assert_eq!(status, 403);
+    assert!(
+        challenge.contains("error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("https://example.com/not-mine"),
+        "names the topic: {challenge}"
+    );
     // Wrong media type.
     let resp = reqwest::Client::new()
         .post(&hub)

@@ -88,8 +88,14 @@ impl IntoResponse for HttpError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let Some(code) = self.challenge {
+            // RFC 6750 3: the reason, for the developer reading the
+            // response (never a secret: messages name settings, claims and
+            // topics of the request itself).
             let value = match code {
-                Some(c) => format!("Bearer realm=\"mercure\", error=\"{c}\""),
+                Some(c) => format!(
+                    "Bearer realm=\"mercure\", error=\"{c}\", error_description=\"{}\"",
+                    description(&self.message)
+                ),
                 None => "Bearer realm=\"mercure\"".to_string(),
             };
             if let Ok(v) = HeaderValue::from_str(&value) {
@@ -97,5 +103,46 @@ impl IntoResponse for HttpError {
             }
         }
         resp
+    }
+}
+
+/// `text` as an RFC 6750 `error_description`: printable ASCII without `"`
+/// and `\` (replaced by `'` and `/`, anything else by `?`), at most 300
+/// bytes.
+pub fn description(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect();
+    if out.len() > 300 {
+        out.truncate(297);
+        out.push_str("...");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_are_safe_header_text() {
+        assert_eq!(description("topic \"a\\b\" é"), "topic 'a/b' ?");
+        assert_eq!(description(&"x".repeat(400)).len(), 300);
+        let e = HttpError::from(AuthError::Invalid("the token expired 3 s ago".into()));
+        let r = e.into_response();
+        let h = r.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            h,
+            "Bearer realm=\"mercure\", error=\"invalid_token\", error_description=\"invalid token: the token expired 3 s ago\""
+        );
     }
 }
