@@ -199,16 +199,17 @@ fn many_streams_share_one_http2_connection_within_the_limit() {
     let pki = Pki::new();
     let server = tls_server(&pki, &["--h2-max-streams", "7"]);
     let addr = server.base.trim_start_matches("https://").to_string();
-    // h2load: 2,000 requests over 20 connections, 10 streams each at once
-    // (the server allows 7: h2load keeps to it).
+    // h2load: 10,000 streams over 100 connections, 7 at once on each (the
+    // most the server allows: more could be refused, RST_STREAM
+    // REFUSED_STREAM, before the client has read the server's SETTINGS).
     let out = Command::new("h2load")
-        .args(["-n", "2000", "-c", "20", "-m", "10"])
+        .args(["-n", "10000", "-c", "100", "-m", "7"])
         .arg(format!("https://{addr}/healthz"))
         .output()
         .expect("h2load on PATH (apt-get install nghttp2-client)");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("2000 succeeded"), "{text}");
-    assert!(text.contains("status codes: 2000 2xx"), "{text}");
+    assert!(text.contains("10000 succeeded"), "{text}");
+    assert!(text.contains("status codes: 10000 2xx"), "{text}");
     assert!(text.contains("Application protocol: h2"), "{text}");
     // nghttp shows the server's SETTINGS frame.
     let out = Command::new("nghttp")
