@@ -1514,3 +1514,56 @@ async fn a_lost_entry_whose_counter_is_reused_does_not_repeat_an_update() {
     let after = publish(&a.hub(), &[("topic", "lost"), ("data", "after")]).await;
     assert_eq!(resumed.next().await.id, after, "the update is not repeated");
 }
+
+/// An append held up on its way to Redis (a stalled link) past the point
+/// where Herald answered 503 must not run later and land after updates
+/// published since: Redis refuses it as late (its deadline passed), so
+/// the 503 means "not published" and nothing overtakes. (Multi-threaded:
+/// the proxy runs on the test's runtime while a node starts, blocking.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_held_in_a_stalled_link_does_not_land_after_later_updates() {
+    let _serial = SERIAL.lock().await;
+    let redis = Redis::start(&[]);
+    let link = common::proxy::Link::start(common::sentinel::port_of(&redis)).await;
+    let a = node_at(&format!("redis://127.0.0.1:{}", link.port), &[]);
+    let b = node(&redis, &[]);
+    wait_ready(&a.base, 200).await;
+    wait_ready(&b.base, 200).await;
+    let mut watch = Sub::ok(&b.hub(), "topic=fence").await;
+    link.stall();
+    let started = Instant::now();
+    let (status, body) = publish_raw(
+        &a.hub(),
+        Some(&publisher()),
+        "topic=fence&id=held&data=first",
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let later = publish(
+        &b.hub(),
+        &[("topic", "fence"), ("id", "later"), ("data", "second")],
+    )
+    .await;
+    // The held call reaches Redis now, past its deadline.
+    link.restore();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = publish(&b.hub(), &[("topic", "fence"), ("data", "third")]).await;
+    assert_eq!(watch.next().await.id, later);
+    assert_eq!(
+        watch.next().await.id,
+        after,
+        "the held update did not land late"
+    );
+    // It was not published: its id is free.
+    let again = publish(
+        &b.hub(),
+        &[("topic", "fence"), ("id", "held"), ("data", "first, again")],
+    )
+    .await;
+    assert_eq!(again, "held");
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use redis::Value;
 
-use super::instance::redis_error;
+use super::instance::{local_us, redis_error, APPEND_FENCE};
 use super::Cluster;
 use crate::history::{record, HistoryError};
 use crate::log::LogError;
@@ -57,6 +57,23 @@ impl Mode {
             Mode::Reserved => "r",
             Mode::Live => "l",
         }
+    }
+}
+
+/// An append Redis ran past its deadline: nothing appended.
+pub(super) struct Late {
+    /// Redis's clock when it ran the call.
+    redis_us: i64,
+    /// This node's clock when it sent it.
+    sent_us: i64,
+}
+
+impl Late {
+    fn into_error(self, url: &str) -> LogError {
+        LogError::Unavailable(format!(
+            "the cluster log (Redis at {url}) took the update more than {APPEND_FENCE:?} after \
+             it was sent (stalled or cut off meanwhile): it was not published; retry it"
+        ))
     }
 }
 
@@ -263,13 +280,41 @@ impl Cluster {
         if group.is_empty() {
             return Ok(Vec::new());
         }
+        // Refused by Redis as late only if this node's idea of Redis's
+        // clock was off (the call answered before the fence): measured
+        // again from the answer, and tried once more (nothing was
+        // appended).
+        match self.append_group_once(instance, group, mode).await {
+            Err(Late { redis_us, sent_us })
+                if local_us() - sent_us < APPEND_FENCE.as_micros() as i64 =>
+            {
+                self.instances[instance].calibrate(redis_us, local_us());
+                self.append_group_once(instance, group, mode)
+                    .await
+                    .map_err(|late| late.into_error(&self.instances[instance].url))?
+            }
+            Err(late) => Err(late.into_error(&self.instances[instance].url)),
+            Ok(result) => result,
+        }
+    }
+
+    /// One APPEND call; `Err(Late)` when Redis ran it past its deadline
+    /// (nothing appended).
+    async fn append_group_once(
+        &self,
+        instance: usize,
+        group: &[&Outgoing<'_>],
+        mode: Mode,
+    ) -> Result<Result<Vec<u64>, LogError>, Late> {
         let instance = &self.instances[instance];
         let mut invocation = self.scripts.append.prepare_invoke();
+        let sent_us = local_us();
         invocation
             .arg(self.config.max_len.max(1))
             .arg(self.id_ttl_ms())
             .arg(mode.flag())
-            .arg(if self.config.partitions > 1 { "1" } else { "0" });
+            .arg(if self.config.partitions > 1 { "1" } else { "0" })
+            .arg(instance.deadline());
         for o in group {
             let keys = &self.parts[o.partition];
             // Reserved ids are recorded where they are kept by the caller;
@@ -288,25 +333,37 @@ impl Cluster {
                 .arg(o.record.as_slice())
                 .arg(o.partition);
         }
-        let mut conn = instance
-            .connection()
-            .await
-            .map_err(|e| LogError::Unavailable(format!("{e}; the update was not published")))?;
+        let mut conn = match instance.connection().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                return Ok(Err(LogError::Unavailable(format!(
+                    "{e}; the update was not published"
+                ))))
+            }
+        };
         let answer: redis::RedisResult<Value> = invocation.invoke_async(&mut conn).await;
-        match answer {
+        Ok(match answer {
             Ok(Value::Array(items)) => {
-                refusal(&items)?;
+                if let (Some(Value::BulkString(tag)), Some(now)) = (items.first(), items.get(1)) {
+                    if tag.as_slice() == b"late" {
+                        let redis_us: i64 = redis::from_redis_value(now).unwrap_or(0);
+                        return Err(Late { redis_us, sent_us });
+                    }
+                }
+                if let Err(e) = refusal(&items) {
+                    return Ok(Err(e));
+                }
                 let ns: Vec<u64> = items
                     .iter()
                     .filter_map(|v| redis::from_redis_value(v).ok())
                     .collect();
                 if ns.len() != group.len() {
-                    return Err(LogError::Unavailable(format!(
+                    return Ok(Err(LogError::Unavailable(format!(
                         "the cluster log (Redis at {}) answered an append with {} positions for {} updates",
                         instance.url,
                         ns.len(),
                         group.len()
-                    )));
+                    ))));
                 }
                 Ok(ns)
             }
@@ -316,11 +373,13 @@ impl Cluster {
             Err(e) => {
                 instance.drop_connection().await;
                 Err(LogError::Unavailable(format!(
-                    "{}; the update may not have been published: retry it (with its own id, a retry of a stored update answers 409)",
+                    "{}; the update may not have been published (if it was, it comes before \
+                     anything published after this answer): retry it (with its own id, a retry \
+                     of a stored update answers 409)",
                     redis_error(&instance.url, &e)
                 )))
             }
-        }
+        })
     }
 
     /// A publish with a chosen id kept on another Redis than its update:

@@ -9,7 +9,7 @@
 //! reader and the replica rounds dial connections of their own (their
 //! commands block).
 
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -67,6 +67,25 @@ pub(super) struct Instance {
     /// One replica round at a time, on its own connection: how many appends
     /// the last round covered and whether it was acknowledged.
     pub(super) replication: tokio::sync::Mutex<Replication>,
+    /// This Redis's clock less this node's, in microseconds, as measured
+    /// at the last dial (`TIME`): an append's deadline is given in
+    /// Redis's clock ([`Instance::deadline`]).
+    pub(super) clock_offset_us: AtomicI64,
+}
+
+/// An append that Redis runs later than this after it was sent is refused
+/// by the script, unapplied: by then Herald may have answered 503 and its
+/// publisher gone on to the next update, which must not be overtaken (a
+/// command held in a stalled link or a stopped Redis runs when it thaws).
+/// Half the response timeout, so Redis refuses before Herald gives up.
+pub(super) const APPEND_FENCE: Duration = Duration::from_millis(1500);
+
+/// This machine's clock, in microseconds since the epoch.
+pub(super) fn local_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 /// The replica rounds of one Redis (`--redis-replicas`, see
@@ -122,6 +141,7 @@ impl Instance {
             drained: tokio::sync::Notify::new(),
             wanted: AtomicBool::new(false),
             replication: tokio::sync::Mutex::new(Replication::default()),
+            clock_offset_us: AtomicI64::new(0),
         })
     }
 
@@ -229,7 +249,25 @@ impl Instance {
                 client.get_connection_info().addr
             )));
         }
+        // Redis's clock against ours, for append deadlines: the middle of
+        // the round trip (off by at most half of it).
+        let before = local_us();
+        let (s, us): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        let after = local_us();
+        self.calibrate(s * 1_000_000 + us, before + (after - before) / 2);
         Ok(conn)
+    }
+
+    /// Redis said `redis_us` when this node's clock said `local_us`.
+    pub(super) fn calibrate(&self, redis_us: i64, local_us: i64) {
+        self.clock_offset_us
+            .store(redis_us - local_us, Ordering::Relaxed);
+    }
+
+    /// The latest Redis time (its clock) at which an append sent now may
+    /// still run: [`APPEND_FENCE`] from now.
+    pub(super) fn deadline(&self) -> i64 {
+        local_us() + self.clock_offset_us.load(Ordering::Relaxed) + APPEND_FENCE.as_micros() as i64
     }
 
     /// Forget the shared connection after an error: the next call dials

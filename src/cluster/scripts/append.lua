@@ -8,7 +8,14 @@
 --   herald:{pP}:t        its partition's clock (t of the last entry)
 -- ARGV: maxlen, id ttl (ms), mode, stamp ("1": give entries a clock, needed
 -- to merge partitions; one partition is merged by stream order alone),
--- then per update: id, record, partition.
+-- deadline (Redis time in microseconds; 0: none), then per update: id,
+-- record, partition.
+--
+-- A call that runs after its deadline appends nothing and returns
+-- {"late", now}: the node that sent it may have answered 503 by then, and
+-- its publisher gone on to its next update, which this one must not
+-- follow (a call held in a stalled link or a stopped Redis runs when it
+-- thaws).
 --
 -- Mode `s`: stored, ids checked and recorded here; `r`: stored, ids
 -- reserved and recorded by the caller on another Redis (the id key given
@@ -28,10 +35,16 @@
 -- per entry with no holes, which is how readers detect a reset or a gap.
 local maxlen, ttl, mode = ARGV[1], ARGV[2], ARGV[3]
 local count = #KEYS / 4
+local deadline = tonumber(ARGV[5]) or 0
+if deadline > 0 then
+  local now = redis.call('TIME')
+  local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  if now_us > deadline then return {'late', string.format('%d', now_us)} end
+end
 if mode ~= 'l' then
   local seen = {}
   for i = 0, count - 1 do
-    local key, id = KEYS[i * 4 + 1], ARGV[5 + i * 3]
+    local key, id = KEYS[i * 4 + 1], ARGV[6 + i * 3]
     local v = redis.call('GET', key)
     if v and string.sub(v, 1, 7) == 'pending' then return {'busy', id} end
     if v or seen[key] then return {'dup', id} end
@@ -47,7 +60,7 @@ end
 local out = {}
 for i = 0, count - 1 do
   local idk, log, ctr, tk = KEYS[i * 4 + 1], KEYS[i * 4 + 2], KEYS[i * 4 + 3], KEYS[i * 4 + 4]
-  local rec, part = ARGV[6 + i * 3], ARGV[7 + i * 3]
+  local rec, part = ARGV[7 + i * 3], ARGV[8 + i * 3]
   local n = redis.call('INCR', ctr)
   local fields = {'n', n}
   if stamp then
