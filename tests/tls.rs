@@ -190,6 +190,11 @@ fn h2c_with_prior_knowledge_on_the_clear_text_listener() {
     let (status, used) = curl_publish(&server.base, &[], topic, "plain-h1");
     assert_eq!((status.as_str(), used.as_str()), ("200", "1.1"));
     assert!(stream.wait_for("data: plain-h1"));
+    let metrics = curl(&[&format!("{}/metrics", server.base)]).0;
+    assert!(
+        metrics.contains("herald_http2_connections_total 2"),
+        "the stream's and the publish's: {metrics}"
+    );
 }
 
 /// Each stream over one HTTP/2 connection is a subscriber of its own, and

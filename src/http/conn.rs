@@ -274,7 +274,7 @@ pub fn detect_vanished_peer(tcp: &TcpStream, timeout: Duration) {
     let idle = (timeout.as_secs() / 2).max(1) as libc::c_int;
     let probes: libc::c_int = 4;
     let interval = ((timeout.as_secs() / 2) / probes as u64).max(1) as libc::c_int;
-    let user_timeout = timeout.as_millis().min(u32::MAX as u128) as libc::c_uint;
+    let user_timeout = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
     let set = |level, name, value: libc::c_int| {
         // SAFETY: a valid socket descriptor, and a pointer to an int that
         // lives across the call, with its size.
@@ -292,11 +292,7 @@ pub fn detect_vanished_peer(tcp: &TcpStream, timeout: Duration) {
     set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle);
     set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval);
     set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, probes);
-    set(
-        libc::IPPROTO_TCP,
-        libc::TCP_USER_TIMEOUT,
-        user_timeout as libc::c_int,
-    );
+    set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, user_timeout);
 }
 
 /// A complete HTTP/1.1 answer with a text body, closing the connection.

@@ -161,7 +161,9 @@ async fn metrics(State(s): State<AppState>) -> Response {
          # HELP herald_write_timeouts_total Connections closed because a write made no progress for --write-timeout.\n# TYPE herald_write_timeouts_total counter\nherald_write_timeouts_total {}\n\
          # HELP herald_header_timeouts_total Connections closed because a request head did not arrive within --header-timeout.\n# TYPE herald_header_timeouts_total counter\nherald_header_timeouts_total {}\n\
          # HELP herald_body_timeouts_total Requests answered 408 because their body did not arrive within --body-timeout.\n# TYPE herald_body_timeouts_total counter\nherald_body_timeouts_total {}\n\
-         # HELP herald_accept_errors_total Failed accepts (e.g. out of file descriptors).\n# TYPE herald_accept_errors_total counter\nherald_accept_errors_total {}\n",
+         # HELP herald_accept_errors_total Failed accepts (e.g. out of file descriptors).\n# TYPE herald_accept_errors_total counter\nherald_accept_errors_total {}\n\
+         # HELP herald_tls_handshake_failures_total TLS handshakes that failed or did not finish within --header-timeout.\n# TYPE herald_tls_handshake_failures_total counter\nherald_tls_handshake_failures_total {}\n\
+         # HELP herald_http2_connections_total Connections served as HTTP/2 (TLS with ALPN h2, or h2c).\n# TYPE herald_http2_connections_total counter\nherald_http2_connections_total {}\n",
         s.hub.subscriber_count(),
         st.published.load(Relaxed),
         st.delivered.load(Relaxed),
@@ -179,6 +181,8 @@ async fn metrics(State(s): State<AppState>) -> Response {
         edge.header_timeouts.load(Relaxed),
         edge.body_timeouts.load(Relaxed),
         edge.accept_errors.load(Relaxed),
+        edge.tls_failures.load(Relaxed),
+        edge.h2_connections.load(Relaxed),
     );
     let mut body = body;
     if let Some(c) = &s.cluster {
