@@ -378,3 +378,32 @@ fn shutdown_ends_http2_streams_cleanly() {
         );
     }
 }
+
+/// An HTTP/2 connection that sends no request within --header-timeout is
+/// closed, as an HTTP/1.1 one is: an idle connection must not hold a slot.
+#[test]
+fn an_http2_connection_without_a_request_is_closed_after_the_header_timeout() {
+    use std::io::{Read, Write};
+    let server = Server::start(&["--header-timeout", "1s"]);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+    // The preface and an empty SETTINGS frame, then nothing.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut buf = [0u8; 1024];
+    let closed = loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    assert!(closed, "the server closed the idle HTTP/2 connection");
+    let metrics = curl(&[&format!("{}/metrics", server.base)]).0;
+    assert!(
+        metrics.contains("herald_header_timeouts_total 1"),
+        "{metrics}"
+    );
+}

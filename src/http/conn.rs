@@ -378,7 +378,7 @@ pub async fn serve_connection(
         Ok(Ok(Head::H2)) => {
             let peer = tcp.peer_addr().ok();
             let io = Prefixed::new(head, WriteDeadline::new(tcp, timeouts.write));
-            return Box::pin(serve_h2(io, peer, app, shutdown, &edge)).await;
+            return Box::pin(serve_h2(io, peer, app, shutdown, &edge, timeouts.header)).await;
         }
     };
     drop(head);
@@ -410,7 +410,7 @@ async fn serve_tls(
         }
     };
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        return serve_h2(tls, peer, app, shutdown, &edge).await;
+        return serve_h2(tls, peer, app, shutdown, &edge, timeouts.header).await;
     }
     let mut head = Vec::with_capacity(1024);
     let first = tokio::time::timeout(timeouts.header, read_head_from(&mut tls, &mut head)).await;
@@ -437,7 +437,7 @@ async fn serve_tls(
             // The preface after ALPN said http/1.1 (or nothing): HTTP/2
             // with prior knowledge, as on a clear-text connection.
             let io = Prefixed::new(head, tls);
-            return serve_h2(io, peer, app, shutdown, &edge).await;
+            return serve_h2(io, peer, app, shutdown, &edge, timeouts.header).await;
         }
         Ok(Ok(Head::Other)) => {
             let io = Prefixed::new(head, tls);
@@ -765,13 +765,19 @@ async fn serve_h2<S>(
     app: Router,
     mut shutdown: watch::Receiver<bool>,
     edge: &Edge,
+    header_timeout: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     STATS.h2_connections.fetch_add(1, Relaxed);
+    // A connection that sends no request within --header-timeout is
+    // closed, as on HTTP/1.1 (an idle connection holds a slot).
+    let asked = Arc::new(AtomicBool::new(false));
+    let seen = asked.clone();
     let service = TowerToHyperService::new(tower::service_fn(
         move |r: Request<hyper::body::Incoming>| {
             let app = app.clone();
+            seen.store(true, Relaxed);
             async move {
                 let mut r = r.map(Body::new);
                 if let Some(peer) = peer {
@@ -799,9 +805,21 @@ async fn serve_h2<S>(
     if *shutdown.borrow() {
         conn.as_mut().graceful_shutdown();
     }
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = shutdown.wait_for(|stop| *stop) => {}
+    let first_request = tokio::time::sleep(header_timeout);
+    tokio::pin!(first_request);
+    let mut waiting = true;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = &mut first_request, if waiting => {
+                waiting = false;
+                if !asked.load(Relaxed) {
+                    STATS.header_timeouts.fetch_add(1, Relaxed);
+                    return;
+                }
+            }
+        }
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
