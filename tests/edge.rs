@@ -564,3 +564,40 @@ async fn forwarding_headers_from_an_untrusted_peer_are_ignored() {
     let (_, head) = subscribe_with(&a, "X-Forwarded-For: 203.0.113.99\r\n").await;
     assert!(head.starts_with("HTTP/1.1 429"), "{head}");
 }
+
+/// Over HTTP/2 one connection carries many streams: each event stream
+/// counts against --max-connections-per-ip by the peer's address.
+#[tokio::test]
+async fn http2_streams_count_against_the_per_address_limit() {
+    let s = Server::start(&["--max-connections-per-ip", "3", "--trusted-proxies", ""]);
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let url = format!("{}?topic=h2", s.hub());
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let resp = client.get(&url).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        held.push(resp);
+    }
+    let refused = client.get(&url).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 429);
+    assert!(refused
+        .text()
+        .await
+        .unwrap()
+        .contains("--max-connections-per-ip"));
+    // A closed stream frees its slot.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = client.get(&url).send().await.unwrap();
+        if resp.status().as_u16() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the slot was freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -12,6 +12,11 @@
 //! Each stream keeps only its running CRC-32 and length (combined from
 //! each piece's), about 40 bytes: no window, no dictionary.
 //!
+//! A security property too: no event's compression depends on another's,
+//! so what one publisher puts in an event cannot be used to guess, from
+//! compressed lengths, what another event held (the cross-message form of
+//! BREACH/CRIME).
+//!
 //! The price: no back-references across events, so small events gain less
 //! than with one compressor per stream (figures in bench/RESULTS.md).
 //! Chunks under `min_size` bytes are sent as stored blocks (5 bytes more,
@@ -34,6 +39,11 @@ const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 const LAST_BLOCK: [u8; 2] = [0x03, 0x00];
 /// How many recently compressed chunks are kept for the next streams.
 const SHARED: usize = 256;
+/// Chunks longer than this are compressed for their stream alone, never
+/// kept: several events coalesced for one slow stream are that stream's
+/// only, and the cache stays within 256 x 16 KiB (plus their compressed
+/// copies).
+const SHARED_MAX_CHUNK: usize = 16 * 1024;
 
 /// One chunk, compressed.
 struct Piece {
@@ -64,6 +74,15 @@ fn same(a: &Bytes, b: &Bytes) -> bool {
 
 impl Shared {
     fn piece(&self, chunk: &Bytes, min_size: usize) -> Arc<Piece> {
+        if chunk.len() > SHARED_MAX_CHUNK {
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(chunk);
+            return Arc::new(Piece {
+                key: Bytes::new(),
+                deflated: deflate(chunk, min_size),
+                crc,
+            });
+        }
         if let Some(p) = self.pieces.lock().iter().find(|p| same(&p.key, chunk)) {
             return p.clone();
         }

@@ -155,19 +155,24 @@ pub fn accepts_event_stream(headers: &HeaderMap) -> bool {
 pub async fn subscribe(
     State(state): State<AppState>,
     peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    version: axum::http::Version,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    // Through a trusted proxy: the stream counts against the client's
-    // address (the proxy's connection is not counted per address).
+    // Through a trusted proxy, the stream counts against the client's
+    // address (the proxy's connection is not counted per address); over
+    // HTTP/2, against the peer's (one connection carries many streams).
     let mut slot = None;
     if let Some(axum::Extension(axum::extract::ConnectInfo(peer))) = peer {
         let proxied = state.proxies.contains(peer.ip());
-        if let Some(client) = state
-            .proxies
-            .client_ip(peer.ip(), &headers)
-            .filter(|_| proxied)
-        {
+        let client = if proxied {
+            state.proxies.client_ip(peer.ip(), &headers)
+        } else if version == axum::http::Version::HTTP_2 {
+            Some(peer.ip())
+        } else {
+            None
+        };
+        if let Some(client) = client {
             match state.proxied_streams.try_acquire(client) {
                 Some(s) => slot = s,
                 None => {
