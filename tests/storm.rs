@@ -156,6 +156,9 @@ struct Acked {
     /// (publisher, sequence number, private) of every update answered 200.
     updates: Vec<(usize, u64, bool)>,
     refused: u64,
+    /// Why each refused update was refused (node, status and body), for
+    /// the report of a violation.
+    why: std::collections::HashMap<(usize, u64), String>,
 }
 
 async fn publisher_loop(
@@ -195,6 +198,7 @@ async fn publisher_loop(
             "{}/.well-known/mercure",
             nodes.any(&mut rng, k == PUBLISHERS - 1)
         );
+        let sent = Instant::now();
         let answer = client
             .post(&hub)
             .bearer_auth(&token)
@@ -202,11 +206,27 @@ async fn publisher_loop(
             .body(body)
             .send()
             .await;
-        if answer.map(|r| r.status().as_u16()).unwrap_or(0) == 200 {
+        let (status, text) = match answer {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.text().await.unwrap_or_default())
+            }
+            Err(e) => (0, e.to_string()),
+        };
+        if status == 200 {
             acked.lock().updates.push((k, i, private));
             tokio::time::sleep(Duration::from_millis(10)).await;
         } else {
-            acked.lock().refused += 1;
+            let why = format!(
+                "{hub}: {status} after {:?}: {}",
+                sent.elapsed(),
+                text.trim()
+            );
+            {
+                let mut a = acked.lock();
+                a.refused += 1;
+                a.why.insert((k, i), why);
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -217,6 +237,9 @@ async fn publisher_loop(
 struct Received {
     /// (publisher, sequence number) in arrival order.
     updates: Vec<(usize, u64)>,
+    /// Where each stream began: index into `updates`, the hub, the id it
+    /// resumed from and what the hub answered in Mercure-Last-Event-ID.
+    streams: Vec<(usize, String, String, String)>,
     resumes: u64,
     /// Sequence numbers of private updates it got although it may not see
     /// them.
@@ -260,8 +283,19 @@ async fn subscriber(
                 continue;
             }
         };
-        if !first {
-            received.lock().resumes += 1;
+        {
+            let mut r = received.lock();
+            if !first {
+                r.resumes += 1;
+            }
+            let at = r.updates.len();
+            let answered = resp
+                .headers()
+                .get("mercure-last-event-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string();
+            r.streams.push((at, hub.clone(), last_id.clone(), answered));
         }
         first = false;
         let mut body = resp.bytes_stream();
@@ -533,6 +567,9 @@ async fn a_storm_of_faults_loses_nothing_and_shows_nobody_what_is_not_theirs() {
                 .map(|(_, i)| *i)
                 .collect();
             for w in got.windows(2) {
+                if w[0] >= w[1] {
+                    eprintln!("{}", report(&r, &acked, k, w[1], w[0]));
+                }
                 assert!(
                     w[0] < w[1],
                     "seed {seed}: subscriber {n}, publisher {k}: {} after {} (a duplicate or \
@@ -572,6 +609,43 @@ async fn a_storm_of_faults_loses_nothing_and_shows_nobody_what_is_not_theirs() {
         acked.updates.len() > 100,
         "seed {seed}: publishes went through"
     );
+}
+
+/// What a subscriber received around a violation (publisher `k`'s
+/// updates `a` and `b`): the events, where its streams began, and how
+/// each update near them was answered.
+fn report(r: &Received, acked: &Acked, k: usize, a: u64, b: u64) -> String {
+    let mut out = format!("violation: publisher {k}, {a} and {b}\n");
+    let at: Vec<usize> = r
+        .updates
+        .iter()
+        .enumerate()
+        .filter(|(_, u)| u.0 == k && (u.1 == a || u.1 == b))
+        .map(|(i, _)| i)
+        .collect();
+    let (lo, hi) = (
+        at.first().copied().unwrap_or(0).saturating_sub(8),
+        (at.last().copied().unwrap_or(0) + 8).min(r.updates.len()),
+    );
+    for i in lo..hi {
+        for s in r.streams.iter().filter(|s| s.0 == i) {
+            out += &format!(
+                "  -- stream from {} resuming after {:?}, answered {:?}\n",
+                s.1, s.2, s.3
+            );
+        }
+        let (p, q) = r.updates[i];
+        out += &format!("  #{i}: publisher {p} update {q}\n");
+    }
+    for q in a.min(b).saturating_sub(2)..=a.max(b) + 2 {
+        let acked_it = acked.updates.iter().any(|&(p, i, _)| p == k && i == q);
+        let why = acked.why.get(&(k, q)).map(String::as_str).unwrap_or("");
+        out += &format!(
+            "  update {q}: {} {why}\n",
+            if acked_it { "200" } else { "refused" }
+        );
+    }
+    out
 }
 
 async fn wait_all_ready(nodes: &Nodes) {
