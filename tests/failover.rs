@@ -361,3 +361,78 @@ fn unreachable_or_malformed_sentinels_are_clear_errors() {
         assert!(stderr.contains(&wanted), "{transport}: {stderr}");
     }
 }
+
+/// The sentinels name another primary while the old one stays up and no
+/// connection breaks (here an operator points them at another Redis;
+/// likewise a partition that healed): the nodes ask the sentinels every
+/// second and move, readers and appends alike. (A failover the sentinels
+/// carry out themselves also kills the old primary's client connections,
+/// which makes the nodes dial again anyway.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_follow_the_primary_the_sentinels_name_without_a_broken_connection() {
+    let a = common::redis::Redis::start(&[]);
+    let b = common::redis::Redis::start(&[]);
+    let sentinels: Vec<common::sentinel::Sentinel> = tokio::task::block_in_place(|| {
+        (0..3)
+            .map(|_| common::sentinel::Sentinel::start(port_of(&a)))
+            .collect()
+    });
+    let node = Server::start(&["--transport", &transport(&sentinels)]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{}/readyz", node.base))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+        != 200
+    {
+        assert!(Instant::now() < deadline, "the node got ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The node's reader blocks in XREAD on the primary.
+    let readers = |r: &common::redis::Redis| {
+        r.try_cmd(&["CLIENT", "LIST"])
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("cmd=xread"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while readers(&a) == 0 {
+        assert!(Instant::now() < deadline, "the reader is on the primary");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b_port = port_of(&b).to_string();
+    for s in &sentinels {
+        let removed = resp(s.port, &["SENTINEL", "REMOVE", MASTER]);
+        assert!(
+            removed.as_deref().is_ok_and(|r| r.starts_with("+OK")),
+            "{removed:?}"
+        );
+        let added = resp(
+            s.port,
+            &["SENTINEL", "MONITOR", MASTER, "127.0.0.1", &b_port, "2"],
+        );
+        assert!(
+            added.as_deref().is_ok_and(|r| r.starts_with("+OK")),
+            "{added:?}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while readers(&a) > 0 || readers(&b) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the reader left the old primary for the one the sentinels name"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Publishes go to the new primary and are delivered from it.
+    let mut sub = Sub::ok(&node.hub(), "topic=moved").await;
+    let id = publish(&node.hub(), &[("topic", "moved"), ("data", "after")]).await;
+    assert_eq!(sub.next().await.id, id);
+    assert!(
+        b.try_cmd(&["XLEN", "herald:{p0}:log"])
+            .unwrap_or_default()
+            .contains(":1"),
+        "the update is in the new primary's log"
+    );
+}

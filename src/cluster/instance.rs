@@ -71,7 +71,13 @@ pub(super) struct Instance {
     /// at the last dial (`TIME`): an append's deadline is given in
     /// Redis's clock ([`Instance::deadline`]).
     pub(super) clock_offset_us: AtomicI64,
+    /// Through sentinels: the primary they named last (`host:port`).
+    named: Mutex<Option<String>>,
 }
+
+/// How often a node asks the sentinels which Redis is the primary, to
+/// follow a failover its connections did not notice.
+pub(super) const SENTINEL_WATCH: Duration = Duration::from_secs(1);
 
 /// An append that Redis runs later than this after it was sent is refused
 /// by the script, unapplied: by then Herald may have answered 503 and its
@@ -142,6 +148,7 @@ impl Instance {
             wanted: AtomicBool::new(false),
             replication: tokio::sync::Mutex::new(Replication::default()),
             clock_offset_us: AtomicI64::new(0),
+            named: Mutex::new(None),
         })
     }
 
@@ -256,6 +263,40 @@ impl Instance {
         let after = local_us();
         self.calibrate(s * 1_000_000 + us, before + (after - before) / 2);
         Ok(conn)
+    }
+
+    /// The address the last dial reached.
+    pub(super) fn dialled_addr(&self) -> String {
+        self.client.lock().get_connection_info().addr.to_string()
+    }
+
+    /// Through sentinels: whether they last named another primary than
+    /// `dialled` (a failover this node's connection did not notice: reads
+    /// still work on a demoted primary, and a restarted old primary may
+    /// answer as one). Never waits: [`Instance::watch_sentinels`] asks.
+    pub(super) fn primary_moved(&self, dialled: &str) -> bool {
+        self.named
+            .lock()
+            .as_deref()
+            .is_some_and(|named| !dialled.is_empty() && named != dialled)
+    }
+
+    /// Through sentinels: ask them for the primary every
+    /// [`SENTINEL_WATCH`] until `done` says stop, for
+    /// [`Instance::primary_moved`]. A round no sentinel answers changes
+    /// nothing.
+    pub(super) async fn watch_sentinels(&self, done: impl Fn() -> bool) {
+        let Some(sentinels) = &self.sentinels else {
+            return;
+        };
+        while !done() {
+            if let Ok(url) = sentinels.primary().await {
+                if let Ok(client) = redis::Client::open(url.as_str()) {
+                    *self.named.lock() = Some(client.get_connection_info().addr.to_string());
+                }
+            }
+            tokio::time::sleep(SENTINEL_WATCH).await;
+        }
     }
 
     /// Redis said `redis_us` when this node's clock said `local_us`.

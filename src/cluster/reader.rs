@@ -118,6 +118,18 @@ impl Cluster {
         let mut start_ends: Option<Vec<Option<StreamId>>> = None;
         let mut caught_up = false;
         let mut backoff = BACKOFF_MIN;
+        // Through sentinels: the primary this reader's connection reached,
+        // and a task that asks them which one is the primary now.
+        let mut dialled = String::new();
+        {
+            let cluster = self.clone();
+            let done = tx.clone();
+            tokio::spawn(async move {
+                cluster.instances[i]
+                    .watch_sentinels(|| done.is_closed())
+                    .await
+            });
+        }
         loop {
             if tx.is_closed() {
                 return;
@@ -126,6 +138,7 @@ impl Cluster {
                 // Its reads block up to BLOCK before they answer.
                 match instance.dial(BLOCK + RESPONSE_TIMEOUT).await {
                     Ok(c) => {
+                        dialled = instance.dialled_addr();
                         if self.stats.reconnects.fetch_add(1, Ordering::Relaxed)
                             >= self.instances.len() as u64
                         {
@@ -319,6 +332,16 @@ impl Cluster {
                 // idle, and once a second under load (a partition that
                 // gets nothing while its neighbours are busy).
                 last_check = Instant::now();
+                // Through sentinels, follow a failover that did not break
+                // this connection (+switch-master, asked every check):
+                // read on from the new primary, at the same position.
+                if instance.primary_moved(&dialled) {
+                    tracing::info!(node, redis = %instance.url, from = %dialled, "the sentinels name another primary: following it");
+                    conn = None;
+                    instance.drop_connection().await;
+                    continue;
+                }
+                let c = conn.as_mut().expect("connected above");
                 let mut mget = redis::cmd("MGET");
                 for &p in parts {
                     mget.arg(&self.parts[p].counter);
