@@ -337,17 +337,8 @@ pub async fn serve_connection(
             // A client that started a request is told why it is closed; an
             // idle connection is just closed.
             if !head.is_empty() {
-                let message = format!(
-                    "the request head did not arrive within {:?}",
-                    timeouts.header
-                );
-                let answer = canned("408 Request Timeout", false, &message);
                 let mut tcp = tcp;
-                let _ = tokio::time::timeout(timeouts.write, async {
-                    tcp.write_all(&answer).await?;
-                    tcp.shutdown().await
-                })
-                .await;
+                answer_late_head(&mut tcp, timeouts).await;
             }
             return;
         }
@@ -418,16 +409,7 @@ async fn serve_tls(
         Err(_) => {
             STATS.header_timeouts.fetch_add(1, Relaxed);
             if !head.is_empty() {
-                let message = format!(
-                    "the request head did not arrive within {:?}",
-                    timeouts.header
-                );
-                let answer = canned("408 Request Timeout", false, &message);
-                let _ = tokio::time::timeout(timeouts.write, async {
-                    tls.write_all(&answer).await?;
-                    tls.shutdown().await
-                })
-                .await;
+                answer_late_head(&mut tls, timeouts).await;
             }
             return;
         }
@@ -493,6 +475,22 @@ fn classify(buf: &[u8], searched: usize) -> Option<Head> {
         LeanHead::Lean(request) => Some(Head::Lean(request)),
         LeanHead::Other => Some(Head::Other),
     }
+}
+
+/// Tell a client that started a request head and did not finish it
+/// within `--header-timeout` why its connection closes (408), within the
+/// write deadline.
+async fn answer_late_head<S: AsyncWrite + Unpin>(io: &mut S, timeouts: Timeouts) {
+    let message = format!(
+        "the request head did not arrive within {:?}",
+        timeouts.header
+    );
+    let answer = canned("408 Request Timeout", false, &message);
+    let _ = tokio::time::timeout(timeouts.write, async {
+        io.write_all(&answer).await?;
+        io.shutdown().await
+    })
+    .await;
 }
 
 enum Head {
