@@ -50,3 +50,5 @@ echo "==> load generator (bench/loadgen): fmt, clippy, unit tests"
 (cd bench/loadgen \
   && cargo fmt --check && cargo clippy --release --locked --all-targets -- -D warnings \
   && cargo test --release --locked)
+echo "==> load generator over TLS, HTTP/2 and h2c against a real Herald (smoke)"
+HERALD_ONLY=1 bash bench/tls_fanout.sh 100 20 10

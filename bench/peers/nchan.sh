@@ -18,6 +18,7 @@
 #   NCHAN_BUFFER_LENGTH        nchan_message_buffer_length per channel (default 10000)
 #   NCHAN_MESSAGE_TIMEOUT      nchan_message_timeout                   (default 5m)
 #   NCHAN_RUN_DIR              instance directory                      (default bench/peers/run/nchan)
+#   NCHAN_TLS_CERT, NCHAN_TLS_KEY  PEM files: listen with TLS and HTTP/2 (https:// on NCHAN_PORT)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -60,7 +61,11 @@ ensure_installed() {
 
 # Port answers an HTTP request?
 port_up() {
-    curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$PORT/" 2>/dev/null
+    if [ -n "${NCHAN_TLS_CERT:-}" ]; then
+        curl -sk -o /dev/null --max-time 1 "https://127.0.0.1:$PORT/" 2>/dev/null
+    else
+        curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$PORT/" 2>/dev/null
+    fi
 }
 
 running_pid() {
@@ -82,7 +87,11 @@ nofile_limit() {
 }
 
 write_config() {
-    local nofile user_line=""
+    local nofile user_line="" tls_listen="" tls_lines=""
+    if [ -n "${NCHAN_TLS_CERT:-}" ]; then
+        tls_listen=" ssl http2"
+        tls_lines="ssl_certificate ${NCHAN_TLS_CERT}; ssl_certificate_key ${NCHAN_TLS_KEY:?NCHAN_TLS_KEY too}; ssl_protocols TLSv1.2 TLSv1.3; http2_max_concurrent_streams 256;"
+    fi
     nofile="$(nofile_limit)"
     # As root, nginx would switch workers to "nobody", which then cannot write
     # the private temp dirs; keep workers as root (loopback-only benchmark peer).
@@ -138,8 +147,9 @@ http {
     nchan_message_timeout $MESSAGE_TIMEOUT;
 
     server {
-        listen 127.0.0.1:$PORT backlog=4096;
+        listen 127.0.0.1:$PORT${tls_listen} backlog=4096;
         server_name localhost;
+        $tls_lines
 
         location = / {
             return 200 "nchan peer\n";

@@ -3,13 +3,14 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// `http://host:port/base/path` split into its parts.
+/// `http://host:port/base/path` (or https://) split into its parts.
 #[derive(Clone, Debug)]
 pub struct HttpUrl {
     pub addr: SocketAddr,
+    /// https: the connection is TLS.
+    pub tls: bool,
     /// Value for the Host header.
     pub host: String,
     /// Path prefix without trailing slash ("" for the root).
@@ -18,9 +19,15 @@ pub struct HttpUrl {
 
 impl HttpUrl {
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+        let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(r), _) => (false, r),
+            (_, Some(r)) => (true, r),
+            _ => {
+                return Err(format!(
+                    "{url}: only http:// and https:// URLs are supported"
+                ))
+            }
+        };
         let (hostport, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
@@ -31,7 +38,7 @@ impl HttpUrl {
         let with_port = if hostport.contains(':') {
             hostport.to_string()
         } else {
-            format!("{hostport}:80")
+            format!("{hostport}:{}", if tls { 443 } else { 80 })
         };
         let addr = with_port
             .to_socket_addrs()
@@ -45,9 +52,20 @@ impl HttpUrl {
         }
         Ok(HttpUrl {
             addr,
+            tls,
             host: hostport.to_string(),
             base_path: path.trim_end_matches('/').to_string(),
         })
+    }
+}
+
+impl HttpUrl {
+    /// The host without its port (the TLS server name).
+    pub fn host_name(&self) -> &str {
+        match self.host.rsplit_once(':') {
+            Some((h, _)) => h,
+            None => &self.host,
+        }
     }
 }
 
@@ -182,7 +200,7 @@ pub fn parse_head(
 
 /// Read from `stream` until a full response head has arrived.
 pub async fn read_head(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
     buf: &mut Vec<u8>,
 ) -> Result<ResponseHead, HeadError> {
     buf.clear();
@@ -201,7 +219,7 @@ pub async fn read_head(
 
 /// Read a full (small) response: head and body. Returns (status, body, close).
 pub async fn read_response(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
     buf: &mut Vec<u8>,
 ) -> Result<(u16, Vec<u8>, bool), HeadError> {
     let head = read_head(stream, buf).await?;
@@ -250,7 +268,7 @@ pub async fn read_response(
 
 /// Send one request on a keep-alive connection and read its response.
 pub async fn roundtrip(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
     req: &[u8],
     buf: &mut Vec<u8>,
 ) -> Result<(u16, Vec<u8>, bool), HeadError> {
@@ -323,7 +341,7 @@ impl ChunkedDecoder {
     }
 
     /// Decode `input`, passing payload slices to `out`.
-    pub fn feed<F: FnMut(&[u8])>(
+    pub fn feed<F: FnMut(&[u8]) + ?Sized>(
         &mut self,
         mut input: &[u8],
         out: &mut F,
@@ -415,6 +433,21 @@ mod tests {
     }
 
     #[test]
+    fn urls_name_their_scheme_port_and_host() {
+        let u = HttpUrl::parse("https://127.0.0.1/base/").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.addr.port(), 443);
+        assert_eq!(
+            (u.host_name(), u.base_path.as_str()),
+            ("127.0.0.1", "/base")
+        );
+        let u = HttpUrl::parse("http://localhost:8080").unwrap();
+        assert!(!u.tls);
+        assert_eq!((u.addr.port(), u.host_name()), (8080, "localhost"));
+        assert!(HttpUrl::parse("ftp://127.0.0.1").is_err());
+    }
+
+    #[test]
     fn chunked_simple() {
         let (out, done) = decode_all(&[b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"]);
         assert_eq!(out, b"hello world");
@@ -495,7 +528,6 @@ mod tests {
         assert_eq!(u.addr.port(), 8081);
         assert_eq!(u.base_path, "/base");
         assert_eq!(u.host, "127.0.0.1:8081");
-        assert!(HttpUrl::parse("https://127.0.0.1/").is_err());
         assert!(HttpUrl::parse("http://10.0.0.1:80/").is_err());
         assert_eq!(pct_encode("https://a.b/c d"), "https%3A%2F%2Fa.b%2Fc%20d");
         assert_eq!(json_escape("a\"b\n"), "a\\\"b\\n");

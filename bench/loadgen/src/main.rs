@@ -1,6 +1,8 @@
 //! herald-loadgen: SSE load generator for Herald, nchan and Pushpin.
 //! See README.md for the workloads, options and sharding.
 
+mod conn;
+mod h2sub;
 mod http;
 mod publish;
 mod report;
@@ -255,6 +257,12 @@ struct Common {
     /// Per-request publish timeout, ms.
     #[arg(long, default_value_t = 10_000)]
     publish_timeout_ms: u64,
+    /// Subscribers over HTTP/2, this many streams per connection (0: HTTP/1.1,
+    /// one connection each). TLS with ALPN h2 for https://, h2c (prior
+    /// knowledge) for http://. Publishers stay on HTTP/1.1. fanout,
+    /// many-topics, publish-batch and idle only.
+    #[arg(long, default_value_t = 0)]
+    h2_streams: u64,
     /// SO_RCVBUF of subscriber sockets, bytes (0: kernel default; slow-readers: 4096).
     #[arg(long, default_value_t = 0)]
     rcvbuf: u32,
@@ -882,23 +890,61 @@ struct Delivery {
     params: Value,
 }
 
+/// Start this process's long-lived subscribers: one task each over HTTP/1.1,
+/// or one task per connection of `--h2-streams` streams over HTTP/2.
+fn spawn_subscribers(
+    e: &Env,
+    c: &Common,
+    topic_of: impl Fn(u64) -> u64,
+    expected_updates: u64,
+    stop: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    if c.h2_streams == 0 {
+        return e
+            .mine
+            .iter()
+            .enumerate()
+            .map(|(local, &i)| {
+                tokio::spawn(sub::subscriber(
+                    e.ctx.clone(),
+                    i,
+                    local,
+                    topic_of(i),
+                    expected_updates,
+                    stop.clone(),
+                ))
+            })
+            .collect();
+    }
+    let per = c.h2_streams as usize;
+    let mut handles = Vec::new();
+    for (n, chunk) in e.mine.chunks(per).enumerate() {
+        let members = chunk
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| h2sub::Member {
+                local: n * per + k,
+                topic: topic_of(i),
+            })
+            .collect();
+        handles.push(tokio::spawn(h2sub::connection(
+            e.ctx.clone(),
+            n as u64,
+            members,
+            expected_updates,
+            stop.clone(),
+        )));
+    }
+    handles
+}
+
 /// fanout, many-topics and publish-batch: connect, settle, publish, wait for deliveries.
 async fn run_delivery(c: &Common, d: Delivery) -> Result<(Obj, HistSnapshot, Vec<u64>), String> {
     let e = env(c, d.subscribers, 1, true)?;
     let ctx = e.ctx.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let before = snapshot(c);
-    let mut handles = Vec::with_capacity(e.mine.len());
-    for (local, &i) in e.mine.iter().enumerate() {
-        handles.push(tokio::spawn(sub::subscriber(
-            ctx.clone(),
-            i,
-            local,
-            (d.topic_of)(i),
-            d.per_sub,
-            stop_rx.clone(),
-        )));
-    }
+    let handles = spawn_subscribers(&e, c, d.topic_of, d.per_sub, &stop_rx);
     let connect_s = connect_phase(&e, c).await;
     let after = snapshot(c);
     sleep(Duration::from_millis(c.settle_ms)).await;
@@ -1144,17 +1190,7 @@ async fn run_idle(c: &Common, n: u64, hold: u64, topics: u64) -> Result<Obj, Str
     let ctx = e.ctx.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let before = snapshot(c);
-    let mut handles = Vec::with_capacity(e.mine.len());
-    for (local, &i) in e.mine.iter().enumerate() {
-        handles.push(tokio::spawn(sub::subscriber(
-            ctx.clone(),
-            i,
-            local,
-            i % topics,
-            1,
-            stop_rx.clone(),
-        )));
-    }
+    let handles = spawn_subscribers(&e, c, |i| i % topics, 1, &stop_rx);
     let connect_s = connect_phase(&e, c).await;
     sleep(Duration::from_millis(c.settle_ms)).await;
     if let Some(wait) = c.start_at.and_then(sleep_until_unix_ms) {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use crate::conn::{connect, Alpn, Conn};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use crate::http::roundtrip;
@@ -112,7 +112,7 @@ pub async fn run(ctx: Arc<Ctx>, cfg: PubConfig, counters: Arc<PubCounters>) -> P
             per_topic.clone(),
         );
         workers.push(tokio::spawn(async move {
-            let mut conn: Option<TcpStream> = None;
+            let mut conn: Option<Conn> = None;
             let mut buf = Vec::with_capacity(1024);
             let step = cfg.batch.unwrap_or(1).max(1);
             loop {
@@ -137,7 +137,7 @@ pub async fn run(ctx: Arc<Ctx>, cfg: PubConfig, counters: Arc<PubCounters>) -> P
                     let src = Ipv4Addr::new(127, 0, 0, 1);
                     match timeout(
                         cfg.request_timeout,
-                        crate::sys::connect_from(src, ctx.target.publ.addr, 0, 0),
+                        connect(&ctx.target.publ, src, 0, 0, Alpn::Http1),
                     )
                     .await
                     {

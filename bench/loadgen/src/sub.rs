@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{sleep, timeout, Instant};
 
+use crate::conn::{connect, Alpn, Conn};
 use crate::http::{read_head, BodyKind, HeadError};
 use crate::stats::{now_ns, parse_payload, Batch, SeqTracker, Stats};
 use crate::target::Target;
@@ -46,7 +46,7 @@ pub struct Slot {
 }
 
 pub struct SubStream {
-    stream: TcpStream,
+    stream: Conn,
     body: BodyKind,
     leftover: Vec<u8>,
 }
@@ -61,7 +61,7 @@ pub enum OpenError {
 /// Connect from `src`, send the subscribe request and wait for a 200 head.
 pub async fn open_stream(ctx: &Ctx, req: &[u8], src: Ipv4Addr) -> Result<SubStream, OpenError> {
     let fut = async {
-        let mut stream = crate::sys::connect_from(src, ctx.target.sub.addr, ctx.rcvbuf, ctx.mss)
+        let mut stream = connect(&ctx.target.sub, src, ctx.rcvbuf, ctx.mss, Alpn::Http1)
             .await
             .map_err(|_| OpenError::Connect)?;
         stream
@@ -79,7 +79,7 @@ pub async fn open_stream(ctx: &Ctx, req: &[u8], src: Ipv4Addr) -> Result<SubStre
             return Err(OpenError::Status(head.status));
         }
         if ctx.linger0 {
-            crate::sys::set_linger_zero(&stream);
+            crate::sys::set_linger_zero(stream.tcp());
         }
         Ok(SubStream {
             stream,
@@ -243,7 +243,7 @@ fn feed_sse(parser: &mut SseParser, piece: &[u8]) -> Vec<SseEvent> {
 
 /// Decode raw bytes of a response body (chunked, fixed length or until EOF)
 /// and hand the payload pieces to `out`. False on a chunked-encoding error.
-fn feed_body(body: &mut BodyKind, raw: &[u8], out: &mut impl FnMut(&[u8])) -> bool {
+fn feed_body(body: &mut BodyKind, raw: &[u8], out: &mut dyn FnMut(&[u8])) -> bool {
     match body {
         BodyKind::Chunked(dec) => dec.feed(raw, out).is_ok(),
         BodyKind::Length(rem) => {
@@ -268,6 +268,32 @@ fn body_finished(body: &BodyKind) -> bool {
     }
 }
 
+/// Hand the body bytes `feed` produces to the SSE parser, check and count
+/// each event, and update the subscriber's slot. Returns what `feed` did.
+pub fn take_events(
+    parser: &mut SseParser,
+    checker: &mut Checker,
+    stats: &Stats,
+    slot: Option<&Slot>,
+    feed: impl FnOnce(&mut dyn FnMut(&[u8])) -> bool,
+) -> bool {
+    let now = now_ns();
+    let mut batch = Batch::default();
+    let comments_before = parser.comments();
+    let ok = feed(&mut |c: &[u8]| {
+        for ev in feed_sse(parser, c) {
+            checker.on_event(&ev, now, stats, &mut batch);
+        }
+    });
+    batch.comments = parser.comments() - comments_before;
+    stats.add_batch(&batch, now);
+    if let Some(slot) = slot {
+        slot.distinct.store(checker.seqs.distinct, Relaxed);
+        slot.order_hash.store(checker.order_hash, Relaxed);
+    }
+    ok
+}
+
 /// Read events until `stop` fires, `until` passes, or the stream ends.
 pub async fn read_events(
     ctx: &Ctx,
@@ -285,21 +311,9 @@ pub async fn read_events(
     let deadline = until.unwrap_or(far);
     loop {
         if !pending.is_empty() {
-            let now = now_ns();
-            let mut batch = Batch::default();
-            let comments_before = parser.comments();
-            let mut on_body = |c: &[u8]| {
-                for ev in feed_sse(&mut parser, c) {
-                    checker.on_event(&ev, now, stats, &mut batch);
-                }
-            };
-            let ok = feed_body(&mut sub.body, &pending, &mut on_body);
-            batch.comments = parser.comments() - comments_before;
-            stats.add_batch(&batch, now);
-            if let Some(slot) = slot {
-                slot.distinct.store(checker.seqs.distinct, Relaxed);
-                slot.order_hash.store(checker.order_hash, Relaxed);
-            }
+            let ok = take_events(&mut parser, checker, stats, slot, |out| {
+                feed_body(&mut sub.body, &pending, out)
+            });
             pending.clear();
             if !ok {
                 stats.protocol_errors.fetch_add(1, Relaxed);

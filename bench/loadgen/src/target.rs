@@ -41,6 +41,21 @@ impl Target {
     /// One SSE stream on several topics (Herald: one `topic=` parameter each;
     /// nchan and Pushpin: the first topic only).
     pub fn subscribe_request_many(&self, topics: &[u64]) -> Vec<u8> {
+        let (path, token) = self.subscribe_path(topics);
+        let auth = match token {
+            Some(t) => format!("Authorization: Bearer {t}\r\n"),
+            None => String::new(),
+        };
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n{auth}User-Agent: herald-loadgen\r\n\r\n",
+            self.sub.host
+        )
+        .into_bytes()
+    }
+
+    /// The path (and query) of a subscribe on `topics`, and the subscriber
+    /// token to send, whatever the HTTP version.
+    pub fn subscribe_path(&self, topics: &[u64]) -> (String, Option<&str>) {
         let topic = self.topic(topics.first().copied().unwrap_or(0));
         let base = &self.sub.base_path;
         let path = match self.kind {
@@ -54,15 +69,7 @@ impl Target {
             Kind::Nchan => format!("{base}/sub/{}", pct_encode(&topic)),
             Kind::Pushpin => format!("{base}/stream/{}", pct_encode(&topic)),
         };
-        let auth = match &self.sub_token {
-            Some(t) => format!("Authorization: Bearer {t}\r\n"),
-            None => String::new(),
-        };
-        format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n{auth}User-Agent: herald-loadgen\r\n\r\n",
-            self.sub.host
-        )
-        .into_bytes()
+        (path, self.sub_token.as_deref())
     }
 
     /// The raw POST request that publishes `data` to topic `n`.
