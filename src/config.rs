@@ -326,7 +326,8 @@ settings! {
     edge body_timeout: Duration = Duration::from_secs(30), env "HERALD_BODY_TIMEOUT",
         arg(value_parser = parse_duration);
     /// A write to a client that makes no progress for this long closes the
-    /// connection (a client that stopped reading). [default: 30s]
+    /// connection (a client that stopped reading); an HTTP/2 stream that
+    /// takes nothing for this plus one heartbeat is reset. [default: 30s]
     edge write_timeout: Duration = Duration::from_secs(30), env "HERALD_WRITE_TIMEOUT",
         arg(value_parser = parse_duration);
     /// Most client connections open at once; more are answered 503 and

@@ -185,6 +185,11 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         },
         h2_max_streams: config.h2_max_streams.min(u32::MAX as usize) as u32,
         peer_timeout,
+        h2_stall_after: if config.heartbeat.is_zero() || config.write_timeout.is_zero() {
+            Duration::ZERO
+        } else {
+            config.write_timeout + config.heartbeat
+        },
     });
     if let Some(certificates) = certificates.clone() {
         reload_on_sighup(certificates);

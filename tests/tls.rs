@@ -407,3 +407,99 @@ fn an_http2_connection_without_a_request_is_closed_after_the_header_timeout() {
         "{metrics}"
     );
 }
+
+/// A stream whose client stops reading it (its flow-control window runs
+/// out) is reset after `--write-timeout` (plus one heartbeat), while the
+/// other streams of the same HTTP/2 connection go on.
+#[test]
+fn an_http2_stream_that_stops_reading_is_reset_and_its_neighbours_go_on() {
+    let server = Server::start(&["--write-timeout", "1s", "--heartbeat", "250ms"]);
+    let topic = "https://example.com/stalled";
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let path = format!("/.well-known/mercure?topic={}", enc(topic));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let got = std::sync::Arc::new(parking_lot::Mutex::new(String::new()));
+    let sink = got.clone();
+    let (stalled, reader) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // 1 KiB per stream: a few updates fill a stream that is not read.
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(1024)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let open = |send: h2::client::SendRequest<bytes::Bytes>| {
+            let uri = format!("http://{addr}{path}");
+            async move {
+                let mut send = send.ready().await.unwrap();
+                let req = axum::http::Request::get(uri).body(()).unwrap();
+                let (resp, _) = send.send_request(req, true).unwrap();
+                let resp = resp.await.unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.into_body()
+            }
+        };
+        let stalled = open(send.clone()).await;
+        let mut read = open(send.clone()).await;
+        let reader = tokio::spawn(async move {
+            while let Some(Ok(data)) = read.data().await {
+                let _ = read.flow_control().release_capacity(data.len());
+                sink.lock().push_str(&String::from_utf8_lossy(&data));
+            }
+        });
+        (stalled, reader)
+    });
+    let pad = "x".repeat(300);
+    for i in 0..10 {
+        let (status, _) = curl_publish(&server.base, &[], topic, &format!("u{i}-{pad}"));
+        assert_eq!(status, "200");
+    }
+    // The write timeout and a heartbeat, and some slack.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (status, _) = curl_publish(&server.base, &[], topic, "after-the-reset");
+    assert_eq!(status, "200");
+    rt.block_on(async move {
+        // The stalled stream: what fit in its window, then a reset.
+        let mut stalled = stalled;
+        let mut text = String::new();
+        // Keep-alives would keep a stream that was never reset alive: a
+        // deadline for the whole drain, not per read.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let end = loop {
+            match tokio::time::timeout_at(deadline, stalled.data()).await {
+                Ok(Some(Ok(d))) => {
+                    let _ = stalled.flow_control().release_capacity(d.len());
+                    text.push_str(&String::from_utf8_lossy(&d));
+                }
+                Ok(Some(Err(e))) => break Some(e),
+                Ok(None) => break None,
+                Err(_) => panic!("the stalled stream was neither reset nor ended: {text}"),
+            }
+        };
+        let e = end.expect("a reset, not a clean end");
+        assert_eq!(e.reason(), Some(h2::Reason::CANCEL), "{e}");
+        assert!(
+            !text.contains("u9-"),
+            "it could not have taken every update"
+        );
+        assert!(!text.contains("after-the-reset"));
+        // The neighbour on the same connection got everything, after too.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !got.lock().contains("data: after-the-reset") {
+            assert!(Instant::now() < deadline, "neighbour: {}", got.lock());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!reader.is_finished(), "the neighbour stream is still open");
+        let text = got.lock().clone();
+        for i in 0..10 {
+            assert!(text.contains(&format!("data: u{i}-")), "u{i}: {text}");
+        }
+        reader.abort();
+    });
+    let metrics = curl(&[&format!("{}/metrics", server.base)]).0;
+    assert!(
+        metrics.contains("herald_write_timeouts_total 1"),
+        "{metrics}"
+    );
+}

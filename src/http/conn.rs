@@ -41,7 +41,7 @@ use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode, Ver
 use axum::Router;
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -109,6 +109,10 @@ pub struct Edge {
     /// `--peer-timeout`: an HTTP/2 peer that does not answer a PING within
     /// it is dropped (PINGs are sent after half of it without traffic).
     pub peer_timeout: Duration,
+    /// An HTTP/2 stream whose body hyper has not asked for data this long
+    /// is reset: `--write-timeout` plus one `--heartbeat` (zero when
+    /// either is: no watchdog). See `h2_stall`.
+    pub h2_stall_after: Duration,
 }
 
 /// Deadlines of one connection.
@@ -781,11 +785,14 @@ async fn serve_h2<S>(
                 if let Some(peer) = peer {
                     r.extensions_mut().insert(ConnectInfo(peer));
                 }
-                app.oneshot(r).await
+                let resp = app.oneshot(r).await;
+                resp.map(|resp| resp.map(super::h2_stall::watch))
             }
         },
     ));
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let mut builder = hyper::server::conn::http2::Builder::new(super::h2_stall::StreamExecutor {
+        stall_after: edge.h2_stall_after,
+    });
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(edge.h2_max_streams)

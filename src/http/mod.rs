@@ -8,6 +8,7 @@ pub mod conn;
 mod error;
 pub mod form;
 pub mod gzip;
+mod h2_stall;
 pub mod proxies;
 mod publish;
 pub mod status;
