@@ -1,6 +1,6 @@
 //! The `herald` command: `serve`, `token`, `publish`, `subscribe`.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 
 use anyhow::{bail, Context};
 
@@ -17,6 +17,23 @@ use herald::config::{parse_duration, Config, ServeArgs};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines: `text` (readable on a terminal) or `json` (one object per
+    /// line, for a log collector). The level comes from HERALD_LOG (e.g.
+    /// `herald=debug`; default `herald=info`).
+    #[arg(
+        long,
+        global = true,
+        env = "HERALD_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 const DEFAULT_HUB: &str = "http://127.0.0.1:8080/.well-known/mercure";
@@ -120,13 +137,17 @@ enum HistoryCommand {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
                 .unwrap_or_else(|_| "herald=info".into()),
         )
-        .with_writer(|| LogWriter)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(|| LogWriter);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

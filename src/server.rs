@@ -190,6 +190,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         } else {
             config.write_timeout + config.heartbeat
         },
+        proxies: proxies.clone(),
     });
     if let Some(certificates) = certificates.clone() {
         reload_on_sighup(certificates);

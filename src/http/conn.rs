@@ -36,7 +36,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use axum::Router;
 use futures_util::StreamExt;
@@ -48,7 +47,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Sleep;
-use tower::ServiceExt;
 
 use super::HUB_PATH;
 
@@ -113,6 +111,9 @@ pub struct Edge {
     /// is reset: `--write-timeout` plus one `--heartbeat` (zero when
     /// either is: no watchdog). See `h2_stall`.
     pub h2_stall_after: Duration,
+    /// `--trusted-proxies`: whose forwarding headers name the client (in
+    /// the log line of an error answer).
+    pub proxies: Arc<super::proxies::TrustedProxies>,
 }
 
 /// Deadlines of one connection.
@@ -347,13 +348,7 @@ pub async fn serve_connection(
             return;
         }
         Ok(Err(_)) | Ok(Ok(Head::Closed)) => return,
-        Ok(Ok(Head::Lean(request))) => {
-            let mut request = *request;
-            if let Ok(peer) = tcp.peer_addr() {
-                request.extensions_mut().insert(ConnectInfo(peer));
-            }
-            request
-        }
+        Ok(Ok(Head::Lean(request))) => *request,
         Ok(Ok(Head::Other)) => {
             // Boxed, so the state of every lean connection's task stays
             // small: hyper's connection future is large.
@@ -367,6 +362,7 @@ pub async fn serve_connection(
                 app,
                 shutdown,
                 timeouts,
+                edge.proxies.clone(),
             ))
             .await;
         }
@@ -377,10 +373,8 @@ pub async fn serve_connection(
         }
     };
     drop(head);
-    let response = match app.oneshot(request).await {
-        Ok(r) => r,
-        Err(never) => match never {},
-    };
+    let peer = tcp.peer_addr().ok();
+    let response = super::requests::handle(app, request, peer, &edge.proxies).await;
     let _ = write_response(WriteDeadline::new(tcp, timeouts.write), response).await;
 }
 
@@ -409,7 +403,7 @@ async fn serve_tls(
     }
     let mut head = Vec::with_capacity(1024);
     let first = tokio::time::timeout(timeouts.header, read_head_from(&mut tls, &mut head)).await;
-    let mut request = match first {
+    let request = match first {
         Err(_) => {
             STATS.header_timeouts.fetch_add(1, Relaxed);
             if !head.is_empty() {
@@ -427,17 +421,12 @@ async fn serve_tls(
         }
         Ok(Ok(Head::Other)) => {
             let io = Prefixed::new(head, tls);
-            return serve_with_hyper(io, peer, None, app, shutdown, timeouts).await;
+            let proxies = edge.proxies.clone();
+            return serve_with_hyper(io, peer, None, app, shutdown, timeouts, proxies).await;
         }
     };
     drop(head);
-    if let Some(peer) = peer {
-        request.extensions_mut().insert(ConnectInfo(peer));
-    }
-    let response = match app.oneshot(request).await {
-        Ok(r) => r,
-        Err(never) => match never {},
-    };
+    let response = super::requests::handle(app, request, peer, &edge.proxies).await;
     let _ = write_response(tls, response).await;
 }
 
@@ -704,6 +693,7 @@ async fn serve_with_hyper<S>(
     app: Router,
     mut shutdown: watch::Receiver<bool>,
     timeouts: Timeouts,
+    proxies: Arc<super::proxies::TrustedProxies>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -712,16 +702,14 @@ async fn serve_with_hyper<S>(
     let service = TowerToHyperService::new(tower::service_fn(
         move |r: Request<hyper::body::Incoming>| {
             let app = app.clone();
+            let proxies = proxies.clone();
             async move {
                 // hyper does not insist on Host; HTTP/1.1 does (RFC 9112 3.2).
                 if r.version() == Version::HTTP_11 && !r.headers().contains_key(header::HOST) {
                     return Ok::<_, Infallible>(missing_host());
                 }
-                let mut r = r.map(Body::new);
-                if let Some(peer) = peer {
-                    r.extensions_mut().insert(ConnectInfo(peer));
-                }
-                app.oneshot(r).await
+                let r = r.map(Body::new);
+                Ok(super::requests::handle(app, r, peer, &proxies).await)
             }
         },
     ));
@@ -772,6 +760,7 @@ async fn serve_h2<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     STATS.h2_connections.fetch_add(1, Relaxed);
+    let proxies = edge.proxies.clone();
     // A connection that sends no request within --header-timeout is
     // closed, as on HTTP/1.1 (an idle connection holds a slot).
     let asked = Arc::new(AtomicBool::new(false));
@@ -779,14 +768,12 @@ async fn serve_h2<S>(
     let service = TowerToHyperService::new(tower::service_fn(
         move |r: Request<hyper::body::Incoming>| {
             let app = app.clone();
+            let proxies = proxies.clone();
             seen.store(true, Relaxed);
             async move {
-                let mut r = r.map(Body::new);
-                if let Some(peer) = peer {
-                    r.extensions_mut().insert(ConnectInfo(peer));
-                }
-                let resp = app.oneshot(r).await;
-                resp.map(|resp| resp.map(super::h2_stall::watch))
+                let r = r.map(Body::new);
+                let resp = super::requests::handle(app, r, peer, &proxies).await;
+                Ok::<_, Infallible>(resp.map(super::h2_stall::watch))
             }
         },
     ));

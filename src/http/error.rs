@@ -78,6 +78,9 @@ impl From<HubError> for HttpError {
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, format!("{}\n", self.message)).into_response();
+        // For the log line of the answer (see `requests`).
+        resp.extensions_mut()
+            .insert(super::requests::Reason(self.message.clone()));
         let headers = resp.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

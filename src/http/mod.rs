@@ -11,6 +11,7 @@ pub mod gzip;
 mod h2_stall;
 pub mod proxies;
 mod publish;
+pub mod requests;
 pub mod status;
 mod subscribe;
 mod subscriptions;

@@ -40,9 +40,14 @@ impl Server {
             cmd.env("HERALD_DATA_DIR", dir.path());
             Some(dir)
         };
+        // HERALD_TEST_STDERR=FILE: the server's log lines go to FILE.
+        let stderr = match env.iter().find(|(k, _)| *k == "HERALD_TEST_STDERR") {
+            Some((_, path)) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::null(),
+        };
         cmd.args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .env("HERALD_LOG", "warn");
         for (k, v) in env {
             cmd.env(k, v);
