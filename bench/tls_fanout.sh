@@ -80,7 +80,7 @@ case_run() { # label server scheme h2streams
   if [ "$server" = herald ]; then stop_herald; else nchan stop; fi
   local r; r="$(sed -n 's/^RESULT //p' "$tmp/lg.out")"
   [ -n "$r" ] || { echo "   no result for $label" >&2; failed=1; return 0; }
-  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); sys.exit(r["lost"] or r["duplicates"] or r["connected"] != r["subscribers"])' "$r" \
+  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); sys.exit(r["lost"] or r["duplicates"] or r["dropped"] or r["connected"] != r["subscribers"])' "$r" \
     || { echo "   $label: lost, duplicated or unconnected subscribers" >&2; failed=1; }
   rows+=("$(python3 - "$label" "$r" <<'PY'
 import json, sys
@@ -88,7 +88,7 @@ label, r = sys.argv[1], json.loads(sys.argv[2])
 d = r.get("received", 0)
 cpu = r.get("server_cpu_s")
 per = f"{cpu * 1e9 / d:.0f}" if cpu is not None and d else "n/a"
-print(f"| {label} | {r['connected']:,} | {d:,} | {r['lost']} / {r['duplicates']} | "
+print(f"| {label} | {r['connected']:,} | {r['published']:,} | {d:,} | {r['lost']} / {r['duplicates']} / {r['dropped']} | "
       f"{r['deliveries_per_sec']:,.0f} | {cpu} | {per} | {r['latency_ms']['p50']:.1f} / {r['latency_ms']['p99']:.1f} |")
 PY
 )")
@@ -106,7 +106,7 @@ fi
 echo
 echo "Fanout: $SUBS subscribers on one topic, $UPDATES updates ($(nproc) cores, $(date -u +%F))"
 echo
-echo "| case | subscribers | deliveries | lost / dup | deliveries/s | server CPU (s) | server CPU per delivery (ns) | latency p50 / p99 (ms) |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| case | subscribers | updates accepted | deliveries | lost / dup / streams cut | deliveries/s | server CPU (s) | server CPU per delivery (ns) | latency p50 / p99 (ms) |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${rows[@]}"
 exit "$failed"

@@ -436,3 +436,131 @@ async fn the_nodes_follow_the_primary_the_sentinels_name_without_a_broken_connec
         "the update is in the new primary's log"
     );
 }
+
+/// Just after a failover one node may still read the old primary while
+/// another already publishes through the new one. A subscriber that got an
+/// update from the second and resumes from its id on the first must not be
+/// told "unknown id" and go live there: that node would deliver the update
+/// again once it moves. The old primary shows what happened (it lost its
+/// replica to the promotion), so the resume answers 503 until the node has
+/// moved, and then resumes exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_on_a_node_still_reading_the_old_primary_waits_instead_of_repeating() {
+    let a = common::redis::Redis::start(&[]);
+    let a_port = port_of(&a).to_string();
+    let b = common::redis::Redis::start(&["--replicaof", "127.0.0.1", &a_port]);
+    // One sentinel per node, so each can be pointed on its own: X's keeps
+    // naming the old primary (a node that has not noticed yet).
+    let (sx, sy) = tokio::task::block_in_place(|| {
+        wait_replicated(&a, &[]);
+        (
+            common::sentinel::Sentinel::start(port_of(&a)),
+            common::sentinel::Sentinel::start(port_of(&a)),
+        )
+    });
+    let flags = |s: &common::sentinel::Sentinel| {
+        vec![
+            "--transport".to_string(),
+            transport(std::slice::from_ref(s)),
+            "--redis-replicas".into(),
+            "1".into(),
+            "--redis-replica-timeout".into(),
+            "300ms".into(),
+        ]
+    };
+    let fx = flags(&sx);
+    let fy = flags(&sy);
+    let x = Server::start(&fx.iter().map(String::as_str).collect::<Vec<_>>());
+    let y = Server::start(&fy.iter().map(String::as_str).collect::<Vec<_>>());
+    for node in [&x, &y] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reqwest::get(format!("{}/readyz", node.base))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+            != 200
+        {
+            assert!(Instant::now() < deadline, "the node got ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let readers = |r: &common::redis::Redis| {
+        r.try_cmd(&["CLIENT", "LIST"])
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("cmd=xread"))
+            .count()
+    };
+    // The failover, as Y sees it: B promoted, Y's sentinel names it.
+    b.cmd(&["REPLICAOF", "NO", "ONE"]);
+    let repoint = |s: &common::sentinel::Sentinel, to: &common::redis::Redis| {
+        let to = port_of(to).to_string();
+        let removed = resp(s.port, &["SENTINEL", "REMOVE", MASTER]);
+        assert!(
+            removed.as_deref().is_ok_and(|r| r.starts_with("+OK")),
+            "{removed:?}"
+        );
+        let added = resp(
+            s.port,
+            &["SENTINEL", "MONITOR", MASTER, "127.0.0.1", &to, "1"],
+        );
+        assert!(
+            added.as_deref().is_ok_and(|r| r.starts_with("+OK")),
+            "{added:?}"
+        );
+    };
+    repoint(&sy, &b);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while readers(&b) == 0 || readers(&a) < 1 {
+        assert!(Instant::now() < deadline, "Y reads B, X still reads A");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Published through Y: B has no replica now, so 503 "0 of 1", but it is
+    // in B's log and delivered.
+    let mut on_y = Sub::ok(&y.hub(), "topic=moved").await;
+    let (status, _) =
+        publish_raw(&y.hub(), Some(&publisher()), "topic=moved&data=first&id=u1").await;
+    assert_eq!(status, 503);
+    assert_eq!(on_y.next().await.id, "u1");
+    // Resumed on X, which still reads A: it cannot tell, so 503.
+    let opts = || SubOpts {
+        last_event_id: Some("u1"),
+        ..SubOpts::default()
+    };
+    let early = Sub::open(&x.hub(), "topic=moved", opts()).await;
+    assert_eq!(
+        early.status, 503,
+        "X does not know u1 yet: it must not answer as if the id did not exist"
+    );
+    // Once X follows its sentinel to B, the resume is exact.
+    repoint(&sx, &b);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut resumed = loop {
+        let s = Sub::open(&x.hub(), "topic=moved", opts()).await;
+        if s.status == 200 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "X resumes once it moved: {}",
+            s.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        resumed
+            .headers
+            .get("mercure-last-event-id")
+            .map(|v| v.to_str().unwrap()),
+        Some("u1"),
+        "resumed exactly after u1"
+    );
+    let (status, _) = publish_raw(
+        &y.hub(),
+        Some(&publisher()),
+        "topic=moved&data=second&id=u2",
+    )
+    .await;
+    assert_eq!(status, 503, "B still has no replica");
+    assert_eq!(resumed.next().await.id, "u2", "u1 is not delivered again");
+}

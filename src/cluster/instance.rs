@@ -265,6 +265,11 @@ impl Instance {
         Ok(conn)
     }
 
+    /// Whether the primary is found through sentinels.
+    pub(super) fn has_sentinels(&self) -> bool {
+        self.sentinels.is_some()
+    }
+
     /// The address the last dial reached.
     pub(super) fn dialled_addr(&self) -> String {
         self.client.lock().get_connection_info().addr.to_string()

@@ -132,10 +132,55 @@ impl Cluster {
         if pending {
             return Err(format!("update {id:?} is being published right now"));
         }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(None),
+        if let Some(e) = failure {
+            return Err(e);
         }
+        self.unknown_is_final(id).await?;
+        Ok(None)
+    }
+
+    /// Redis does not know `id`: that is an answer only if each Redis asked
+    /// is the primary of now, with the replicas `--redis-replicas` asks for.
+    /// Just after a failover a node may still be reading the old primary
+    /// (it is told by the sentinels within about a second): an update
+    /// published through the new one is unknown there, but this node will
+    /// read it once it moves, and a resume from it answered "unknown" here
+    /// would get it again. The old primary shows it: it lost its replica to
+    /// the promotion (or, demoted, is no primary at all), and the sentinels
+    /// already name another. Then the resume answers 503 and is retried.
+    async fn unknown_is_final(&self, id: &str) -> Result<(), String> {
+        let asks = self.instances.iter().map(|instance| async move {
+            if instance.primary_moved(&instance.dialled_addr()) {
+                return Err(format!(
+                    "cannot tell whether update {id:?} is in the cluster log: the sentinels \
+                     name another primary than {} (a failover); retry in a moment",
+                    instance.dialled_addr()
+                ));
+            }
+            if self.config.replicas == 0 && !instance.has_sentinels() {
+                return Ok(());
+            }
+            let role: redis::Value = instance.query(&redis::cmd("ROLE")).await?;
+            match super::sentinel::primary_with_replicas(&role) {
+                Some(n) if n >= self.config.replicas => Ok(()),
+                found => Err(format!(
+                    "cannot tell whether update {id:?} is in the cluster log: {} is {} (a \
+                     failover may be under way); retry in a moment",
+                    instance.dialled_addr(),
+                    match found {
+                        None => "not a primary".to_string(),
+                        Some(n) => format!(
+                            "a primary with {n} of the {} replicas --redis-replicas asks for",
+                            self.config.replicas
+                        ),
+                    }
+                )),
+            }
+        });
+        for answer in futures_util::future::join_all(asks).await {
+            answer?;
+        }
+        Ok(())
     }
 }
 

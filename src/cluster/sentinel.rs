@@ -189,9 +189,60 @@ pub(super) async fn is_primary(
     })
 }
 
+/// What `ROLE` says of a Redis: whether it is a primary, and how many
+/// replicas are connected to it.
+pub(super) fn primary_with_replicas(role: &redis::Value) -> Option<usize> {
+    let redis::Value::Array(items) = role else {
+        return None;
+    };
+    let master = match items.first() {
+        Some(redis::Value::BulkString(b)) => b == b"master",
+        Some(redis::Value::SimpleString(s)) => s == "master",
+        _ => false,
+    };
+    if !master {
+        return None;
+    }
+    match items.get(2) {
+        Some(redis::Value::Array(replicas)) => Some(replicas.len()),
+        _ => Some(0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn role_tells_a_primary_and_its_replicas() {
+        use redis::Value::{Array, BulkString, Int};
+        let replica = Array(vec![
+            BulkString(b"127.0.0.1".to_vec()),
+            BulkString(b"6380".to_vec()),
+            BulkString(b"12".to_vec()),
+        ]);
+        let primary = |replicas| {
+            Array(vec![
+                BulkString(b"master".to_vec()),
+                Int(12),
+                Array(replicas),
+            ])
+        };
+        assert_eq!(primary_with_replicas(&primary(vec![])), Some(0));
+        assert_eq!(
+            primary_with_replicas(&primary(vec![replica.clone()])),
+            Some(1)
+        );
+        let demoted = Array(vec![
+            BulkString(b"slave".to_vec()),
+            BulkString(b"127.0.0.1".to_vec()),
+            Int(6379),
+            BulkString(b"connected".to_vec()),
+            Int(12),
+        ]);
+        assert_eq!(primary_with_replicas(&demoted), None);
+        assert_eq!(primary_with_replicas(&Int(1)), None);
+    }
 
     #[test]
     fn urls_are_parsed_by_the_conventions() {
