@@ -219,6 +219,14 @@ settings! {
     key publisher_jwt_public_key_file: PathBuf, env "HERALD_PUBLISHER_JWT_PUBLIC_KEY_FILE";
     /// PEM public key for subscriber tokens.
     key subscriber_jwt_public_key_file: PathBuf, env "HERALD_SUBSCRIBER_JWT_PUBLIC_KEY_FILE";
+    /// An identity provider's key set (JWKS, e.g.
+    /// https://idp.example/.well-known/jwks.json) for both roles: keys by
+    /// `kid`, RS/PS/ES/EdDSA; fetched again on expiry and on an unknown kid.
+    key jwks_url: String, env "HERALD_JWKS_URL";
+    /// JWKS for publisher tokens.
+    key publisher_jwks_url: String, env "HERALD_PUBLISHER_JWKS_URL";
+    /// JWKS for subscriber tokens.
+    key subscriber_jwks_url: String, env "HERALD_SUBSCRIBER_JWKS_URL";
     /// Let subscribers without a token receive public updates. [default: true]
     allow_anonymous: bool = true, env "HERALD_ALLOW_ANONYMOUS",
         arg(num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new());
@@ -516,6 +524,8 @@ pub enum DurabilityMode {
 pub enum KeySource {
     Secret(String),
     PublicKeyFile(PathBuf),
+    /// A JWKS URL.
+    Jwks(String),
 }
 
 impl Config {
@@ -532,25 +542,41 @@ impl Config {
         };
         // A role's key: its own (flag/env, else file), else the shared one
         // (flag/env, else file). At each step a public key file beats a
-        // secret given at the same step.
-        let key = |secret: &Option<String>, pem: &Option<PathBuf>| -> Option<KeySource> {
-            pem.clone()
-                .map(KeySource::PublicKeyFile)
+        // secret given at the same step, and a JWKS URL beats both.
+        let key = |secret: &Option<String>,
+                   pem: &Option<PathBuf>,
+                   jwks: &Option<String>|
+         -> Option<KeySource> {
+            jwks.clone()
+                .map(KeySource::Jwks)
+                .or_else(|| pem.clone().map(KeySource::PublicKeyFile))
                 .or_else(|| secret.clone().map(KeySource::Secret))
         };
-        let shared = key(&args.jwt_key, &args.jwt_public_key_file)
-            .or_else(|| key(&file.jwt_key, &file.jwt_public_key_file));
-        let publisher_key = key(&args.publisher_jwt_key, &args.publisher_jwt_public_key_file)
-            .or_else(|| key(&file.publisher_jwt_key, &file.publisher_jwt_public_key_file))
-            .or_else(|| shared.clone());
+        let shared = key(&args.jwt_key, &args.jwt_public_key_file, &args.jwks_url)
+            .or_else(|| key(&file.jwt_key, &file.jwt_public_key_file, &file.jwks_url));
+        let publisher_key = key(
+            &args.publisher_jwt_key,
+            &args.publisher_jwt_public_key_file,
+            &args.publisher_jwks_url,
+        )
+        .or_else(|| {
+            key(
+                &file.publisher_jwt_key,
+                &file.publisher_jwt_public_key_file,
+                &file.publisher_jwks_url,
+            )
+        })
+        .or_else(|| shared.clone());
         let subscriber_key = key(
             &args.subscriber_jwt_key,
             &args.subscriber_jwt_public_key_file,
+            &args.subscriber_jwks_url,
         )
         .or_else(|| {
             key(
                 &file.subscriber_jwt_key,
                 &file.subscriber_jwt_public_key_file,
+                &file.subscriber_jwks_url,
             )
         })
         .or(shared);
@@ -757,6 +783,9 @@ mod tests {
             jwt_public_key_file = "shared.pem"
             publisher_jwt_public_key_file = "pub.pem"
             subscriber_jwt_public_key_file = "sub.pem"
+            jwks_url = "https://idp.example/jwks.json"
+            publisher_jwks_url = "https://idp.example/pub.json"
+            subscriber_jwks_url = "https://idp.example/sub.json"
             allow_anonymous = false
             cors_origins = ["https://a.example/", " http://b.example "]
             heartbeat = "2s"
@@ -817,10 +846,11 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let pem = |p: &str| Some(KeySource::PublicKeyFile(p.into()));
+        // A JWKS beats a public key file, which beats a secret.
+        let jwks = |u: &str| Some(KeySource::Jwks(format!("https://idp.example/{u}")));
         assert_eq!(c.listen, "0.0.0.0:9");
-        assert_eq!(c.publisher_key, pem("pub.pem"));
-        assert_eq!(c.subscriber_key, pem("sub.pem"));
+        assert_eq!(c.publisher_key, jwks("pub.json"));
+        assert_eq!(c.subscriber_key, jwks("sub.json"));
         assert!(!c.allow_anonymous);
         assert_eq!(c.cors_origins, ["https://a.example", "http://b.example"]);
         assert_eq!(c.heartbeat, Duration::from_secs(2));

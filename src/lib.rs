@@ -12,7 +12,7 @@
 //! - [`history`]: storage, what lets a subscriber resume (`Last-Event-ID`):
 //!   the journal + redb, or the memory ring;
 //! - the pure cores: [`subscription`] (who a subscriber is), [`auth`] (JWT
-//!   validation and claim evaluation), [`topic`] (selectors: exact, URI
+//!   validation and claim evaluation, keys from a JWKS), [`topic`] (selectors: exact, URI
 //!   template, URL Pattern, `*`), [`update`] (the update and its encoded
 //!   frame), [`sse`] (the wire format).
 

@@ -28,11 +28,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// line per this interval, with the number left unlogged.
 const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
-fn verifier(source: &Option<KeySource>) -> anyhow::Result<Option<Verifier>> {
+async fn verifier(source: &Option<KeySource>) -> anyhow::Result<Option<Verifier>> {
     Ok(match source {
         None => None,
         Some(KeySource::Secret(s)) => Some(Verifier::hmac(s)?),
         Some(KeySource::PublicKeyFile(p)) => Some(Verifier::public_key_file(&p.to_string_lossy())?),
+        Some(KeySource::Jwks(url)) => {
+            Some(Verifier::jwks(crate::auth::jwks::Jwks::start(url).await?))
+        }
     })
 }
 
@@ -50,12 +53,19 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     }
     crate::topic::set_pattern_budget(config.max_distinct_patterns);
     let limits = |v: Verifier| v.with_limits(config.jwt_leeway, config.max_token_len);
+    // One key set for both roles when both name the same JWKS.
     let publisher = verifier(&config.publisher_key)
+        .await
         .context("publisher key")?
         .map(limits);
-    let subscriber = verifier(&config.subscriber_key)
-        .context("subscriber key")?
-        .map(limits);
+    let subscriber = if config.subscriber_key == config.publisher_key {
+        publisher.clone()
+    } else {
+        verifier(&config.subscriber_key)
+            .await
+            .context("subscriber key")?
+            .map(limits)
+    };
 
     let hub_config = HubConfig {
         queue_capacity: config.queue_capacity,

@@ -96,7 +96,7 @@ async fn handle(
     headers: &axum::http::HeaderMap,
     body: Body,
 ) -> Result<Vec<String>, HttpError> {
-    let grants = authorize_publisher(state, headers)?;
+    let grants = authorize_publisher(state, headers).await?;
     require_media_type(
         headers,
         "application/x-ndjson",

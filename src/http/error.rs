@@ -51,6 +51,7 @@ impl From<AuthError> for HttpError {
             AuthError::Malformed(_) => (StatusCode::BAD_REQUEST, Some("invalid_request")),
             AuthError::Invalid(_) => (StatusCode::UNAUTHORIZED, Some("invalid_token")),
             AuthError::Forbidden(_) => (StatusCode::FORBIDDEN, Some("insufficient_scope")),
+            AuthError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
         };
         HttpError {
             status,

@@ -278,11 +278,22 @@ fn origin_of(url: &str) -> Option<String> {
     origin.is_tuple().then(|| origin.ascii_serialization())
 }
 
-/// Verify a presented token with the key of its role. A hub without a key
-/// for the role cannot accept any token for it.
-pub fn verify(verifier: &Option<Arc<Verifier>>, token: &str) -> Result<Grants, AuthError> {
+/// [`verify`] with the keys held now (a JWKS is not fetched): for the
+/// status page's synchronous check.
+pub fn verify_held(verifier: &Option<Arc<Verifier>>, token: &str) -> Result<Grants, AuthError> {
     match verifier {
         Some(v) => v.verify(token),
+        None => Err(AuthError::Invalid(
+            "this hub has no key configured to verify tokens".into(),
+        )),
+    }
+}
+
+/// Verify a presented token with the key of its role. A hub without a key
+/// for the role cannot accept any token for it.
+pub async fn verify(verifier: &Option<Arc<Verifier>>, token: &str) -> Result<Grants, AuthError> {
+    match verifier {
+        Some(v) => v.verify_async(token).await,
         None => Err(AuthError::Invalid(
             "this hub has no key configured to verify tokens".into(),
         )),

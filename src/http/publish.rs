@@ -232,7 +232,7 @@ pub async fn publish(State(state): State<AppState>, request: Request) -> Respons
 /// Authorize, then read the body: a client without a valid token is
 /// answered before it can make the hub hold (and wait for) a body.
 async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<String, HttpError> {
-    let grants = authorize_publisher(state, headers)?;
+    let grants = authorize_publisher(state, headers).await?;
     require_media_type(
         headers,
         "application/x-www-form-urlencoded",
@@ -253,12 +253,12 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Str
 }
 
 /// The publisher's grants, checked before any of the body is read.
-pub(super) fn authorize_publisher(
+pub(super) async fn authorize_publisher(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<crate::auth::Grants, HttpError> {
     let token = find_token(headers, None)?.ok_or(AuthError::Missing)?;
-    let grants = verify(&state.publisher, &token)?;
+    let grants = verify(&state.publisher, &token).await?;
     // No Authorization header means the token came from a cookie (publish
     // takes no query token), which a browser may have attached to a
     // cross-site form post.

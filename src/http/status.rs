@@ -103,7 +103,7 @@ pub fn decide(
             "the status page is open without a token only to clients on this machine (loopback), and you connect from {who}: send a token with the claim {{\"herald\": {{\"status\": true}}}} (mint one with `herald token --status`) as 'Authorization: Bearer <jwt>', a mercureAuthorization cookie or ?authorization=<jwt>"
         )));
     };
-    let grants = super::verify(verifier, &token)?;
+    let grants = super::verify_held(verifier, &token)?;
     if !grants.status {
         return Err(AuthError::Forbidden(
             "this token does not carry the claim {\"herald\": {\"status\": true}}, which the status page requires from an address other than loopback (mint one with `herald token --status`)".into(),

@@ -222,7 +222,7 @@ async fn open(
     // A token's patterns are compiled only once its signature holds (a
     // trusted signer), and through the shared cache.
     let grants = match find_token(headers, req.query_token.as_deref())? {
-        Some(token) => verify(&state.subscriber, &token)?,
+        Some(token) => verify(&state.subscriber, &token).await?,
         None if cfg.allow_anonymous => Grants::default(),
         None => return Err(AuthError::Missing.into()),
     };

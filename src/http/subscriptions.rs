@@ -103,7 +103,7 @@ async fn answer(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Resp
     }
     let path = uri.path();
     let token = find_token(headers, None)?.ok_or(AuthError::Missing)?;
-    let grants = verify(&state.subscriber, &token)?;
+    let grants = verify(&state.subscriber, &token).await?;
     if !grants.can_subscribe(path) {
         return Err(AuthError::Forbidden(format!(
             "your token does not grant subscribe on {path:?}"

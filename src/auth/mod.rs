@@ -15,6 +15,8 @@
 //! accepts only the algorithms of its kind, so an HMAC secret can never be
 //! confused with a public key.
 
+pub mod jwks;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -45,12 +47,25 @@ pub const DEFAULT_MAX_TOKEN_LEN: usize = 16 * 1024;
 /// A verification key and the algorithms it accepts.
 #[derive(Clone)]
 pub struct Verifier {
-    key: DecodingKey,
-    algorithms: Vec<Algorithm>,
+    keys: Keys,
     leeway: Duration,
     max_token_len: usize,
-    /// Tokens already verified, by their text (see [`Verifier::verify`]).
-    verified: Arc<Mutex<HashMap<String, Grants>>>,
+    /// Tokens already verified, by their text (see [`Verifier::verify`]),
+    /// with the key set generation they were verified under (JWKS: a key
+    /// that left the set takes its tokens with it).
+    verified: Arc<Mutex<HashMap<String, (Grants, u64)>>>,
+}
+
+/// Where the verification keys come from.
+#[derive(Clone)]
+enum Keys {
+    /// One key, given at startup (a secret or a PEM public key).
+    Static {
+        key: DecodingKey,
+        algorithms: Vec<Algorithm>,
+    },
+    /// An identity provider's key set (`--jwks-url`), chosen by `kid`.
+    Jwks(Arc<jwks::Jwks>),
 }
 
 /// Most verified tokens remembered; a full cache starts over.
@@ -58,7 +73,10 @@ const VERIFIED_CAPACITY: usize = 4096;
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Verifier({:?})", self.algorithms)
+        match &self.keys {
+            Keys::Static { algorithms, .. } => write!(f, "Verifier({algorithms:?})"),
+            Keys::Jwks(_) => write!(f, "Verifier(JWKS)"),
+        }
     }
 }
 
@@ -120,10 +138,19 @@ impl Verifier {
         }
     }
 
+    /// Keys from an identity provider's JWKS (see [`crate::jwks`]).
+    pub fn jwks(jwks: Arc<jwks::Jwks>) -> Verifier {
+        Verifier {
+            keys: Keys::Jwks(jwks),
+            leeway: DEFAULT_LEEWAY,
+            max_token_len: DEFAULT_MAX_TOKEN_LEN,
+            verified: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
     fn new(key: DecodingKey, algorithms: Vec<Algorithm>) -> Verifier {
         Verifier {
-            key,
-            algorithms,
+            keys: Keys::Static { key, algorithms },
             leeway: DEFAULT_LEEWAY,
             max_token_len: DEFAULT_MAX_TOKEN_LEN,
             verified: Arc::new(Mutex::new(HashMap::new())),
@@ -148,31 +175,77 @@ impl Verifier {
     /// only once valid, and stays valid until `exp`. Only tokens with a
     /// good signature are remembered, so nobody but a key holder can fill
     /// the cache; it is bounded all the same.
+    /// With keys from a JWKS the key set may have to be fetched first:
+    /// use [`Verifier::verify_async`]; here only the keys held are used.
     pub fn verify(&self, token: &str) -> Result<Grants, AuthError> {
         let now = SystemTime::now();
-        if let Some(grants) = self.remembered(token, now) {
+        if let Some(grants) = self.remembered(token, now, self.generation()) {
             return Ok(grants);
         }
         let grants = self.verify_at(token, now)?;
+        self.remember(token, &grants, self.generation());
+        Ok(grants)
+    }
+
+    /// [`Verifier::verify`], fetching a JWKS when the token names a key
+    /// not held yet (or the set expired).
+    pub async fn verify_async(&self, token: &str) -> Result<Grants, AuthError> {
+        let Keys::Jwks(jwks) = &self.keys else {
+            return self.verify(token);
+        };
+        let now = SystemTime::now();
+        let generation = jwks.generation();
+        if let Some(grants) = self.remembered(token, now, generation) {
+            return Ok(grants);
+        }
+        let header = self.header(token)?;
+        let keys = jwks
+            .keys_for(header.kid.as_deref(), header.alg)
+            .await
+            .map_err(missing)?;
+        let mut failure = None;
+        for k in &keys {
+            match self.verify_with(token, now, &k.key, header.alg) {
+                Ok(grants) => {
+                    // Remembered under the generation seen before the
+                    // fetch: a key dropped meanwhile forgets it.
+                    self.remember(token, &grants, generation);
+                    return Ok(grants);
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        Err(failure.unwrap_or_else(|| AuthError::Invalid("no key verifies the token".into())))
+    }
+
+    fn generation(&self) -> u64 {
+        match &self.keys {
+            Keys::Static { .. } => 0,
+            Keys::Jwks(j) => j.generation(),
+        }
+    }
+
+    fn remember(&self, token: &str, grants: &Grants, generation: u64) {
         let mut verified = self.verified.lock();
         if verified.len() >= VERIFIED_CAPACITY {
             verified.clear();
         }
-        verified.insert(token.to_string(), grants.clone());
-        Ok(grants)
+        verified.insert(token.to_string(), (grants.clone(), generation));
     }
 
-    fn remembered(&self, token: &str, now: SystemTime) -> Option<Grants> {
+    fn remembered(&self, token: &str, now: SystemTime, generation: u64) -> Option<Grants> {
         let verified = self.verified.lock();
-        let grants = verified.get(token)?;
-        let live = grants.expires_at.is_none_or(|exp| {
-            exp.checked_add(self.leeway)
-                .is_some_and(|limit| now <= limit)
-        });
+        let (grants, seen) = verified.get(token)?;
+        let live = *seen == generation
+            && grants.expires_at.is_none_or(|exp| {
+                exp.checked_add(self.leeway)
+                    .is_some_and(|limit| now <= limit)
+            });
         live.then(|| grants.clone())
     }
 
-    fn verify_at(&self, token: &str, now: SystemTime) -> Result<Grants, AuthError> {
+    /// The token's header, once its length is within the limit.
+    fn header(&self, token: &str) -> Result<Header, AuthError> {
         if token.len() > self.max_token_len {
             return Err(AuthError::Invalid(format!(
                 "the token is {} bytes long; the limit is {} (--max-token-len)",
@@ -180,16 +253,52 @@ impl Verifier {
                 self.max_token_len
             )));
         }
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(jwt_reason(&e)))?;
-        if !self.algorithms.contains(&header.alg) {
+        jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(jwt_reason(&e)))
+    }
+
+    fn verify_at(&self, token: &str, now: SystemTime) -> Result<Grants, AuthError> {
+        let header = self.header(token)?;
+        let (key, algorithms) = match &self.keys {
+            Keys::Static { key, algorithms } => (key, algorithms),
+            Keys::Jwks(jwks) => {
+                // Only the keys held now: no fetch on this path.
+                let keys = jwks
+                    .held(header.kid.as_deref(), header.alg)
+                    .map_err(missing)?
+                    .ok_or_else(|| {
+                        AuthError::Invalid(format!(
+                            "no key with id (kid) {:?} for {:?} in the JWKS held",
+                            header.kid, header.alg
+                        ))
+                    })?;
+                let mut failure = None;
+                for k in &keys {
+                    match self.verify_with(token, now, &k.key, header.alg) {
+                        Ok(grants) => return Ok(grants),
+                        Err(e) => failure = Some(e),
+                    }
+                }
+                return Err(failure.expect("at least one key"));
+            }
+        };
+        if !algorithms.contains(&header.alg) {
             return Err(AuthError::Invalid(format!(
                 "algorithm {:?} is not accepted for this key",
                 header.alg
             )));
         }
-        let mut validation = Validation::new(header.alg);
-        validation.algorithms = vec![header.alg];
+        self.verify_with(token, now, key, header.alg)
+    }
+
+    fn verify_with(
+        &self,
+        token: &str,
+        now: SystemTime,
+        key: &DecodingKey,
+        alg: Algorithm,
+    ) -> Result<Grants, AuthError> {
+        let mut validation = Validation::new(alg);
+        validation.algorithms = vec![alg];
         validation.required_spec_claims.clear();
         // jsonwebtoken only checks `exp`/`nbf` that parse as u64 and
         // silently skips any other (a float, a string, null, -1), which
@@ -198,7 +307,7 @@ impl Verifier {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
-        let data = jsonwebtoken::decode::<Value>(token, &self.key, &validation)
+        let data = jsonwebtoken::decode::<Value>(token, key, &validation)
             .map_err(|e| AuthError::Invalid(jwt_reason(&e)))?;
         let grants = Grants::from_claims(&data.claims)?;
         if let Some(exp) = grants.expires_at {
@@ -228,6 +337,13 @@ impl Verifier {
     }
 }
 
+fn missing(m: jwks::Missing) -> AuthError {
+    match m {
+        jwks::Missing::Unknown(why) => AuthError::Invalid(why),
+        jwks::Missing::Unavailable(why) => AuthError::Unavailable(why),
+    }
+}
+
 /// Why a request was not authorized.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -243,6 +359,10 @@ pub enum AuthError {
     /// Valid token, not enough rights (403, `insufficient_scope`).
     #[error("{0}")]
     Forbidden(String),
+    /// The keys to check it with cannot be had now (503): a JWKS that
+    /// could not be fetched.
+    #[error("cannot verify tokens now: {0}")]
+    Unavailable(String),
 }
 
 /// A `subscribe` grant with the payload it attaches to matching
@@ -758,20 +878,20 @@ mod tests {
         let now = SystemTime::now();
         let exp = now.duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
         let token = sign(json!({"mercure": {"publish": ["*"]}, "exp": exp}));
-        assert!(v.remembered(&token, now).is_none());
+        assert!(v.remembered(&token, now, 0).is_none());
         assert!(v.verify(&token).unwrap().can_publish("x"));
         let hit = v
-            .remembered(&token, now)
+            .remembered(&token, now, 0)
             .expect("remembered after a success");
         assert!(hit.can_publish("x"));
         // Past exp + leeway a remembered token is not used: it is verified
         // afresh (and fails).
         let later = now + Duration::from_secs(3600) + DEFAULT_LEEWAY + Duration::from_secs(1);
-        assert!(v.remembered(&token, later).is_none());
+        assert!(v.remembered(&token, later, 0).is_none());
         // A token that fails is never remembered.
         let forged = Verifier::hmac("other").unwrap();
         assert!(forged.verify(&token).is_err());
-        assert!(forged.remembered(&token, now).is_none());
+        assert!(forged.remembered(&token, now, 0).is_none());
         assert!(
             forged.verify(&token).is_err(),
             "still refused the second time"
