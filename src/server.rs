@@ -202,9 +202,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         },
         proxies: proxies.clone(),
     });
-    if let Some(certificates) = certificates.clone() {
-        reload_on_sighup(certificates);
-    }
+    // Always: SIGHUP's default action would end the process (a
+    // `systemctl reload` of a hub without TLS).
+    reload_on_sighup(certificates.clone());
     let redirect = match &config.redirect_http {
         Some(at) => Some(
             tokio::net::TcpListener::bind(at)
@@ -314,13 +314,17 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 
 /// Read the certificate and key again on each SIGHUP; a pair that fails
 /// is logged and the one in use stays.
-fn reload_on_sighup(certificates: Arc<Certificates>) {
+fn reload_on_sighup(certificates: Option<Arc<Certificates>>) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP: the certificate will not be reloaded");
         return;
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
+            let Some(certificates) = &certificates else {
+                tracing::info!("SIGHUP: nothing to reload (no --tls-cert)");
+                continue;
+            };
             match certificates.reload() {
                 Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
                 Err(e) => tracing::error!(
