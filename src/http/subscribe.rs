@@ -259,11 +259,18 @@ async fn open(
         payload,
     };
     let subscribed = state.hub.subscribe(subscription, resume.clone()).await?;
-    // The proxied client's slot lives as long as the stream.
-    let stream = subscribed.stream.map(move |event| {
+    // The proxied client's slot lives as long as the stream. The stream
+    // opens with a comment: a proxy that holds the response head until the
+    // first body bytes (nginx towards HTTP/2 clients does) passes it on at
+    // once instead of at the first event or heartbeat, and the client's
+    // EventSource opens.
+    let opening = futures_util::stream::once(std::future::ready(Ok(bytes::Bytes::from_static(
+        crate::sse::KEEP_ALIVE,
+    ))));
+    let stream = opening.chain(subscribed.stream.map(move |event| {
         let _ = &slot;
         event
-    });
+    }));
 
     let mut resp = Response::builder()
         .status(StatusCode::OK)

@@ -281,6 +281,7 @@ pub fn enc(s: &str) -> String {
 /// The example apps' tests (tests/example_*.rs).
 pub mod apps;
 
+pub mod curl;
 pub mod nginx;
 pub mod pki;
 pub mod proxy;
