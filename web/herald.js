@@ -275,15 +275,17 @@ class Connection {
           const status = response.status;
           const body = await response.text().catch(() => '');
           const error = body.trim().slice(0, 300) || `HTTP ${status}`;
+          // The id of the hub's log line for this refusal, to quote.
+          const requestId = response.headers.get('x-request-id') ?? undefined;
           if (status === 401 || status === 403) {
             if (!this.credentials.canRefresh) {
-              this.report.state('closed', { status, error, reason: 'unauthorized' });
+              this.report.state('closed', { status, error, requestId, reason: 'unauthorized' });
               return;
             }
             failures++;
             // The first refusal in a row: fetch a token and retry at once.
             delay = failures === 1 ? 0 : backoffDelay(failures, minDelay, maxDelay);
-            this.report.state('reconnecting', { status, error, reason: 'unauthorized', retryIn: delay });
+            this.report.state('reconnecting', { status, error, requestId, reason: 'unauthorized', retryIn: delay });
             try {
               await this.credentials.refresh();
             } catch (e) {
@@ -291,12 +293,12 @@ class Connection {
               this.report.state('reconnecting', { status, error: `onTokenExpired failed: ${e?.message ?? e}`, retryIn: delay });
             }
           } else if (FATAL_STATUS.has(status)) {
-            this.report.state('closed', { status, error });
+            this.report.state('closed', { status, error, requestId });
             return;
           } else {
             failures++;
             delay = retryAfter(response) ?? backoffDelay(failures, minDelay, maxDelay);
-            this.report.state('reconnecting', { status, error, retryIn: delay });
+            this.report.state('reconnecting', { status, error, requestId, retryIn: delay });
           }
         }
       } catch (e) {

@@ -114,6 +114,9 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
             HeaderName::from_static("mercure-last-event-id"),
             HeaderName::from_static("last-event-id"),
             header::LINK,
+            // Why a page was refused, and the id of that answer's log line.
+            header::WWW_AUTHENTICATE,
+            HeaderName::from_static("x-request-id"),
         ])
         .max_age(Duration::from_secs(3600));
     if origins.iter().any(|o| o == "*") {

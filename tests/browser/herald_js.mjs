@@ -98,10 +98,14 @@ const testPage = `<!doctype html><meta charset="utf-8"><title>herald.js test</ti
     for (const [name, topics, extra] of subs) {
       window.got[name] = [];
       window.states[name] = [];
+      window.details ??= {};
       window.subs[name] = window.herald.subscribe(topics, {
         ...extra,
         onMessage: (u) => window.got[name].push(u.id),
-        onState: (s, d) => window.states[name].push(d.status ? s + ':' + d.status : s),
+        onState: (s, d) => {
+          window.states[name].push(d.status ? s + ':' + d.status : s);
+          (window.details[name] ??= []).push(d);
+        },
       });
     }
   };
@@ -287,6 +291,10 @@ try {
   const states4 = await statesOf(tab4, 'main');
   check(states4.includes('reconnecting:401') && states4.at(-1) === 'open', `states across 401 ${states4}`);
   check((await tab4.evaluate(() => window.tokenRefreshes)) === 1, 'onTokenExpired called more than once');
+  // The page learns why (the hub's reason) and the id of the hub's log line.
+  const refused = (await tab4.evaluate(() => window.details.main)).find((d) => d.status === 401);
+  check(/expired/.test(refused?.error ?? ''), `the reason reaches the page: ${JSON.stringify(refused)}`);
+  check(typeof refused?.requestId === 'string' && refused.requestId.length > 0, `the request id reaches the page: ${JSON.stringify(refused)}`);
   console.log('ok - expired token: 401, onTokenExpired gives a fresh one, the stream resumes without loss');
   await ctx4.close();
 
