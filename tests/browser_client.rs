@@ -78,5 +78,5 @@ fn herald_js_in_chromium() {
     let status = node.wait().expect("wait for node");
     drop(server);
     assert!(status.success(), "herald.js checks failed:\n{report}");
-    assert_eq!(report.matches("ok - ").count(), 8, "{report}");
+    assert_eq!(report.matches("ok - ").count(), 9, "{report}");
 }

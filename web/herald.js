@@ -632,8 +632,11 @@ export class Herald {
    *   (called when there is none yet, and on 401 when onTokenExpired is not given)
    * @param {() => Promise<string>|string} [options.onTokenExpired]  fetches a
    *   fresh token after the hub answered 401
-   * @param {string} [options.name]  tabs with the same name share streams
-   *   (default: the hub URL)
+   * @param {string} [options.name]  tabs with the same name (and the same
+   *   user) share streams (default: the hub URL)
+   * @param {string} [options.user]  who the page's user is: tabs share
+   *   streams only with tabs of the same user (default: the token's `sub`;
+   *   pass it when the hub reads a cookie, or tokens come only from getToken)
    */
   constructor(options = {}) {
     if (!options.hub) {
@@ -641,7 +644,12 @@ export class Herald {
     }
     this.options = { ...DEFAULTS, ...options };
     this.options.hub = new URL(options.hub, globalThis.location?.href).href;
-    this.name = this.options.name ?? this.options.hub;
+    // Tabs share streams only with tabs of the same user: the streams are
+    // read with the leader tab's credentials, and on a shared computer a
+    // tab where someone else has since logged in must not read through
+    // the first user's stream.
+    const who = shareIdentity(this.options);
+    this.name = `${this.options.name ?? this.options.hub}#${who ?? 'alone'}`;
     this.tabId = randomId();
     this._credentials = new Credentials(this.options);
     this._local = new Map(); // key -> LocalGroup
@@ -652,6 +660,7 @@ export class Herald {
     this._closed = false;
     this._shared =
       this.options.shared !== false &&
+      who !== null &&
       typeof BroadcastChannel === 'function' &&
       typeof globalThis.navigator?.locks?.request === 'function';
     this._onPageHide = () => this._stop();
@@ -910,6 +919,38 @@ export class Herald {
       // storage full or disabled: resuming on a fresh page is then lost
     }
   }
+}
+
+/** The claims of a JWT, unverified (null if it is not one). */
+function tokenClaims(token) {
+  try {
+    const part = String(token).split('.')[1];
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const bytes = Uint8Array.from(atob(b64.padEnd(Math.ceil(b64.length / 4) * 4, '=')), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    return claims && typeof claims === 'object' ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Who the streams of this page are read as, for sharing them with other
+ * tabs: `options.user` if the page says; else the token's `sub`; else
+ * (a token without `sub`) what it may read; no token at all: the same for
+ * every such tab. null (do not share): credentials that only a fetch will
+ * tell (getToken/onTokenExpired without a token), or a token we cannot read.
+ */
+function shareIdentity(options) {
+  if (options.user != null) return `user:${options.user}`;
+  if (options.token) {
+    const claims = tokenClaims(options.token);
+    if (!claims) return null;
+    if (typeof claims.sub === 'string') return `sub:${claims.sub}`;
+    return `grants:${JSON.stringify([claims.mercure?.subscribe ?? null, claims.authorization_details ?? null])}`;
+  }
+  if (options.getToken || options.onTokenExpired) return null;
+  return 'no-token';
 }
 
 function randomId() {

@@ -43,6 +43,15 @@ function mint(subscribe, ttlSeconds) {
   return `${head}.${body}.${sig}`;
 }
 
+/** A subscriber token for user `sub`. */
+function mintFor(sub, subscribe, ttlSeconds) {
+  const now = Math.floor(Date.now() / 1000);
+  const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
+  const body = b64url(JSON.stringify({ sub, mercure: { publish: [], subscribe }, iat: now, exp: now + ttlSeconds }));
+  const sig = createHmac('sha256', jwtKey).update(`${head}.${body}`).digest('base64url');
+  return `${head}.${body}.${sig}`;
+}
+
 let published = 0;
 async function publish(topic, extra = []) {
   published++;
@@ -339,6 +348,31 @@ try {
   check(JSON.stringify(states5) === '["connecting","open","closed"]', `states of a fresh page ${states5}`);
   await expectSubscribers(0);
   await ctx5.close();
+
+  // --- 6. two users in one browser profile (a shared computer): no sharing
+  const aliceTopic = 'https://example.com/users/alice/inbox';
+  const ctx6 = await newContext(browser);
+  const alice = await ctx6.newPage();
+  const bob = await ctx6.newPage();
+  for (const [tab, who, grants] of [[alice, 'alice', [aliceTopic]], [bob, 'bob', []]]) {
+    await tab.goto(pageUrl);
+    await tab.waitForFunction(() => typeof window.start === 'function');
+    await tab.evaluate(([o, subs]) => window.start(o, subs), [
+      { hub, ...clientOptions, token: mintFor(who, grants, 3600) },
+      [['main', [aliceTopic]]],
+    ]);
+  }
+  await waitOpen([alice, bob]);
+  // Each is the leader of its own group: two streams, each with its own token.
+  check(await isLeader(alice) && await isLeader(bob), 'each user leads its own tab group');
+  await expectSubscribers(2);
+  const secret = await publish(aliceTopic, [['private', 'on']]);
+  await expectAll([alice], [secret]);
+  await new Promise((r) => setTimeout(r, 500));
+  const bobGot = await bob.evaluate(() => window.got.main);
+  check(!bobGot.includes(secret), `bob's tab must not get alice's private update: ${bobGot}`);
+  console.log("ok - two users in one browser profile: each has its own stream, bob's tab never sees alice's private updates");
+  await ctx6.close();
 } catch (e) {
   failed = true;
   console.log(`not ok - ${e.message}`);
