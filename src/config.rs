@@ -290,6 +290,21 @@ settings! {
         arg(value_parser = parse_duration);
     /// Longest accepted JWT in bytes; a longer one is refused (401) unparsed. [default: 16384]
     max_token_len: usize = crate::auth::DEFAULT_MAX_TOKEN_LEN, env "HERALD_MAX_TOKEN_LEN";
+    /// The application's own session check: a subscriber without a token
+    /// is asked about here (its --auth-headers forwarded, e.g. its session
+    /// cookie); the answer lists the topics it may subscribe to
+    /// (docs/deploy.md, "The app's own sessions"). Unset: tokens only.
+    auth_url: String = String::new(), env "HERALD_AUTH_URL", then empty_is_none => Option<String>;
+    /// Request headers forwarded to --auth-url (comma list). [default: cookie]
+    auth_headers: Vec<String> = vec!["cookie".to_string()], env "HERALD_AUTH_HEADERS",
+        arg(value_delimiter = ',');
+    /// How long an --auth-url answer is used for the same forwarded
+    /// headers (0: ask every time). [default: 30s]
+    auth_cache_ttl: Duration = Duration::from_secs(30), env "HERALD_AUTH_CACHE_TTL",
+        arg(value_parser = parse_duration);
+    /// An --auth-url that does not answer within this is a 503. [default: 2s]
+    auth_timeout: Duration = Duration::from_secs(2), env "HERALD_AUTH_TIMEOUT",
+        arg(value_parser = parse_duration);
     /// Cluster mode: the Redis that holds the shared log
     /// (redis://[user:password@]host:port[/db]), or several, comma-separated,
     /// to spread --redis-partitions over. Through Redis Sentinel, following
@@ -594,6 +609,7 @@ impl Config {
             ("header_timeout", self.header_timeout),
             ("body_timeout", self.body_timeout),
             ("write_timeout", self.write_timeout),
+            ("auth_timeout", self.auth_timeout),
         ] {
             if value.is_zero() {
                 bail!("{name} must be longer than 0 (e.g. 10s)");
@@ -806,6 +822,10 @@ mod tests {
             max_distinct_patterns = 17
             jwt_leeway = "500ms"
             max_token_len = 16
+            auth_url = "http://127.0.0.1:3000/herald/session"
+            auth_headers = ["cookie", "x-tenant"]
+            auth_cache_ttl = "45s"
+            auth_timeout = "750ms"
             demo = false
             header_timeout = "3s"
             body_timeout = "4s"
@@ -871,6 +891,13 @@ mod tests {
         assert_eq!(c.max_distinct_patterns, 17);
         assert_eq!(c.jwt_leeway, Duration::from_millis(500));
         assert_eq!(c.max_token_len, 16);
+        assert_eq!(
+            c.auth_url.as_deref(),
+            Some("http://127.0.0.1:3000/herald/session")
+        );
+        assert_eq!(c.auth_headers, ["cookie", "x-tenant"]);
+        assert_eq!(c.auth_cache_ttl, Duration::from_secs(45));
+        assert_eq!(c.auth_timeout, Duration::from_millis(750));
         assert!(!c.demo);
         assert_eq!(c.header_timeout, Duration::from_secs(3));
         assert_eq!(c.body_timeout, Duration::from_secs(4));

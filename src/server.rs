@@ -214,9 +214,11 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let proxied_streams = crate::http::proxies::ProxiedStreams::new(config.max_connections_per_ip);
+    let auth_app = crate::http::auth_app(&config)?;
     let state = AppState {
         proxies: proxies.clone(),
         proxied_streams,
+        auth_app,
         hub: hub.clone(),
         config: Arc::new(config),
         publisher: publisher.map(Arc::new),

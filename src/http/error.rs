@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use crate::auth::AuthError;
 use crate::hub::HubError;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct HttpError {
     pub status: StatusCode,
     pub message: String,

@@ -2,6 +2,7 @@
 //! request into calls on [`Hub`], [`Verifier`] and the validators, and the
 //! result into a response.
 
+mod auth_app;
 mod batch;
 mod client_js;
 pub mod conn;
@@ -53,6 +54,22 @@ pub struct AppState {
     /// `--trusted-proxies`, and the streams through them per client.
     pub proxies: Arc<proxies::TrustedProxies>,
     pub proxied_streams: Arc<proxies::ProxiedStreams>,
+    /// `--auth-url`: the application's sessions for subscribers without a
+    /// token.
+    pub auth_app: Option<Arc<auth_app::AuthApp>>,
+}
+
+/// The `--auth-url` client, from the settings.
+pub fn auth_app(config: &Config) -> anyhow::Result<Option<Arc<auth_app::AuthApp>>> {
+    match &config.auth_url {
+        None => Ok(None),
+        Some(url) => Ok(Some(Arc::new(auth_app::AuthApp::new(
+            url,
+            &config.auth_headers,
+            config.auth_cache_ttl,
+            config.auth_timeout,
+        )?))),
+    }
 }
 
 pub const HUB_PATH: &str = "/.well-known/mercure";

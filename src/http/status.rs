@@ -522,6 +522,7 @@ mod tests {
             cluster: None,
             proxies: Default::default(),
             proxied_streams: crate::http::proxies::ProxiedStreams::new(0),
+            auth_app: None,
         });
         let call = |path: &str, peer: &str, token: Option<&str>, forwarded: bool| {
             let mut req = Request::builder().uri(path);

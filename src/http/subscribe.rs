@@ -223,8 +223,16 @@ async fn open(
     // trusted signer), and through the shared cache.
     let grants = match find_token(headers, req.query_token.as_deref())? {
         Some(token) => verify(&state.subscriber, &token).await?,
-        None if cfg.allow_anonymous => Grants::default(),
-        None => return Err(AuthError::Missing.into()),
+        // No token: the application's session, if it has a say.
+        None => match &state.auth_app {
+            Some(app) => match app.grants(headers).await {
+                Some(answer) => answer?,
+                None if cfg.allow_anonymous => Grants::default(),
+                None => return Err(AuthError::Missing.into()),
+            },
+            None if cfg.allow_anonymous => Grants::default(),
+            None => return Err(AuthError::Missing.into()),
+        },
     };
     // Within the leeway a token past its `exp` still verifies, but a stream
     // opened with it would end at once, and the client would reconnect in a
