@@ -156,8 +156,9 @@ struct Acked {
     /// (publisher, sequence number, private) of every update answered 200.
     updates: Vec<(usize, u64, bool)>,
     refused: u64,
-    /// Why each refused update was refused (node, status and body), for
-    /// the report of a violation.
+    /// Why each refused update was refused (node, status and body), and
+    /// which node answered 200 for each acknowledged one, for the report
+    /// of a violation.
     why: std::collections::HashMap<(usize, u64), String>,
 }
 
@@ -214,7 +215,12 @@ async fn publisher_loop(
             Err(e) => (0, e.to_string()),
         };
         if status == 200 {
-            acked.lock().updates.push((k, i, private));
+            {
+                let mut a = acked.lock();
+                a.updates.push((k, i, private));
+                a.why
+                    .insert((k, i), format!("by {hub} after {:?}", sent.elapsed()));
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         } else {
             let why = format!(
@@ -585,6 +591,27 @@ async fn a_storm_of_faults_loses_nothing_and_shows_nobody_what_is_not_theirs() {
                 .filter(|&&(p, i, private)| p == k && (!private || may_see(k)) && !got.contains(&i))
                 .map(|&(_, i, _)| i)
                 .collect();
+            if let (Some(&first), Some(&last)) = (missing.first(), missing.last()) {
+                // Around the gap, and whether the others got them (a gap in
+                // this subscriber's streams, or updates gone from the log).
+                eprintln!(
+                    "{}",
+                    report(&r, &acked, k, first.saturating_sub(1), last + 1)
+                );
+                for (m, (other, _)) in received.iter().enumerate() {
+                    if m != n {
+                        let o = other.lock();
+                        let had = missing
+                            .iter()
+                            .filter(|&&i| o.updates.contains(&(k, i)))
+                            .count();
+                        eprintln!(
+                            "  subscriber {m} got {had} of the {} missing",
+                            missing.len()
+                        );
+                    }
+                }
+            }
             assert!(
                 missing.is_empty(),
                 "seed {seed}: subscriber {n} never got {} acknowledged updates of publisher \

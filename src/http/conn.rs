@@ -374,7 +374,9 @@ pub async fn serve_connection(
     };
     drop(head);
     let peer = tcp.peer_addr().ok();
-    let response = super::requests::handle(app, request, peer, &edge.proxies).await;
+    // Boxed: the request's state is large and short-lived; inline, it
+    // would size every connection's task (held as long as its stream).
+    let response = Box::pin(super::requests::handle(app, request, peer, &edge.proxies)).await;
     let _ = write_response(WriteDeadline::new(tcp, timeouts.write), response).await;
 }
 
@@ -426,7 +428,9 @@ async fn serve_tls(
         }
     };
     drop(head);
-    let response = super::requests::handle(app, request, peer, &edge.proxies).await;
+    // Boxed: the request's state is large and short-lived; inline, it
+    // would size every connection's task (held as long as its stream).
+    let response = Box::pin(super::requests::handle(app, request, peer, &edge.proxies)).await;
     let _ = write_response(tls, response).await;
 }
 
