@@ -84,23 +84,53 @@ where
             return;
         }
         let pulls = Arc::new(Pulls::default());
-        tokio::spawn(STREAM.scope(pulls.clone(), async move {
-            let mut fut = std::pin::pin!(fut);
-            let timer = tokio::time::sleep(limit);
-            let mut timer = std::pin::pin!(timer);
-            loop {
-                tokio::select! {
-                    _ = &mut fut => return,
-                    _ = &mut timer => match pulls.left(limit) {
-                        Some(left) => timer.as_mut().reset(tokio::time::Instant::now() + left),
-                        None => {
-                            super::conn::STATS.write_timeouts.fetch_add(1, Relaxed);
-                            return;
-                        }
-                    },
+        // A future of its own rather than an async block: an async block
+        // would hold `fut` twice (captured, then pinned), doubling what
+        // each stream's task costs.
+        let watched = Watched {
+            fut,
+            timer: tokio::time::sleep(limit),
+            pulls: pulls.clone(),
+            limit,
+        };
+        tokio::spawn(STREAM.scope(pulls, watched));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A stream's task under its watchdog: done when the stream is, or
+    /// when it stalled (then dropping the stream resets it).
+    struct Watched<F> {
+        #[pin]
+        fut: F,
+        #[pin]
+        timer: tokio::time::Sleep,
+        pulls: Arc<Pulls>,
+        limit: Duration,
+    }
+}
+
+impl<F: Future> Future for Watched<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if this.fut.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        while this.timer.as_mut().poll(cx).is_ready() {
+            match this.pulls.left(*this.limit) {
+                Some(left) => this
+                    .timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + left),
+                None => {
+                    super::conn::STATS.write_timeouts.fetch_add(1, Relaxed);
+                    return Poll::Ready(());
                 }
             }
-        }));
+        }
+        Poll::Pending
     }
 }
 
