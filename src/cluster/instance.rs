@@ -98,7 +98,8 @@ pub(super) fn local_us() -> i64 {
 /// [`super::replicas`]).
 #[derive(Default)]
 pub(super) struct Replication {
-    pub(super) conn: Option<MultiplexedConnection>,
+    /// The rounds' connection, and the address it reached.
+    pub(super) conn: Option<(MultiplexedConnection, String)>,
     /// Appends up to here were in a round (acknowledged or not).
     pub(super) covered: u64,
     /// Appends up to here are acknowledged by the replicas.
@@ -234,6 +235,15 @@ impl Instance {
         &self,
         response_timeout: Duration,
     ) -> redis::RedisResult<MultiplexedConnection> {
+        self.dial_at(response_timeout).await.map(|(conn, _)| conn)
+    }
+
+    /// [`Instance::dial`], and the address this connection reached (not
+    /// [`Instance::dialled_addr`], which another dial may change meanwhile).
+    pub(super) async fn dial_at(
+        &self,
+        response_timeout: Duration,
+    ) -> redis::RedisResult<(MultiplexedConnection, String)> {
         let failed = |detail: String| {
             redis::RedisError::from((redis::ErrorKind::IoError, "Redis Sentinel", detail))
         };
@@ -243,6 +253,7 @@ impl Instance {
             *self.client.lock() = client;
         }
         let client = self.client.lock().clone();
+        let addr = client.get_connection_info().addr.to_string();
         let mut conn = client
             .get_multiplexed_async_connection_with_config(
                 &AsyncConnectionConfig::new()
@@ -262,7 +273,7 @@ impl Instance {
         let (s, us): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
         let after = local_us();
         self.calibrate(s * 1_000_000 + us, before + (after - before) / 2);
-        Ok(conn)
+        Ok((conn, addr))
     }
 
     /// Whether the primary is found through sentinels.

@@ -136,9 +136,9 @@ impl Cluster {
             }
             if conn.is_none() {
                 // Its reads block up to BLOCK before they answer.
-                match instance.dial(BLOCK + RESPONSE_TIMEOUT).await {
-                    Ok(c) => {
-                        dialled = instance.dialled_addr();
+                match instance.dial_at(BLOCK + RESPONSE_TIMEOUT).await {
+                    Ok((c, addr)) => {
+                        dialled = addr;
                         if self.stats.reconnects.fetch_add(1, Ordering::Relaxed)
                             >= self.instances.len() as u64
                         {

@@ -44,18 +44,27 @@ impl Cluster {
     pub(super) async fn replica_round(
         &self,
         instance: &Instance,
-        conn: &mut Option<MultiplexedConnection>,
+        conn: &mut Option<(MultiplexedConnection, String)>,
     ) -> Result<(), String> {
+        // After a failover the old primary may still answer (until the
+        // sentinels convert it): its WAIT would count its own replicas,
+        // not those of the primary the appends now go to.
+        if conn
+            .as_ref()
+            .is_some_and(|(_, addr)| instance.primary_moved(addr))
+        {
+            *conn = None;
+        }
         if conn.is_none() {
             let timeout = self.config.replica_timeout + RESPONSE_TIMEOUT;
             *conn = Some(
                 instance
-                    .dial(timeout)
+                    .dial_at(timeout)
                     .await
                     .map_err(|e| redis_error(&instance.url, &e))?,
             );
         }
-        let c = conn.as_mut().expect("dialled above");
+        let (c, _) = conn.as_mut().expect("dialled above");
         // Replication is in order: once the replicas have this write, they
         // have every append that answered before it was sent.
         let marker = &self.parts[instance.partitions[0]].sync;
