@@ -88,6 +88,16 @@ HERALD_LOG="${HERALD_LOG:-herald=warn}" "$CARGO_TARGET_DIR/release/herald" serve
   --data-dir "$DATA/herald" \
   --cors-origins "$cors" >"$DATA/herald.log" 2>&1 &
 pids+=($!)
+# The apps publish from their first moments (the dashboard's first sample):
+# start them once Herald says it is ready, not merely listening.
+wait_port "$HERALD_PORT"
+ready=""
+for _ in $(seq 1 100); do
+  if command -v curl >/dev/null 2>&1 \
+    && curl -sf -o /dev/null "http://127.0.0.1:$HERALD_PORT/readyz"; then ready=1; break; fi
+  sleep 0.1
+done
+[ -n "$ready" ] || { echo "Herald is not ready (/readyz) after 10 s; see $DATA/herald.log" >&2; exit 1; }
 
 for app in "${APPS[@]}"; do
   read -r name port _ <<<"$app"
@@ -96,7 +106,6 @@ for app in "${APPS[@]}"; do
   pids+=($!)
 done
 
-wait_port "$HERALD_PORT"
 for app in "${APPS[@]}"; do
   read -r _ port _ <<<"$app"
   wait_port "$port"
