@@ -39,6 +39,16 @@ const MAX_MATCHER_LEN: usize = 2048;
 /// Clock skew tolerated on `exp` and `nbf` unless configured
 /// (`--jwt-leeway`).
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
+/// What an RSA public key verifies (from a PEM file or a JWKS).
+pub const RSA_ALGORITHMS: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
 /// Longest token accepted unless configured (`--max-token-len`): a token
 /// is base64-decoded, its signature checked and its JSON parsed before its
 /// own limits can apply, so its length is bounded first.
@@ -120,17 +130,7 @@ impl Verifier {
 
     pub fn public_key_pem(pem: &[u8]) -> Result<Verifier, String> {
         if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-            return Ok(Verifier::new(
-                key,
-                vec![
-                    Algorithm::RS256,
-                    Algorithm::RS384,
-                    Algorithm::RS512,
-                    Algorithm::PS256,
-                    Algorithm::PS384,
-                    Algorithm::PS512,
-                ],
-            ));
+            return Ok(Verifier::new(key, RSA_ALGORITHMS.to_vec()));
         }
         match DecodingKey::from_ec_pem(pem) {
             Ok(key) => Ok(Verifier::new(key, vec![Algorithm::ES256, Algorithm::ES384])),
@@ -203,19 +203,11 @@ impl Verifier {
             .keys_for(header.kid.as_deref(), header.alg)
             .await
             .map_err(missing)?;
-        let mut failure = None;
-        for k in &keys {
-            match self.verify_with(token, now, &k.key, header.alg) {
-                Ok(grants) => {
-                    // Remembered under the generation seen before the
-                    // fetch: a key dropped meanwhile forgets it.
-                    self.remember(token, &grants, generation);
-                    return Ok(grants);
-                }
-                Err(e) => failure = Some(e),
-            }
-        }
-        Err(failure.unwrap_or_else(|| AuthError::Invalid("no key verifies the token".into())))
+        let grants = self.verify_with_any(token, now, &keys, header.alg)?;
+        // Remembered under the generation seen before the fetch: a key
+        // dropped meanwhile forgets it.
+        self.remember(token, &grants, generation);
+        Ok(grants)
     }
 
     fn generation(&self) -> u64 {
@@ -271,14 +263,7 @@ impl Verifier {
                             header.kid, header.alg
                         ))
                     })?;
-                let mut failure = None;
-                for k in &keys {
-                    match self.verify_with(token, now, &k.key, header.alg) {
-                        Ok(grants) => return Ok(grants),
-                        Err(e) => failure = Some(e),
-                    }
-                }
-                return Err(failure.expect("at least one key"));
+                return self.verify_with_any(token, now, &keys, header.alg);
             }
         };
         if !algorithms.contains(&header.alg) {
@@ -288,6 +273,25 @@ impl Verifier {
             )));
         }
         self.verify_with(token, now, key, header.alg)
+    }
+
+    /// The first of `keys` that verifies the token (a JWKS may hold several
+    /// for one `kid`-less token), else the last refusal.
+    fn verify_with_any(
+        &self,
+        token: &str,
+        now: SystemTime,
+        keys: &[jwks::Key],
+        alg: Algorithm,
+    ) -> Result<Grants, AuthError> {
+        let mut failure = None;
+        for k in keys {
+            match self.verify_with(token, now, &k.key, alg) {
+                Ok(grants) => return Ok(grants),
+                Err(e) => failure = Some(e),
+            }
+        }
+        Err(failure.unwrap_or_else(|| AuthError::Invalid("no key verifies the token".into())))
     }
 
     fn verify_with(
