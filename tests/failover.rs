@@ -378,24 +378,8 @@ async fn the_nodes_follow_the_primary_the_sentinels_name_without_a_broken_connec
             .collect()
     });
     let node = Server::start(&["--transport", &transport(&sentinels)]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(format!("{}/readyz", node.base))
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-        != 200
-    {
-        assert!(Instant::now() < deadline, "the node got ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(&node).await;
     // The node's reader blocks in XREAD on the primary.
-    let readers = |r: &common::redis::Redis| {
-        r.try_cmd(&["CLIENT", "LIST"])
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("cmd=xread"))
-            .count()
-    };
     let deadline = Instant::now() + Duration::from_secs(10);
     while readers(&a) == 0 {
         assert!(Instant::now() < deadline, "the reader is on the primary");
@@ -473,24 +457,8 @@ async fn a_resume_on_a_node_still_reading_the_old_primary_waits_instead_of_repea
     let x = Server::start(&fx.iter().map(String::as_str).collect::<Vec<_>>());
     let y = Server::start(&fy.iter().map(String::as_str).collect::<Vec<_>>());
     for node in [&x, &y] {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while reqwest::get(format!("{}/readyz", node.base))
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
-            != 200
-        {
-            assert!(Instant::now() < deadline, "the node got ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_ready(node).await;
     }
-    let readers = |r: &common::redis::Redis| {
-        r.try_cmd(&["CLIENT", "LIST"])
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("cmd=xread"))
-            .count()
-    };
     // The failover, as Y sees it: B promoted, Y's sentinel names it.
     b.cmd(&["REPLICAOF", "NO", "ONE"]);
     let repoint = |s: &common::sentinel::Sentinel, to: &common::redis::Redis| {
@@ -563,4 +531,27 @@ async fn a_resume_on_a_node_still_reading_the_old_primary_waits_instead_of_repea
     .await;
     assert_eq!(status, 503, "B still has no replica");
     assert_eq!(resumed.next().await.id, "u2", "u1 is not delivered again");
+}
+
+/// Wait (at most 30 s) until `node` answers /readyz with 200.
+async fn wait_ready(node: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{}/readyz", node.base))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+        != 200
+    {
+        assert!(Instant::now() < deadline, "the node got ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many node readers block in XREAD on `r`.
+fn readers(r: &common::redis::Redis) -> usize {
+    r.try_cmd(&["CLIENT", "LIST"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("cmd=xread"))
+        .count()
 }
