@@ -67,6 +67,9 @@ pub(super) struct Instance {
     /// One replica round at a time, on its own connection: how many appends
     /// the last round covered and whether it was acknowledged.
     pub(super) replication: tokio::sync::Mutex<Replication>,
+    /// A reader asked for a replica round (entries wait for a commit
+    /// marker that no publish is about to write).
+    pub(super) nudging: AtomicBool,
     /// This Redis's clock less this node's, in microseconds, as measured
     /// at the last dial (`TIME`): an append's deadline is given in
     /// Redis's clock ([`Instance::deadline`]).
@@ -106,6 +109,9 @@ pub(super) struct Replication {
     pub(super) confirmed: u64,
     /// Why the last round that failed did.
     pub(super) error: String,
+    /// Per partition of this Redis, the counter the last commit marker
+    /// this node wrote says the replicas hold.
+    pub(super) marked: Vec<u64>,
 }
 
 pub(super) fn redis_error(url: &str, e: &redis::RedisError) -> String {
@@ -148,6 +154,7 @@ impl Instance {
             drained: tokio::sync::Notify::new(),
             wanted: AtomicBool::new(false),
             replication: tokio::sync::Mutex::new(Replication::default()),
+            nudging: AtomicBool::new(false),
             clock_offset_us: AtomicI64::new(0),
             named: Mutex::new(None),
         })

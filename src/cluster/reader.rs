@@ -15,6 +15,7 @@
 //! which drops the replica at their place in the order. Entries of a
 //! restored log that this node had read before are not delivered again.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +45,116 @@ pub(super) const MAX_UNAPPLIED: u64 = 50_000;
 /// Under load, partitions' counters are compared with what was read this
 /// often (a reset of a partition that gets no entries).
 pub(super) const COUNTER_CHECK: Duration = Duration::from_secs(1);
+
+/// With `--redis-replicas`, a reader holds at most this many entries of a
+/// partition that no commit marker covers yet; past it, it reads on for
+/// the marker and reads the rest again once the marker comes.
+pub(super) const MAX_HELD: usize = 50_000;
+
+/// Entries held this long without a commit marker make the reader ask for
+/// a replica round (their publisher died before its own, say).
+pub(super) const COMMIT_NUDGE: Duration = Duration::from_millis(500);
+
+/// One partition's entries that a reader holds until a replica has them
+/// (`--redis-replicas`): an entry is let go to the merger only once a
+/// commit marker in the log says the replicas hold its counter. Without
+/// `--redis-replicas` every entry goes at once.
+pub(super) struct Held {
+    /// Entries up to this counter are on the replicas (the last commit
+    /// marker read; `u64::MAX` without `--redis-replicas`).
+    commit: u64,
+    /// Read, not yet let go: stream id, counter, and the entry (None: one
+    /// skipped, read before a reset).
+    queue: VecDeque<(String, u64, Option<Entry>)>,
+    /// Entries past [`MAX_HELD`] were read and dropped: read again from
+    /// `released` once the queue is let go.
+    overflow: bool,
+    /// The stream id and counter of the last entry let go: where reading
+    /// starts again when the held ones are dropped.
+    released: (String, Option<u64>),
+    /// Since when the oldest held entry waits.
+    since: Option<Instant>,
+}
+
+impl Held {
+    pub(super) fn new(replicas: usize) -> Held {
+        Held {
+            commit: if replicas == 0 { u64::MAX } else { 0 },
+            queue: VecDeque::new(),
+            overflow: false,
+            released: ("0".into(), None),
+            since: None,
+        }
+    }
+
+    /// An entry read (stream id `id`, counter `n`): to `out` if the
+    /// replicas have it and nothing is held before it, else held.
+    pub(super) fn take(&mut self, id: &str, n: u64, entry: Option<Entry>, out: &mut Vec<Entry>) {
+        if self.queue.is_empty() && !self.overflow && n <= self.commit {
+            self.released.0.clear();
+            self.released.0.push_str(id);
+            self.released.1 = Some(n);
+            out.extend(entry);
+        } else if self.queue.len() < MAX_HELD && !self.overflow {
+            self.since.get_or_insert_with(Instant::now);
+            self.queue.push_back((id.to_string(), n, entry));
+        } else {
+            self.overflow = true;
+        }
+    }
+
+    /// A commit marker: the replicas hold entries up to counter `c`. Lets
+    /// go of what it covers; true when the reader must read again from
+    /// `released` (entries past [`MAX_HELD`] were dropped).
+    pub(super) fn commit(&mut self, c: u64, out: &mut Vec<Entry>) -> bool {
+        self.commit = self.commit.max(c);
+        while self
+            .queue
+            .front()
+            .is_some_and(|(_, n, _)| *n <= self.commit)
+        {
+            let (id, n, entry) = self.queue.pop_front().expect("a front");
+            self.released = (id, Some(n));
+            out.extend(entry);
+        }
+        if !self.queue.is_empty() {
+            return false;
+        }
+        self.since = None;
+        std::mem::take(&mut self.overflow)
+    }
+
+    /// Drop what is held (the log it came from may not be the one read
+    /// next); the reader reads again from `released`.
+    pub(super) fn drop_held(&mut self) -> bool {
+        let had = !self.queue.is_empty() || self.overflow;
+        self.queue.clear();
+        self.overflow = false;
+        self.since = None;
+        had
+    }
+
+    /// A new log (flushed or restored): what is held of the old one is
+    /// gone, and nothing of the new one is known to be on the replicas.
+    /// Reading goes on from `from` (stream id, counter).
+    pub(super) fn restart(&mut self, replicas: usize, from: Option<(&str, Option<u64>)>) {
+        let released = std::mem::take(&mut self.released);
+        *self = Held::new(replicas);
+        self.released = released;
+        if let Some((id, n)) = from {
+            self.released = (id.to_string(), n);
+        }
+    }
+
+    /// Where reading starts again when what is held is dropped.
+    pub(super) fn released(&self) -> (&str, Option<u64>) {
+        (&self.released.0, self.released.1)
+    }
+
+    pub(super) fn waiting_since(&self) -> Option<Instant> {
+        self.since
+    }
+}
 
 /// A log entry read by a reader, for the merger.
 pub(super) struct Entry {
@@ -112,6 +223,9 @@ impl Cluster {
         // log restored from an older copy), not delivered again.
         // (t, n): entries of a restored log that this node read before.
         let mut read_before: Vec<(u64, u64)> = vec![(0, 0); parts.len()];
+        // With --redis-replicas: entries no commit marker covers yet.
+        let replicas = self.config.replicas;
+        let mut held: Vec<Held> = (0..parts.len()).map(|_| Held::new(replicas)).collect();
         let mut last_check = Instant::now();
         // The last entry of each partition when the reader started: caught
         // up once read that far (even while publishes go on).
@@ -139,6 +253,16 @@ impl Cluster {
                 match instance.dial_at(BLOCK + RESPONSE_TIMEOUT).await {
                     Ok((c, addr)) => {
                         dialled = addr;
+                        // What was held may be gone from the log read now
+                        // (a failover loses what no replica had): read
+                        // again from the last entry let go.
+                        for k in 0..parts.len() {
+                            if held[k].drop_held() {
+                                let (at, n) = held[k].released();
+                                position[k] = at.to_string();
+                                last_n[k] = n;
+                            }
+                        }
                         if self.stats.reconnects.fetch_add(1, Ordering::Relaxed)
                             >= self.instances.len() as u64
                         {
@@ -259,6 +383,21 @@ impl Cluster {
                     continue;
                 }
                 for entry in stream.ids {
+                    // A commit marker: the replicas hold this partition's
+                    // entries up to its counter.
+                    if let Some(c) = entry.map.get("c") {
+                        let c: u64 = redis::from_redis_value(c).unwrap_or(0);
+                        position[k].clone_from(&entry.id);
+                        if held[k].commit(c, &mut entries) {
+                            // Some were dropped past MAX_HELD: read them
+                            // again (the rest of this page with them).
+                            let (at, n) = held[k].released();
+                            position[k] = at.to_string();
+                            last_n[k] = n;
+                            break;
+                        }
+                        continue;
+                    }
                     position[k].clone_from(&entry.id);
                     let n: Option<u64> = entry
                         .map
@@ -301,20 +440,29 @@ impl Cluster {
                     // flush restores nothing: got = 0, nothing skipped).
                     if n <= read_before[k].1 && t <= read_before[k].0 {
                         last_n[k] = Some(n);
+                        held[k].take(&entry.id, n, None, &mut entries);
                         continue;
                     }
                     let gap = last_n[k].filter(|last| n != last + 1).map(|last| (last, n));
+                    if gap.is_some_and(|(last, n)| n <= last) {
+                        // The counter went back under this connection: a
+                        // new log (flushed), none of it marked yet.
+                        held[k].restart(replicas, None);
+                    }
                     last_n[k] = Some(n);
                     last_t[k] = last_t[k].max(t);
-                    entries.push(Entry {
+                    let entry_id = entry.id;
+                    let read = Entry {
                         partition: parts[k],
                         n,
                         t,
                         update,
                         gap,
-                    });
+                    };
+                    held[k].take(&entry_id, n, Some(read), &mut entries);
                 }
-                seen.push((parts[k], last_n[k].unwrap_or(0)));
+                // What the merger may count as read: entries let go.
+                seen.push((parts[k], held[k].released().1.unwrap_or(0)));
             }
             let idle = seen.is_empty();
             if !seen.is_empty() {
@@ -350,7 +498,8 @@ impl Cluster {
                 if let Ok(counters) = counters {
                     for (k, counter) in counters.into_iter().enumerate() {
                         let got = counter.unwrap_or(0);
-                        if let Some(last) = last_n[k].filter(|last| got < *last) {
+                        let released = held[k].released().1;
+                        if let Some(last) = released.filter(|last| got < *last) {
                             let reset = Read::Reset {
                                 partition: parts[k],
                                 last,
@@ -362,6 +511,14 @@ impl Cluster {
                             position[k] = "0".into();
                             last_n[k] = None;
                             read_before[k] = (last_t[k], got);
+                            held[k].restart(replicas, Some(("0", None)));
+                        } else if last_n[k].is_some_and(|last| got < last) {
+                            // Only entries held (not on a replica) are gone:
+                            // read again from the last one let go.
+                            held[k].drop_held();
+                            let (at, n) = held[k].released();
+                            position[k] = at.to_string();
+                            last_n[k] = n;
                         }
                     }
                 }
@@ -380,6 +537,12 @@ impl Cluster {
             }
             if caught_up {
                 instance.clear_fault(node);
+            }
+            if held.iter().any(|h| {
+                h.waiting_since()
+                    .is_some_and(|at| at.elapsed() >= COMMIT_NUDGE)
+            }) {
+                self.nudge(i);
             }
         }
     }

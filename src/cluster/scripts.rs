@@ -20,6 +20,8 @@ pub(super) struct Scripts {
     pub(super) release: redis::Script,
     /// Ask idle partitions whether anything is unread; raise their clocks.
     pub(super) probe: redis::Script,
+    /// Start a replica round: a write to wait for, and the counters as of it.
+    pub(super) sync: redis::Script,
 }
 
 impl Scripts {
@@ -30,6 +32,7 @@ impl Scripts {
             record: redis::Script::new(include_str!("scripts/record.lua")),
             release: redis::Script::new(include_str!("scripts/release.lua")),
             probe: redis::Script::new(include_str!("scripts/probe.lua")),
+            sync: redis::Script::new(include_str!("scripts/sync.lua")),
         }
     }
 }
