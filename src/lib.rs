@@ -24,6 +24,7 @@ pub mod history;
 pub mod http;
 pub mod hub;
 pub mod log;
+pub mod metrics;
 pub mod server;
 pub mod sse;
 pub mod subscription;

@@ -345,7 +345,9 @@ impl Cluster {
                 ))))
             }
         };
+        let started = std::time::Instant::now();
         let answer: redis::RedisResult<Value> = invocation.invoke_async(&mut conn).await;
+        crate::metrics::observe(&crate::metrics::METRICS.redis_seconds, started.elapsed());
         Ok(match answer {
             Ok(Value::Array(items)) => {
                 if let (Some(Value::BulkString(tag)), Some(now)) = (items.first(), items.get(1)) {

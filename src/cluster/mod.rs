@@ -101,6 +101,9 @@ pub struct Cluster {
     /// Per partition, the counter value of the last entry this node
     /// applied.
     applied: watch::Sender<Vec<u64>>,
+    /// Per partition, the newest counter this node knows the log has (read,
+    /// or asked): with `applied`, how far behind it is.
+    heads: Vec<AtomicU64>,
     /// Per partition, which update this node applied at its recent counter
     /// values (a lost entry's value can be taken by the next update).
     recent: positions::Recent,
@@ -140,6 +143,7 @@ impl Cluster {
             replica,
             merge_fault: Mutex::new(None),
             applied: watch::channel(vec![0; config.partitions]).0,
+            heads: (0..config.partitions).map(|_| AtomicU64::new(0)).collect(),
             recent: positions::Recent::new(config.partitions),
             changes: std::sync::OnceLock::new(),
             known_nodes: Mutex::new(Vec::new()),
@@ -180,6 +184,17 @@ impl Cluster {
             return Err(format!("node {}: {reason}", self.config.node_id));
         }
         Ok(())
+    }
+
+    /// Per partition, entries this node knows the log has and has not
+    /// applied yet (read and held or queued, or counted in Redis).
+    pub fn lag(&self) -> Vec<u64> {
+        let applied = self.applied.borrow();
+        self.heads
+            .iter()
+            .zip(applied.iter())
+            .map(|(head, applied)| head.load(Ordering::Relaxed).saturating_sub(*applied))
+            .collect()
     }
 
     /// Every Redis's partitions have been read as far as they went at

@@ -252,6 +252,9 @@ impl Cluster {
                 // Its reads block up to BLOCK before they answer.
                 match instance.dial_at(BLOCK + RESPONSE_TIMEOUT).await {
                     Ok((c, addr)) => {
+                        if !dialled.is_empty() && dialled != addr {
+                            crate::metrics::METRICS.primary_changes.inc();
+                        }
                         dialled = addr;
                         // What was held may be gone from the log read now
                         // (a failover loses what no replica had): read
@@ -463,6 +466,7 @@ impl Cluster {
                 }
                 // What the merger may count as read: entries let go.
                 seen.push((parts[k], held[k].released().1.unwrap_or(0)));
+                self.heads[parts[k]].store(last_n[k].unwrap_or(0), Ordering::Relaxed);
             }
             let idle = seen.is_empty();
             if !seen.is_empty() {
@@ -498,6 +502,7 @@ impl Cluster {
                 if let Ok(counters) = counters {
                     for (k, counter) in counters.into_iter().enumerate() {
                         let got = counter.unwrap_or(0);
+                        self.heads[parts[k]].store(got, Ordering::Relaxed);
                         let released = held[k].released().1;
                         if let Some(last) = released.filter(|last| got < *last) {
                             let reset = Read::Reset {

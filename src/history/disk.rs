@@ -800,7 +800,10 @@ impl HistoryStore for DiskHistory {
             // Durable first: until this returns nothing is acknowledged,
             // and on failure the transaction is dropped, so the numbers it
             // took are free again.
-            if let Err(e) = journal.append(frames.iter().map(|(seq, r)| (*seq, r.as_slice()))) {
+            let started = Instant::now();
+            let written = journal.append(frames.iter().map(|(seq, r)| (*seq, r.as_slice())));
+            crate::metrics::observe(&crate::metrics::METRICS.sync_seconds, started.elapsed());
+            if let Err(e) = written {
                 let _ = txn.abort();
                 return Err(storage(format!(
                     "writing the journal {}: {e}",
@@ -909,6 +912,11 @@ impl HistoryStore for DiskHistory {
 
     fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed) as usize
+    }
+
+    /// The file's size (the journal beside it is preallocated, and small).
+    fn bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
     }
 
     /// Between batches: the age limit moves the start past updates older

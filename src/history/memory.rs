@@ -27,6 +27,8 @@ pub(super) struct Ring {
     entries: VecDeque<(u64, u64, Arc<Update>)>,
     by_id: HashMap<String, u64>,
     last_seq: u64,
+    /// The events' bytes held (their SSE frames).
+    bytes: u64,
 }
 
 impl Ring {
@@ -36,6 +38,10 @@ impl Ring {
 
     pub(super) fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     pub(super) fn last_seq(&self) -> u64 {
@@ -66,11 +72,13 @@ impl Ring {
             self.pop_oldest();
         }
         self.by_id.insert(update.id.clone(), seq);
+        self.bytes += update.frame.len() as u64;
         self.entries.push_back((seq, at_ms, update));
     }
 
     fn pop_oldest(&mut self) {
         if let Some((seq, _, old)) = self.entries.pop_front() {
+            self.bytes -= old.frame.len() as u64;
             // Only if the id still points here: a newer update may have
             // taken it (a replica of the cluster log).
             if self.by_id.get(&old.id) == Some(&seq) {
@@ -197,6 +205,10 @@ impl HistoryStore for MemoryHistory {
 
     fn len(&self) -> usize {
         self.inner.read().len()
+    }
+
+    fn bytes(&self) -> u64 {
+        self.inner.read().bytes()
     }
 
     fn discard_all(&self) -> Result<(), HistoryError> {

@@ -132,6 +132,12 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// How many updates are held.
     fn len(&self) -> usize;
 
+    /// Bytes the held updates take, for `/metrics`: the store's file on
+    /// disk, or the events in memory.
+    fn bytes(&self) -> u64 {
+        0
+    }
+
     fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -82,6 +82,8 @@ pub struct EdgeStats {
     pub tls_failures: AtomicU64,
     /// Connections served as HTTP/2 (over TLS or h2c).
     pub h2_connections: AtomicU64,
+    /// HTTP/2 connections open now.
+    pub h2_open: AtomicUsize,
 }
 
 pub static STATS: EdgeStats = EdgeStats {
@@ -94,6 +96,7 @@ pub static STATS: EdgeStats = EdgeStats {
     accept_errors: AtomicU64::new(0),
     tls_failures: AtomicU64::new(0),
     h2_connections: AtomicU64::new(0),
+    h2_open: AtomicUsize::new(0),
 };
 
 /// How connections are served beyond clear-text HTTP/1.1.
@@ -764,6 +767,14 @@ async fn serve_h2<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     STATS.h2_connections.fetch_add(1, Relaxed);
+    STATS.h2_open.fetch_add(1, Relaxed);
+    struct Open;
+    impl Drop for Open {
+        fn drop(&mut self) {
+            STATS.h2_open.fetch_sub(1, Relaxed);
+        }
+    }
+    let _open = Open;
     let proxies = edge.proxies.clone();
     // A connection that sends no request within --header-timeout is
     // closed, as on HTTP/1.1 (an idle connection holds a slot).

@@ -10,6 +10,7 @@ mod error;
 pub mod form;
 pub mod gzip;
 mod h2_stall;
+pub mod metrics;
 pub mod proxies;
 mod publish;
 pub mod requests;
@@ -97,7 +98,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui", get(status::redirect))
         .route(status::UI_PATH, get(status::page))
         .route(status::STREAM_PATH, get(status::stream))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics::metrics));
     if state.config.demo {
         app = app.route(
             "/",
@@ -160,67 +161,6 @@ async fn readyz(State(s): State<AppState>) -> Response {
         )
             .into_response(),
     }
-}
-
-async fn metrics(State(s): State<AppState>) -> Response {
-    use std::sync::atomic::Ordering::Relaxed;
-    let st = &s.hub.stats;
-    let edge = &conn::STATS;
-    let body = format!(
-        "# HELP herald_subscribers Connected subscribers.\n# TYPE herald_subscribers gauge\nherald_subscribers {}\n\
-         # HELP herald_published_total Updates published.\n# TYPE herald_published_total counter\nherald_published_total {}\n\
-         # HELP herald_delivered_total Events queued to subscribers.\n# TYPE herald_delivered_total counter\nherald_delivered_total {}\n\
-         # HELP herald_slow_cut_off_total Subscribers cut off for falling behind.\n# TYPE herald_slow_cut_off_total counter\nherald_slow_cut_off_total {}\n\
-         # HELP herald_history_updates Updates held in history.\n# TYPE herald_history_updates gauge\nherald_history_updates {}\n\
-         # HELP herald_history_syncs_total Durable writes (fsyncs) of history: one per commit group, shared by its publishers.\n# TYPE herald_history_syncs_total counter\nherald_history_syncs_total {}\n\
-         # HELP herald_storage_errors_total Commit batches history failed to store.\n# TYPE herald_storage_errors_total counter\nherald_storage_errors_total {}\n\
-         # HELP herald_committer_panics_total Commit batches that panicked (the committer carried on).\n# TYPE herald_committer_panics_total counter\nherald_committer_panics_total {}\n\
-         # HELP herald_ready Whether the hub can take publishes (see /readyz).\n# TYPE herald_ready gauge\nherald_ready {}\n\
-         # HELP herald_distinct_patterns Distinct compiled topic patterns alive (--max-distinct-patterns).\n# TYPE herald_distinct_patterns gauge\nherald_distinct_patterns {}\n\
-         # HELP herald_connections Open client connections.\n# TYPE herald_connections gauge\nherald_connections {}\n\
-         # HELP herald_connections_refused_total Connections refused over --max-connections (503).\n# TYPE herald_connections_refused_total counter\nherald_connections_refused_total {}\n\
-         # HELP herald_connections_refused_per_ip_total Connections refused over --max-connections-per-ip (429).\n# TYPE herald_connections_refused_per_ip_total counter\nherald_connections_refused_per_ip_total {}\n\
-         # HELP herald_write_timeouts_total Connections closed because a write made no progress for --write-timeout.\n# TYPE herald_write_timeouts_total counter\nherald_write_timeouts_total {}\n\
-         # HELP herald_header_timeouts_total Connections closed because a request head did not arrive within --header-timeout.\n# TYPE herald_header_timeouts_total counter\nherald_header_timeouts_total {}\n\
-         # HELP herald_body_timeouts_total Requests answered 408 because their body did not arrive within --body-timeout.\n# TYPE herald_body_timeouts_total counter\nherald_body_timeouts_total {}\n\
-         # HELP herald_accept_errors_total Failed accepts (e.g. out of file descriptors).\n# TYPE herald_accept_errors_total counter\nherald_accept_errors_total {}\n\
-         # HELP herald_tls_handshake_failures_total TLS handshakes that failed or did not finish within --header-timeout.\n# TYPE herald_tls_handshake_failures_total counter\nherald_tls_handshake_failures_total {}\n\
-         # HELP herald_http2_connections_total Connections served as HTTP/2 (TLS with ALPN h2, or h2c).\n# TYPE herald_http2_connections_total counter\nherald_http2_connections_total {}\n",
-        s.hub.subscriber_count(),
-        st.published.load(Relaxed),
-        st.delivered.load(Relaxed),
-        st.cut_off_slow.load(Relaxed),
-        s.hub.history().len(),
-        s.hub.history().syncs(),
-        st.storage_errors.load(Relaxed),
-        st.committer_panics.load(Relaxed),
-        u8::from(s.hub.readiness().is_ok()),
-        crate::topic::live_patterns(),
-        edge.connections.load(Relaxed),
-        edge.refused_total.load(Relaxed),
-        edge.refused_per_ip.load(Relaxed),
-        edge.write_timeouts.load(Relaxed),
-        edge.header_timeouts.load(Relaxed),
-        edge.body_timeouts.load(Relaxed),
-        edge.accept_errors.load(Relaxed),
-        edge.tls_failures.load(Relaxed),
-        edge.h2_connections.load(Relaxed),
-    );
-    let mut body = body;
-    if let Some(c) = &s.cluster {
-        let cs = &c.stats;
-        body.push_str(&format!(
-            "# HELP herald_cluster_applied_total Entries of the cluster log applied by this node.\n# TYPE herald_cluster_applied_total counter\nherald_cluster_applied_total {}\n\
-             # HELP herald_cluster_bad_entries_total Log entries skipped because they are not Herald updates.\n# TYPE herald_cluster_bad_entries_total counter\nherald_cluster_bad_entries_total {}\n\
-             # HELP herald_cluster_resets_total Times the log did not continue where this node left it (history dropped).\n# TYPE herald_cluster_resets_total counter\nherald_cluster_resets_total {}\n\
-             # HELP herald_cluster_probes_total Idle partitions asked whether they hold anything unread (the merge's watermark).\n# TYPE herald_cluster_probes_total counter\nherald_cluster_probes_total {}\n",
-            cs.applied.load(Relaxed),
-            cs.bad_entries.load(Relaxed),
-            cs.resets.load(Relaxed),
-            cs.probes.load(Relaxed),
-        ));
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 /// Find the token a request presents: `Authorization: Bearer` first (a

@@ -71,11 +71,25 @@ pub async fn handle(
         Some(p) if proxies.contains(p.ip()) => forwarding_headers(req.headers()),
         _ => HeaderMap::new(),
     };
+    // A publish (single or batch) is timed and counted by its answer.
+    let publish = (method == axum::http::Method::POST
+        && uri.path().starts_with(super::HUB_PATH)
+        && matches!(&uri.path()[super::HUB_PATH.len()..], "" | "/batch"))
+    .then(std::time::Instant::now);
     let mut resp = match app.oneshot(req).await {
         Ok(r) => r,
         Err(never) => match never {},
     };
     let status = resp.status();
+    if let Some(started) = publish {
+        let m = &crate::metrics::METRICS;
+        crate::metrics::observe(&m.publish_seconds, started.elapsed());
+        m.publishes
+            .get_or_create(&crate::metrics::Outcome {
+                status: status.as_u16(),
+            })
+            .inc();
+    }
     if !status.is_client_error() && !status.is_server_error() {
         if let Some(id) = given {
             resp.headers_mut().insert(X_REQUEST_ID, id);

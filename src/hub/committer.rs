@@ -22,10 +22,12 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use super::{Hub, HubError};
 use crate::history::HistoryError;
 use crate::log::{ApplyRequest, Pending, Reply};
+use crate::metrics;
 use crate::update::Update;
 
 /// Most updates committed in one batch.
@@ -131,6 +133,7 @@ impl Hub {
             match self.history.append_batch(&durable) {
                 Ok(r) => {
                     self.clear_fault();
+                    metrics::METRICS.commit_group.observe(durable.len() as f64);
                     r
                 }
                 Err(e) => {
@@ -147,6 +150,7 @@ impl Hub {
             }
         }
         .into_iter();
+        let stored_at = Instant::now();
         let mut cut_off = Vec::new();
         let mut published = 0;
         let mut answers = Vec::with_capacity(durable.len());
@@ -189,6 +193,9 @@ impl Hub {
                 }
                 answers.push((reply.take(), result));
             }
+        }
+        if published > 0 {
+            metrics::observe(&metrics::METRICS.delivery_seconds, stored_at.elapsed());
         }
         self.stats.published.fetch_add(published, Ordering::Relaxed);
         self.remove_many(&cut_off);

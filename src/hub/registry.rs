@@ -48,6 +48,20 @@ pub(super) struct Registry {
     any: HashSet<u64>,
     /// Keyed by [`TopicSelector::matcher_id`].
     patterns: HashMap<usize, PatternGroup>,
+    /// Selectors of the subscribers, by kind ([`kind`]), for `/metrics`.
+    kinds: [usize; KINDS.len()],
+}
+
+/// The kinds of selector `/metrics` counts subscriptions by.
+pub const KINDS: [&str; 4] = ["exact", "uri_template", "url_pattern", "any"];
+
+fn kind(selector: &TopicSelector) -> usize {
+    match selector {
+        TopicSelector::Exact(_) => 0,
+        TopicSelector::UriTemplate { .. } => 1,
+        TopicSelector::UrlPattern { .. } => 2,
+        TopicSelector::Any => 3,
+    }
 }
 
 /// Where one selector of a subscription is indexed.
@@ -90,6 +104,9 @@ impl Registry {
         tx: QueueSender,
         live_after: u64,
     ) {
+        for selector in &subscription.selectors {
+            self.kinds[kind(selector)] += 1;
+        }
         let slots = slots(&subscription);
         let multi = slots.len() > 1;
         for slot in slots {
@@ -123,6 +140,9 @@ impl Registry {
 
     pub fn remove(&mut self, key: u64) -> Option<Arc<Subscription>> {
         let entry = self.entries.remove(&key)?;
+        for selector in &entry.subscription.selectors {
+            self.kinds[kind(selector)] -= 1;
+        }
         for slot in slots(&entry.subscription) {
             match slot {
                 Slot::Topic(t) => {
@@ -154,6 +174,13 @@ impl Registry {
         self.by_topic.clear();
         self.any.clear();
         self.patterns.clear();
+        self.kinds = Default::default();
+    }
+
+    /// Subscriptions (one per subscriber and selector) by kind, in
+    /// [`KINDS`] order.
+    pub fn kinds(&self) -> [usize; KINDS.len()] {
+        self.kinds
     }
 
     pub fn len(&self) -> usize {

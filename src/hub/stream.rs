@@ -132,12 +132,16 @@ impl SubscriberStream {
         }
         cursor.strict = true;
         let mut last = cursor.next;
+        let before = self.backlog.len();
         for (seq, update) in page {
             last = seq;
             if self.subscription.wants(&update) {
                 self.backlog.push_back(update.frame.clone());
             }
         }
+        crate::metrics::METRICS
+            .replayed
+            .inc_by((self.backlog.len() - before) as u64);
         cursor.next = last + 1;
         if cursor.next > cursor.upto {
             self.replay = None;

@@ -139,6 +139,9 @@ impl Hub {
             upto: cursor,
             strict: resumed,
         });
+        if replay.is_some() {
+            crate::metrics::METRICS.replays.inc();
+        }
         if self.config.subscription_events {
             self.publish_subscription_events(&subscription, true);
         }
@@ -185,5 +188,12 @@ impl Hub {
 
     pub fn subscriber_count(&self) -> usize {
         self.registry.read().len()
+    }
+
+    /// Subscriptions (one per subscriber and selector) by kind of selector:
+    /// `(kind, count)`.
+    pub fn subscription_kinds(&self) -> Vec<(&'static str, usize)> {
+        let kinds = self.registry.read().kinds();
+        super::registry::KINDS.iter().copied().zip(kinds).collect()
     }
 }
