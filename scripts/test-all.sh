@@ -60,5 +60,7 @@ echo "==> load generator over TLS, HTTP/2 and h2c against a real Herald (smoke)"
 HERALD_ONLY=1 bash bench/tls_fanout.sh 100 20 10
 echo "==> the Debian package: cargo deb, dpkg -i, the unit's ExecStart, publish/subscribe, reload, purge"
 bash scripts/test-deb.sh
+echo "==> the HTTP API against its OpenAPI document: schemathesis (PyPI), bounded in examples and time"
+bash scripts/test-openapi.sh
 echo "==> the Kubernetes manifests parse (deploy/kubernetes; not applied: no cluster here)"
 python3 -c 'import yaml, sys; [list(yaml.safe_load_all(open(f))) for f in sys.argv[1:]]' deploy/kubernetes/*.yaml

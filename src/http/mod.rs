@@ -92,6 +92,7 @@ pub fn router(state: AppState) -> Router {
             &format!("{HUB_PATH}/subscriptions/{{*rest}}"),
             get(subscriptions::lookup),
         )
+        .route(&format!("{HUB_PATH}/openapi.json"), get(openapi))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/herald.js", get(client_js::serve))
@@ -152,6 +153,16 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
 
 /// 200 only when the hub can take publishes; otherwise 503 and the reason
 /// (shutting down, history cannot write, committer stopped).
+/// The whole HTTP API as an OpenAPI 3.1 document (`src/http/openapi.json`;
+/// `tests/openapi.sh` runs schemathesis against a live Herald with it).
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
 async fn readyz(State(s): State<AppState>) -> Response {
     match s.hub.readiness() {
         Ok(()) => "ready\n".into_response(),
