@@ -5,8 +5,10 @@
 #   bash examples/run.sh
 #
 # Herald runs with its embedded defaults (disk history under the data dir),
-# a fixed development key shared with the apps through HERALD_JWT_KEY, and
-# --cors-origins listing every app (their pages subscribe across origins).
+# a fixed development key shared with the apps through HERALD_JWT_KEY,
+# --cors-origins listing every app (their pages subscribe across origins),
+# and --auth-url pointing at the notifications app: its pages bring no
+# token, Herald asks the app who their session cookie belongs to.
 # Data (Herald's history, the apps' SQLite files) stays in
 # target/examples-data between runs; delete it to start afresh. The likes
 # app keeps its comments in a redis-server started here on port 6390
@@ -86,6 +88,7 @@ wait_port "$REDIS_PORT"
 HERALD_LOG="${HERALD_LOG:-herald=warn}" "$CARGO_TARGET_DIR/release/herald" serve \
   --listen "127.0.0.1:$HERALD_PORT" \
   --data-dir "$DATA/herald" \
+  --auth-url "http://127.0.0.1:3001/api/herald-session" \
   --cors-origins "$cors" >"$DATA/herald.log" 2>&1 &
 pids+=($!)
 # The apps publish from their first moments (the dashboard's first sample):

@@ -8,6 +8,11 @@ mod common;
 
 #[test]
 fn notification_center_in_chromium() {
-    let report = common::apps::run_example("notifications", "example_notifications.mjs");
+    // The page brings no token: Herald asks the app (--auth-url).
+    let report = common::apps::run_example_with_auth_url(
+        "notifications",
+        "example_notifications.mjs",
+        "/api/herald-session",
+    );
     assert_eq!(report.matches("ok - ").count(), 9, "{report}");
 }

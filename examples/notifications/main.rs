@@ -10,9 +10,14 @@
 //!   the user's topic `https://example.app/users/{name}/notifications`;
 //!   broadcasts are public updates on `https://example.app/broadcasts`;
 //! - the app publishes with a publisher JWT it mints for those topics;
-//! - the page gets a subscriber JWT for its user's topic only
-//!   (`GET /api/me`) and subscribes with herald.js, imported from the hub
-//!   (another origin: Herald runs with `--cors-origins` listing this app).
+//! - the page mints no token: it subscribes with herald.js (imported from
+//!   the hub, another origin: Herald runs with `--cors-origins` listing
+//!   this app) sending its cookies, and Herald, run with `--auth-url
+//!   <this app>/api/herald-session`, asks this app who the cookie belongs
+//!   to: `GET /api/herald-session` answers the user's topic (private
+//!   updates included) and name, or 401 without a session. The app's own
+//!   session is the only credential (docs/deploy.md, "The app's own
+//!   sessions").
 //!
 //! Run: `bash examples/run.sh` (or `cargo run --release --example
 //! notifications` with `HERALD_JWT_KEY`, `HERALD_URL`, `LISTEN`, `DATA_DIR`).
@@ -93,6 +98,7 @@ fn router(app: Shared) -> Router {
         .route("/api/login", post(login))
         .route("/api/logout", post(logout))
         .route("/api/me", get(me))
+        .route("/api/herald-session", get(herald_session))
         .route("/api/notifications", get(inbox).post(notify))
         .route("/api/broadcasts", post(broadcast))
         .route("/api/notifications/read-all", post(read_all))
@@ -123,8 +129,8 @@ async fn logout(State(app): State<Shared>) -> Response {
     logged_out(&app.sessions)
 }
 
-/// Who is logged in, and what the page needs to subscribe: the hub, the
-/// topics, and a subscriber JWT that may read this user's topic only.
+/// Who is logged in, and what the page needs to subscribe: the hub and
+/// the topics (no token: Herald asks `/api/herald-session`).
 async fn me(State(app): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
     let name = app.sessions.user(&headers)?;
     let topic = user_topic(&name);
@@ -132,7 +138,20 @@ async fn me(State(app): State<Shared>, headers: HeaderMap) -> Result<Json<Value>
         "name": name,
         "hub": format!("{}/.well-known/mercure", app.settings.herald_url),
         "topics": [topic, BROADCASTS],
-        "token": subscriber_token(&app.settings, &[topic]),
+    })))
+}
+
+/// Herald's question (`--auth-url`), with the subscriber's cookies: what
+/// may this session read? The user's own topic, private updates included
+/// (broadcasts are public). No session: 401, which the subscriber gets.
+async fn herald_session(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    let name = app.sessions.user(&headers)?;
+    Ok(Json(json!({
+        "subscribe": [user_topic(&name)],
+        "sub": name,
     })))
 }
 

@@ -87,11 +87,12 @@ export function claimsOf(jwt) {
  * stream text). `lastEventId`: 'earliest' asks for all history; `onOpen`
  * is called once the hub has answered 200 (the subscription is live).
  */
-export async function readStream(topics, { token, lastEventId, header = false, ms = 800, onOpen } = {}) {
+export async function readStream(topics, { token, cookie, lastEventId, header = false, ms = 800, onOpen } = {}) {
   const url = new URL(hub);
   for (const t of topics) url.searchParams.append('topic', t);
   const headers = { accept: 'text/event-stream' };
   if (token) headers.authorization = `Bearer ${token}`;
+  if (cookie) headers.cookie = cookie;
   if (lastEventId && header) headers['last-event-id'] = lastEventId;
   else if (lastEventId) url.searchParams.set('last_event_id', lastEventId);
   const ctl = new AbortController();

@@ -97,28 +97,40 @@ await main('notifications', async (browser) => {
   const carol = await person(browser);
   const c1 = await logIn(carol, 'carol');
   await expectView('carol sees the broadcast only', [c1], 1, [['Maintenance tonight at 22:00', true]]);
+  // No token anywhere: the page subscribes with its session cookie and
+  // Herald asks the app (--auth-url) what that session may read.
   const carolMe = await c1.evaluate(() => fetch('/api/me').then((r) => r.json()));
-  const bobMe = await b1.evaluate(() => fetch('/api/me').then((r) => r.json()));
-  check(JSON.stringify(claimsOf(carolMe.token).mercure.subscribe) === JSON.stringify([topicOf('carol')]),
-    `carol's token grants ${JSON.stringify(claimsOf(carolMe.token).mercure)}`);
+  check(carolMe.token === undefined, `the app still mints a token: ${JSON.stringify(carolMe)}`);
+  const aliceCookie = await cookieOf(alice, COOKIE);
+  const bobCookie = await cookieOf(bob, COOKIE);
+  const carolCookie = await cookieOf(carol, COOKIE);
+  const carolSession = await call('GET', '/api/herald-session', { cookie: carolCookie });
+  check(carolSession.status === 200
+    && JSON.stringify(carolSession.body.subscribe) === JSON.stringify([topicOf('carol')])
+    && carolSession.body.sub === 'carol',
+  `the app tells Herald carol may read ${JSON.stringify(carolSession.body)}`);
+  // A cookie the app did not sign: Herald answers 401, as the app does.
+  const forged = await fetch(`${hub}?topic=${encodeURIComponent(topicOf('bob'))}`, {
+    headers: { accept: 'text/event-stream', cookie: `${COOKIE}=${bobCookie.split('=')[1].slice(0, -4)}AAAA` },
+  });
+  check(forged.status === 401, `a forged session cookie: Herald answered ${forged.status}`);
+  await forged.body?.cancel();
   // Carol (and an anonymous client) subscribe to bob's topic, asking for
-  // all history: nothing. Bob's own token, as a control: his notifications.
+  // all history: nothing. Bob's own session, as a control: his notifications.
   const [carolReplay, anonReplay, bobReplay] = await Promise.all([
-    readStream([topicOf('bob')], { token: carolMe.token, lastEventId: 'earliest' }),
+    readStream([topicOf('bob')], { cookie: carolCookie, lastEventId: 'earliest' }),
     readStream([topicOf('bob')], { lastEventId: 'earliest' }),
-    readStream([topicOf('bob')], { token: bobMe.token, lastEventId: 'earliest' }),
+    readStream([topicOf('bob')], { cookie: bobCookie, lastEventId: 'earliest' }),
   ]);
   check(bobReplay.includes('Your export is ready'), `bob's replay lacks his notification: ${bobReplay}`);
   check(!carolReplay.includes('data:'), `carol's replay of bob's topic got: ${carolReplay}`);
   check(!anonReplay.includes('data:'), `an anonymous replay of bob's topic got: ${anonReplay}`);
   // Live: carol listens on bob's topic while alice notifies bob.
-  const aliceCookie = await cookieOf(alice, COOKIE);
-  const carolCookie = await cookieOf(carol, COOKIE);
   let opened = 0;
   const onOpen = () => opened++;
   const live = Promise.all([
-    readStream([topicOf('bob')], { token: carolMe.token, ms: 1000, onOpen }),
-    readStream([topicOf('bob')], { token: bobMe.token, ms: 1000, onOpen }),
+    readStream([topicOf('bob')], { cookie: carolCookie, ms: 1000, onOpen }),
+    readStream([topicOf('bob')], { cookie: bobCookie, ms: 1000, onOpen }),
   ]);
   await until('the live streams are open', () => opened === 2);
   const sent = await call('POST', '/api/notifications', { cookie: aliceCookie, json: { to: 'bob', body: 'Meeting moved to 3pm', type: 'calendar' } });
@@ -133,7 +145,7 @@ await main('notifications', async (browser) => {
   // Nor can carol touch bob's inbox through the app.
   await expectError('carol marks bob\'s notification read', 404, 'no notification', 'POST',
     `/api/notifications/${sent.body.id}/read`, { cookie: carolCookie });
-  ok('carol cannot read bob\'s notifications: her token grants her topic only; nothing on bob\'s topic for her or anonymous, live or by replay (last_event_id=earliest); 404 for his notification ids');
+  ok('carol cannot read bob\'s notifications: her session (asked by Herald through --auth-url, no token) grants her topic only; a forged cookie gets 401; nothing on bob\'s topic for her or anonymous, live or by replay (last_event_id=earliest); 404 for his notification ids');
 
   // --- persistence: reload, and a restart of the app (SIGKILL) ----------
   const bobNow = [['Meeting moved to 3pm', true], ['Maintenance tonight at 22:00', true], ['Your export is ready', false]];
@@ -189,7 +201,7 @@ await main('notifications', async (browser) => {
   errors.push(await expectError('no content type', 415, 'Content-Type', 'POST', '/api/broadcasts', { cookie: aliceCookie, raw: 'body=hi' }));
   errors.push(await expectError('bad name', 400, 'not valid', 'POST', '/api/login', { json: { name: 'bob smith' } }));
   errors.push(await expectError('empty name', 400, 'must not be empty', 'POST', '/api/login', { json: { name: '' } }));
-  errors.push(await expectError('forged cookie', 401, 'log in again', 'GET', '/api/notifications', { cookie: `${COOKIE}=${carolMe.token}` }));
+  errors.push(await expectError('forged cookie', 401, 'log in again', 'GET', '/api/notifications', { cookie: `${COOKIE}=${process.env.HERALD_TOKEN}` }));
   ok(`bad requests get a clear 4xx: ${errors.length} cases (401 no login, 400 empty body, 413 oversize, 404 unknown id, ...)`);
 
   await b1.bringToFront();

@@ -131,6 +131,17 @@ pub fn run_example(name: &str, script: &str) -> String {
 
 /// [`run_example`], the app getting `env` too (e.g. `REDIS_URL`).
 pub fn run_example_with_env(name: &str, script: &str, env: &[(&str, &str)]) -> String {
+    run(name, script, env, None)
+}
+
+/// [`run_example`] with Herald asking the app about subscribers that bring
+/// no token: `--auth-url <app><auth_path>`.
+#[allow(dead_code)]
+pub fn run_example_with_auth_url(name: &str, script: &str, auth_path: &str) -> String {
+    run(name, script, &[], Some(auth_path))
+}
+
+fn run(name: &str, script: &str, env: &[(&str, &str)], auth_path: Option<&str>) -> String {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
         dir.join("node_modules/playwright-core").exists(),
@@ -149,18 +160,21 @@ pub fn run_example_with_env(name: &str, script: &str, env: &[(&str, &str)]) -> S
     let mut app = App::start(&bin, "127.0.0.1:0", &herald_url, data.path(), env);
     let app_addr = app.base.strip_prefix("http://").expect("http").to_string();
     // The app's page subscribes across origins: Herald lists it.
-    let server = Server::start_raw(
-        &[
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{herald_port}"),
-            "--jwt-key",
-            KEY,
-            "--cors-origins",
-            &app.base,
-        ],
-        &[],
-    );
+    let listen = format!("127.0.0.1:{herald_port}");
+    let mut args = vec![
+        "serve",
+        "--listen",
+        &listen,
+        "--jwt-key",
+        KEY,
+        "--cors-origins",
+        &app.base,
+    ];
+    let auth_url = auth_path.map(|p| format!("{}{p}", app.base));
+    if let Some(url) = &auth_url {
+        args.extend(["--auth-url", url.as_str()]);
+    }
+    let server = Server::start_raw(&args, &[]);
 
     let mut node = Command::new("node")
         .arg(script)
