@@ -6,6 +6,8 @@
 //! the app mints itself (HS256, the key it shares with Herald).
 #![allow(dead_code)]
 
+pub mod outbox;
+
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -313,6 +315,48 @@ impl Publisher {
             ));
         }
         Ok(text.trim().to_string())
+    }
+}
+
+impl Publisher {
+    /// One try of an outbox row: `data` (JSON text) on `topic` with the
+    /// app's own `id`. See [`outbox`].
+    pub async fn send(&self, topic: &str, data: &str, private: bool, id: &str) -> outbox::Sent {
+        let body = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("topic", topic)
+                .append_pair("data", data)
+                .append_pair("id", id);
+            if private {
+                form.append_pair("private", "on");
+            }
+            form.finish()
+        };
+        let resp = self
+            .client
+            .post(&self.endpoint)
+            .bearer_auth(&self.token)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .timeout(std::time::Duration::from_secs(10))
+            .body(body)
+            .send()
+            .await;
+        let resp = match resp {
+            Ok(resp) => resp,
+            Err(e) => return outbox::Sent::Retry(format!("Herald could not be reached: {e}")),
+        };
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if status.is_success() || status == StatusCode::CONFLICT {
+            outbox::Sent::Stored
+        } else if status.is_client_error()
+            && status != StatusCode::TOO_MANY_REQUESTS
+            && status != StatusCode::REQUEST_TIMEOUT
+        {
+            outbox::Sent::Refused(format!("{status}: {}", text.trim()))
+        } else {
+            outbox::Sent::Retry(format!("Herald answered {status}: {}", text.trim()))
+        }
     }
 }
 

@@ -36,6 +36,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use common::outbox::{self, Outbox};
 use common::*;
 
 const PAGE: &str = include_str!("page.html");
@@ -49,7 +50,8 @@ fn user_topic(name: &str) -> String {
 struct App {
     settings: Settings,
     sessions: Sessions,
-    herald: Publisher,
+    /// Publishes what the handlers enqueue (common::outbox).
+    outbox: Outbox,
     db: Db,
 }
 
@@ -59,12 +61,18 @@ type Shared = Arc<App>;
 async fn main() {
     let settings = Settings::from_env("127.0.0.1:3001", "notifications-data");
     let db = Db::open_or_exit(&settings, "notifications.sqlite3", open_db);
+    let publisher = Publisher::new(
+        &settings,
+        &["https://example.app/users/{name}/notifications", BROADCASTS],
+    );
+    let outbox = Outbox::start(&settings.data_dir.join("notifications.sqlite3"), publisher)
+        .unwrap_or_else(|e| {
+            eprintln!("error: outbox: {e}");
+            std::process::exit(1);
+        });
     let app = Arc::new(App {
         sessions: Sessions::new("notifications_session", &settings.session_key),
-        herald: Publisher::new(
-            &settings,
-            &["https://example.app/users/{name}/notifications", BROADCASTS],
-        ),
+        outbox,
         db,
         settings,
     });
@@ -89,6 +97,7 @@ fn open_db(path: &std::path::Path) -> rusqlite::Result<Connection> {
            user TEXT NOT NULL, notification_id INTEGER NOT NULL, read_at INTEGER NOT NULL,
            PRIMARY KEY (user, notification_id));",
     )?;
+    outbox::prepare(&db)?;
     Ok(db)
 }
 
@@ -218,25 +227,34 @@ fn notification_type(kind: &Option<String>) -> Result<String, AppError> {
     Ok(kind.to_string())
 }
 
-/// Store a notification (user None: a broadcast) and answer it as JSON.
+/// Store a notification (user None: a broadcast) and, in the same
+/// transaction, its update for `topic` in the outbox; answer it as JSON.
+/// Stored first, published after: a page loads its inbox after its stream
+/// is open, so it misses nothing in between.
 fn insert(
     app: &App,
     user: Option<&str>,
     from: &str,
     kind: &str,
     body: &str,
+    topic: &str,
 ) -> Result<Value, AppError> {
-    let db = app.db.lock();
-    db.execute(
+    let mut db = app.db.lock();
+    let tx = db.transaction()?;
+    tx.execute(
         "INSERT INTO notifications (user, sender, type, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![user, from, kind, body, now_ms()],
     )?;
-    let id = db.last_insert_rowid();
-    let n = db.query_row(
+    let id = tx.last_insert_rowid();
+    let n = tx.query_row(
         &format!("{INBOX} AND n.id = ?2"),
         params![user.unwrap_or(""), id],
         notification_json,
     )?;
+    let update = json!({ "kind": "notification", "notification": n });
+    outbox::enqueue(&tx, topic, &update, user.is_some())?;
+    tx.commit()?;
+    app.outbox.wake();
     Ok(n)
 }
 
@@ -266,16 +284,7 @@ async fn notify(
             "no user named {to:?} (a user exists once they have logged in)"
         )));
     }
-    // Stored first, published second: a page loads its inbox after its
-    // stream is open, so it misses nothing in between.
-    let n = insert(&app, Some(&to), &from, &kind, &body)?;
-    app.herald
-        .publish(
-            &user_topic(&to),
-            &json!({ "kind": "notification", "notification": n }),
-            true,
-        )
-        .await?;
+    let n = insert(&app, Some(&to), &from, &kind, &body, &user_topic(&to))?;
     Ok((StatusCode::CREATED, Json(n)))
 }
 
@@ -288,31 +297,29 @@ async fn broadcast(
     let from = app.sessions.user(&headers)?;
     let body = message_body(&req.body, MAX_BODY_CHARS)?;
     let kind = notification_type(&req.kind.or(Some("announcement".into())))?;
-    let n = insert(&app, None, &from, &kind, &body)?;
-    app.herald
-        .publish(
-            BROADCASTS,
-            &json!({ "kind": "notification", "notification": n }),
-            false,
-        )
-        .await?;
+    let n = insert(&app, None, &from, &kind, &body, BROADCASTS)?;
     Ok((StatusCode::CREATED, Json(n)))
 }
 
 /// Mark `ids` read for `name`, then tell every tab of that user.
 async fn mark_read(app: &App, name: &str, ids: Vec<i64>) -> Result<Json<Value>, AppError> {
-    let unread = app.db.with(|db| {
+    let change = {
+        let mut db = app.db.lock();
+        let tx = db.transaction()?;
         let now = now_ms();
         for id in &ids {
-            db.execute(
+            tx.execute(
                 "INSERT OR IGNORE INTO reads (user, notification_id, read_at) VALUES (?1, ?2, ?3)",
                 params![name, id, now],
             )?;
         }
-        Ok(unread_count(db, name)?)
-    })?;
-    let change = json!({ "kind": "read", "ids": ids, "unread": unread });
-    app.herald.publish(&user_topic(name), &change, true).await?;
+        let unread = unread_count(&tx, name)?;
+        let change = json!({ "kind": "read", "ids": ids, "unread": unread });
+        outbox::enqueue(&tx, &user_topic(name), &change, true)?;
+        tx.commit()?;
+        change
+    };
+    app.outbox.wake();
     Ok(Json(change))
 }
 

@@ -1,0 +1,120 @@
+//! The outbox (examples/common/outbox.rs), through the notification
+//! center example: with Herald down, a notification and a "mark read" are
+//! answered as stored (not "saved, but Herald could not be reached");
+//! once Herald is up they are published, in order, each once, and a
+//! subscriber resuming from the start gets them. Needs the example built
+//! (`cargo build --release --examples`, as scripts/test-all.sh does).
+
+mod common;
+
+use std::time::Duration;
+
+use common::apps::{example_bin, App};
+use common::redis::free_port;
+use common::*;
+
+async fn log_in(app: &str, name: &str) -> String {
+    let resp = reqwest::Client::new()
+        .post(format!("{app}/api/login"))
+        .json(&serde_json::json!({ "name": name }))
+        .send()
+        .await
+        .expect("login");
+    assert!(resp.status().is_success(), "login: {}", resp.status());
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_string()
+}
+
+async fn post(app: &str, path: &str, cookie: &str, body: serde_json::Value) -> (u16, String) {
+    let resp = reqwest::Client::new()
+        .post(format!("{app}{path}"))
+        .header("cookie", cookie)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    (
+        resp.status().as_u16(),
+        resp.text().await.unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn changes_made_while_herald_is_down_are_published_once_it_is_back() {
+    let bin = example_bin("notifications");
+    let data = tempfile::tempdir().unwrap();
+    // Herald's address, with nothing listening there yet.
+    let herald_port = free_port();
+    let herald_url = format!("http://127.0.0.1:{herald_port}");
+    let app = App::start(&bin, "127.0.0.1:0", &herald_url, data.path(), &[]);
+    let alice = log_in(&app.base, "alice").await;
+    let bob = log_in(&app.base, "bob").await;
+
+    let (status, body) = post(
+        &app.base,
+        "/api/notifications",
+        &alice,
+        serde_json::json!({ "to": "bob", "body": "sent while the hub was down" }),
+    )
+    .await;
+    assert_eq!(status, 201, "stored, whatever Herald's state: {body}");
+    let note: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (status, body) = post(
+        &app.base,
+        &format!("/api/notifications/{}/read", note["id"]),
+        &bob,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Herald comes up: the outbox publishes both, in order.
+    let listen = format!("127.0.0.1:{herald_port}");
+    let server = Server::start_raw(&["serve", "--listen", &listen, "--jwt-key", KEY], &[]);
+    let topic = "https://example.app/users/bob/notifications";
+    let token = token(&[], &[topic]);
+    let query = format!("topic={}", enc(topic));
+    let mut sub = Sub::open(
+        &server.hub(),
+        &query,
+        SubOpts {
+            token: Some(&token),
+            last_event_id: Some("earliest"),
+            ..SubOpts::default()
+        },
+    )
+    .await;
+    assert_eq!(sub.status, 200);
+    let first = sub
+        .next_within(Duration::from_secs(20))
+        .await
+        .expect("the notification, published by the outbox");
+    let second = sub
+        .next_within(Duration::from_secs(20))
+        .await
+        .expect("the read state, after it");
+    let first: serde_json::Value = serde_json::from_str(&first.data).unwrap();
+    let second: serde_json::Value = serde_json::from_str(&second.data).unwrap();
+    assert_eq!(first["kind"], "notification");
+    assert_eq!(first["notification"]["body"], "sent while the hub was down");
+    assert_eq!(second["kind"], "read");
+    assert_eq!(second["unread"], 0);
+    assert!(
+        sub.next_within(Duration::from_millis(1500)).await.is_none(),
+        "each once"
+    );
+    // With Herald up, a new change arrives live.
+    let (status, _) = post(
+        &app.base,
+        "/api/notifications",
+        &alice,
+        serde_json::json!({ "to": "bob", "body": "and one more" }),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let live = sub
+        .next_within(Duration::from_secs(10))
+        .await
+        .expect("live");
+    assert!(live.data.contains("and one more"), "{}", live.data);
+}
