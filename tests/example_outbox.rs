@@ -118,3 +118,61 @@ async fn changes_made_while_herald_is_down_are_published_once_it_is_back() {
         .expect("live");
     assert!(live.data.contains("and one more"), "{}", live.data);
 }
+
+/// The chat keeps its messages now: one sent while Herald is down is
+/// answered 201 with its id and published, under that id, once Herald is
+/// back (it used to answer 502 and be gone).
+#[tokio::test]
+async fn a_chat_message_sent_while_herald_is_down_is_kept_and_published() {
+    let bin = example_bin("chat");
+    let data = tempfile::tempdir().unwrap();
+    let herald_port = free_port();
+    let herald_url = format!("http://127.0.0.1:{herald_port}");
+    let app = App::start(&bin, "127.0.0.1:0", &herald_url, data.path(), &[]);
+    let alice = log_in(&app.base, "alice").await;
+    let _bob = log_in(&app.base, "bob").await;
+    let (status, body) = post(
+        &app.base,
+        "/api/conversations",
+        &alice,
+        serde_json::json!({ "with": "bob" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = post(
+        &app.base,
+        "/api/conversations/alice~bob/messages",
+        &alice,
+        serde_json::json!({ "body": "are you there?" }),
+    )
+    .await;
+    assert_eq!(status, 201, "kept while Herald is down: {body}");
+    let sent: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = sent["id"].as_str().expect("the id it is published with");
+
+    let listen = format!("127.0.0.1:{herald_port}");
+    let server = Server::start_raw(&["serve", "--listen", &listen, "--jwt-key", KEY], &[]);
+    let topic = "https://example.app/conversations/alice~bob";
+    let token = token(&[], &[topic]);
+    let mut sub = Sub::open(
+        &server.hub(),
+        &format!("topic={}", enc(topic)),
+        SubOpts {
+            token: Some(&token),
+            last_event_id: Some("earliest"),
+            ..SubOpts::default()
+        },
+    )
+    .await;
+    assert_eq!(sub.status, 200);
+    let got = sub
+        .next_within(Duration::from_secs(20))
+        .await
+        .expect("the message, published by the outbox");
+    assert_eq!(got.id, id);
+    assert!(got.data.contains("are you there?"), "{}", got.data);
+    assert!(
+        sub.next_within(Duration::from_millis(1500)).await.is_none(),
+        "once"
+    );
+}

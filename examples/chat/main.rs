@@ -2,9 +2,10 @@
 //!
 //! Log in with a name; start a conversation with another user; messages go
 //! live to both participants, in every tab, and to nobody else. The app
-//! keeps no message itself: Herald's history is the conversation log, and a
-//! reloaded page gets the whole conversation back by resuming from
-//! `earliest`.
+//! stores each message (SQLite) and publishes it through its outbox
+//! (`common::outbox`, docs/publishing.md): a message sent while Herald is
+//! down is kept and published once Herald is back, never lost. A reloaded
+//! page gets the whole conversation back by resuming from `earliest`.
 //!
 //! Herald integration, all of it:
 //! - each conversation has its own topic,
@@ -35,6 +36,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use common::outbox::{self, Outbox};
 use common::*;
 
 const PAGE: &str = include_str!("page.html");
@@ -51,7 +53,8 @@ fn conversation_topic(id: &str) -> String {
 struct App {
     settings: Settings,
     sessions: Sessions,
-    herald: Publisher,
+    /// Publishes what the handlers enqueue (common::outbox).
+    outbox: Outbox,
     db: Db,
 }
 
@@ -61,15 +64,21 @@ type Shared = Arc<App>;
 async fn main() {
     let settings = Settings::from_env("127.0.0.1:3005", "chat-data");
     let db = Db::open_or_exit(&settings, "chat.sqlite3", open_db);
+    let publisher = Publisher::new(
+        &settings,
+        &[
+            "https://example.app/conversations/{id}",
+            "https://example.app/chat/users/{name}",
+        ],
+    );
+    let outbox =
+        Outbox::start(&settings.data_dir.join("chat.sqlite3"), publisher).unwrap_or_else(|e| {
+            eprintln!("error: outbox: {e}");
+            std::process::exit(1);
+        });
     let app = Arc::new(App {
         sessions: Sessions::new("chat_session", &settings.session_key),
-        herald: Publisher::new(
-            &settings,
-            &[
-                "https://example.app/conversations/{id}",
-                "https://example.app/chat/users/{name}",
-            ],
-        ),
+        outbox,
         db,
         settings,
     });
@@ -84,8 +93,13 @@ fn open_db(path: &std::path::Path) -> rusqlite::Result<Connection> {
          CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
          -- a < b: one conversation per pair; its id is 'a~b'
          CREATE TABLE IF NOT EXISTS conversations (
-           id TEXT PRIMARY KEY, a TEXT NOT NULL, b TEXT NOT NULL, created_at INTEGER NOT NULL);",
+           id TEXT PRIMARY KEY, a TEXT NOT NULL, b TEXT NOT NULL, created_at INTEGER NOT NULL);
+         -- every message, under the id it is published with
+         CREATE TABLE IF NOT EXISTS messages (
+           id TEXT PRIMARY KEY, conversation TEXT NOT NULL, sender TEXT NOT NULL,
+           body TEXT NOT NULL, sent_at INTEGER NOT NULL);",
     )?;
+    outbox::prepare(&db)?;
     Ok(db)
 }
 
@@ -191,7 +205,9 @@ async fn start_conversation(
         (&other, &me)
     };
     let id = format!("{a}~{b}");
-    let created = app.db.with(|db| {
+    let created = {
+        let mut db = app.db.lock();
+        let db = db.transaction()?;
         let known: Option<String> = db
             .query_row(
                 "SELECT name FROM users WHERE name = ?1",
@@ -204,17 +220,20 @@ async fn start_conversation(
                 "no user named {other:?} (a user exists once they have logged in)"
             )));
         }
-        Ok(db.execute(
+        let created = db.execute(
             "INSERT OR IGNORE INTO conversations (id, a, b, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![id, a, b, now_ms()],
-        )? > 0)
-    })?;
-    if created {
-        let event = json!({ "kind": "conversation", "id": id, "members": [a, b] });
-        for user in [a, b] {
-            app.herald.publish(&user_topic(user), &event, true).await?;
+        )? > 0;
+        if created {
+            let event = json!({ "kind": "conversation", "id": id, "members": [a, b] });
+            for user in [a, b] {
+                outbox::enqueue(&db, &user_topic(user), &event, true)?;
+            }
         }
-    }
+        db.commit()?;
+        created
+    };
+    app.outbox.wake();
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -261,10 +280,19 @@ async fn send(
         "body": body,
         "sent_at": now_ms(),
     });
-    let herald_id = app
-        .herald
-        .publish(&conversation_topic(&id), &message, true)
-        .await?;
+    // Stored with its update in one transaction: answered once kept.
+    let herald_id = {
+        let mut db = app.db.lock();
+        let tx = db.transaction()?;
+        let herald_id = outbox::enqueue(&tx, &conversation_topic(&id), &message, true)?;
+        tx.execute(
+            "INSERT INTO messages (id, conversation, sender, body, sent_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![herald_id, id, me, body, message["sent_at"].as_i64()],
+        )?;
+        tx.commit()?;
+        herald_id
+    };
+    app.outbox.wake();
     Ok((
         StatusCode::CREATED,
         Json(json!({ "id": herald_id, "message": message })),
