@@ -5,7 +5,7 @@
 # Herald, and checks that no answer is a 5xx, that every status, media type,
 # header and body is one the document gives, and that every error has its
 # body shape. Bounded: at most SCHEMATHESIS_EXAMPLES examples per operation
-# (default 45) and SCHEMATHESIS_SECONDS seconds (default 60).
+# (default 60) and SCHEMATHESIS_SECONDS seconds (default 45).
 #
 # The event stream (GET /.well-known/mercure) is left out: a valid
 # subscribe never ends, which schemathesis would count as a timeout. Its
