@@ -135,8 +135,13 @@ fn json_rejection(r: JsonRejection) -> AppError {
         JsonRejection::MissingJsonContentType(_) => {
             "send a JSON body with Content-Type: application/json".to_string()
         }
+        // In the app's words, not the framework's ("Failed to buffer the
+        // request body: length limit exceeded").
+        _ if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            format!("request too large: send at most {} KiB", MAX_REQUEST / 1024)
+        }
         JsonRejection::BytesRejection(_) => {
-            format!("request body too large or unreadable: {}", r.body_text())
+            format!("request body unreadable: {}", r.body_text())
         }
         _ => format!("invalid JSON body: {}", r.body_text()),
     };
@@ -412,17 +417,36 @@ pub async fn serve(app: axum::Router, listen: &str, what: &str) {
 /// The page script every example page imports (`/app.js`).
 const APP_JS: &str = include_str!("app.js");
 
+/// Request bodies larger than this are answered 413.
+pub const MAX_REQUEST: usize = 16 * 1024;
+
+/// The icon every page gets (browsers ask for `/favicon.ico`).
+const FAVICON: &str = "<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'><circle cx='8' cy='8' r='7' fill='#0d9488'/><path d='M5 8h6M8 5v6' stroke='#fff' stroke-width='2'/></svg>";
+
 /// An app's routes, finished the way every example app finishes them: the
-/// shared page script at `/app.js`, a JSON 404 for anything else, request
-/// bodies capped at 16 KiB, and the app's state.
+/// shared page script at `/app.js`, an icon at `/favicon.ico`, a JSON 404
+/// for anything else, request bodies capped at [`MAX_REQUEST`], and the
+/// app's state.
 pub fn app_router<S: Clone + Send + Sync + 'static>(
     routes: axum::Router<S>,
     state: S,
 ) -> axum::Router {
     routes
         .route("/app.js", axum::routing::get(app_js))
+        .route(
+            "/favicon.ico",
+            axum::routing::get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "image/svg+xml"),
+                        (header::CACHE_CONTROL, "max-age=86400"),
+                    ],
+                    FAVICON,
+                )
+            }),
+        )
         .fallback(|| async { AppError::not_found("no such page or API") })
-        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST))
         .with_state(state)
 }
 

@@ -2,7 +2,7 @@
 // talk; carol, a third user, cannot read them by guessing the topic, live
 // or by replay. Started by tests/example_chat.rs. Prints `ok - ...` per check.
 import {
-  hub, shots, check, sleep, until, person, openTab, ready, logIn, cookieOf, claimsOf,
+  app, hub, shots, check, sleep, until, person, openTab, ready, logIn, cookieOf, claimsOf,
   readStream, call, expectError, restartApp, main, ok,
 } from './apps_common.mjs';
 
@@ -160,7 +160,7 @@ await main('chat', async (browser) => {
   errors.push(await expectError('no login', 401, 'log in', 'POST', `/api/conversations/${AB}/messages`, { json: { body: 'hi' } }));
   errors.push(await expectError('empty message', 400, 'body must not be empty', 'POST', `/api/conversations/${AB}/messages`, { cookie: aliceCookie, json: { body: '' } }));
   errors.push(await expectError('oversize message', 413, 'at most 2000', 'POST', `/api/conversations/${AB}/messages`, { cookie: aliceCookie, json: { body: 'x'.repeat(2001) } }));
-  errors.push(await expectError('oversize request', 413, 'too large', 'POST', `/api/conversations/${AB}/messages`, { cookie: aliceCookie, json: { body: 'x'.repeat(40_000) } }));
+  errors.push(await expectError('oversize request', 413, 'request too large: send at most 16 KiB', 'POST', `/api/conversations/${AB}/messages`, { cookie: aliceCookie, json: { body: 'x'.repeat(40_000) } }));
   errors.push(await expectError('unknown conversation', 404, 'no conversation', 'POST', '/api/conversations/alice~zed/messages', { cookie: aliceCookie, json: { body: 'hi' } }));
   errors.push(await expectError('yourself', 400, 'yourself', 'POST', '/api/conversations', { cookie: aliceCookie, json: { with: 'alice' } }));
   errors.push(await expectError('unknown user', 404, 'no user named', 'POST', '/api/conversations', { cookie: aliceCookie, json: { with: 'zed' } }));
@@ -175,6 +175,22 @@ await main('chat', async (browser) => {
   const forged = await fetch(`${hub}?topic=${encodeURIComponent(topicOf(AB))}`, { headers: { accept: 'text/event-stream', authorization: 'Bearer not.a.jwt' } });
   check(forged.status === 401, `a bad token answered ${forged.status}`);
   ok('the hub refuses a client that does not accept text/event-stream (406) and a bad token (401)');
+
+  // --- rough edges: a 2,000-character word wraps; the page has an icon ------
+  await open(c1, 'alice~carol');
+  const word = 'w'.repeat(2000);
+  await say(c1, word);
+  await until('the long word is shown', async () => (await messagesOf(c1)).includes(word));
+  const layout = await c1.evaluate(() => ({
+    page: document.documentElement.scrollWidth,
+    view: window.innerWidth,
+    send: document.querySelector('#send-form button').getBoundingClientRect().right,
+  }));
+  check(layout.page <= layout.view && layout.send <= layout.view,
+    `a long word pushes the page to ${layout.page} px (window ${layout.view}), the Send button to ${layout.send}`);
+  const icon = await fetch(`${app}/favicon.ico`);
+  check(icon.status === 200 && icon.headers.get('content-type') === 'image/svg+xml', `favicon.ico: ${icon.status}`);
+  ok(`a 2,000-character word wraps inside its bubble (page ${layout.page} px wide in a ${layout.view} px window, Send at ${layout.send}); /favicon.ico is an icon`);
 
   await b1.evaluate(() => { document.getElementById('error').hidden = true; });
   await b1.fill('#with', '');

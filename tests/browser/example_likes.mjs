@@ -104,7 +104,7 @@ await main('likes', async (browser) => {
   errors.push(await expectError('empty body', 400, 'body must not be empty', 'POST', '/api/comments', { json: { body: '' } }));
   errors.push(await expectError('no body', 400, 'body must not be empty', 'POST', '/api/comments', { json: {} }));
   errors.push(await expectError('oversize body', 413, 'at most 500', 'POST', '/api/comments', { json: { body: 'x'.repeat(2000) } }));
-  errors.push(await expectError('oversize request', 413, 'too large', 'POST', '/api/comments', { json: { body: 'x'.repeat(40_000) } }));
+  errors.push(await expectError('oversize request', 413, 'request too large: send at most 16 KiB', 'POST', '/api/comments', { json: { body: 'x'.repeat(40_000) } }));
   errors.push(await expectError('unknown comment (like)', 404, 'no comment 999999', 'POST', '/api/comments/999999/like'));
   errors.push(await expectError('unknown comment (unlike)', 404, 'no comment 999999', 'DELETE', '/api/comments/999999/like'));
   errors.push(await expectError('id not a number', 400, 'not a number', 'POST', '/api/comments/abc/like'));

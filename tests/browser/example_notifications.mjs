@@ -192,7 +192,7 @@ await main('notifications', async (browser) => {
   errors.push(await expectError('empty body', 400, 'body must not be empty', 'POST', '/api/notifications', { cookie: aliceCookie, json: { to: 'bob', body: '' } }));
   errors.push(await expectError('no recipient', 400, 'to:', 'POST', '/api/notifications', { cookie: aliceCookie, json: { body: 'hi' } }));
   errors.push(await expectError('oversize body', 413, 'at most 1000', 'POST', '/api/notifications', { cookie: aliceCookie, json: { to: 'bob', body: 'x'.repeat(5000) } }));
-  errors.push(await expectError('oversize request', 413, 'too large', 'POST', '/api/broadcasts', { cookie: aliceCookie, json: { body: 'x'.repeat(40_000) } }));
+  errors.push(await expectError('oversize request', 413, 'request too large: send at most 16 KiB', 'POST', '/api/broadcasts', { cookie: aliceCookie, json: { body: 'x'.repeat(40_000) } }));
   errors.push(await expectError('unknown notification', 404, 'no notification 999999', 'POST', '/api/notifications/999999/read', { cookie: aliceCookie }));
   errors.push(await expectError('id not a number', 400, 'not a number', 'POST', '/api/notifications/abc/read', { cookie: aliceCookie }));
   errors.push(await expectError('unknown user', 404, 'no user named', 'POST', '/api/notifications', { cookie: aliceCookie, json: { to: 'zed', body: 'hi' } }));
