@@ -27,40 +27,40 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 python3 -c 'import yaml' >/dev/null 2>&1 || need_apt+=(python3-yaml)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "==> installing Debian packages: ${need_apt[*]}"
+  echo "==> [$(date +%T)] installing Debian packages: ${need_apt[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
 if [ -f tests/browser/package.json ]; then
-  echo "==> installing browser test dependencies (npm)"
+  echo "==> [$(date +%T)] installing browser test dependencies (npm)"
   (cd tests/browser && npm ci --no-audit --no-fund --silent)
 fi
 
-echo "==> cargo fmt --check, cargo clippy -D warnings"
+echo "==> [$(date +%T)] cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --check
 cargo clippy --release --locked --all-targets -- -D warnings
 
-echo "==> cargo build --examples (the example apps, driven by tests/example_*.rs)"
+echo "==> [$(date +%T)] cargo build --examples (the example apps, driven by tests/example_*.rs)"
 cargo build --release --locked --examples
 
-echo "==> cargo test (unit + integration + browser)"
+echo "==> [$(date +%T)] cargo test (unit + integration + browser)"
 # Benchmarks (bench/*.rs) are programs that print figures, run by hand
 # (`cargo bench --bench NAME`); clippy above has compiled them.
 cargo test --release --locked --lib --bins --tests
 
-echo "==> load generator (bench/loadgen): fmt, clippy, unit tests"
+echo "==> [$(date +%T)] load generator (bench/loadgen): fmt, clippy, unit tests"
 # It builds herald's library as a dependency: the shared target dir lets it
 # reuse what the main build compiled.
 (cd bench/loadgen \
   && cargo fmt --check && cargo clippy --release --locked --all-targets -- -D warnings \
   && cargo test --release --locked)
-echo "==> load generator over TLS, HTTP/2 and h2c against a real Herald (smoke)"
+echo "==> [$(date +%T)] load generator over TLS, HTTP/2 and h2c against a real Herald (smoke)"
 HERALD_ONLY=1 bash bench/tls_fanout.sh 100 20 10
-echo "==> the Debian package: cargo deb, dpkg -i, the unit's ExecStart, publish/subscribe, reload, purge"
+echo "==> [$(date +%T)] the Debian package: cargo deb, dpkg -i, the unit's ExecStart, publish/subscribe, reload, purge"
 bash scripts/test-deb.sh
-echo "==> the HTTP API against its OpenAPI document: schemathesis (PyPI), bounded in examples and time"
+echo "==> [$(date +%T)] the HTTP API against its OpenAPI document: schemathesis (PyPI), bounded in examples and time"
 bash scripts/test-openapi.sh
-echo "==> the Kubernetes manifests parse (deploy/kubernetes; not applied: no cluster here)"
+echo "==> [$(date +%T)] the Kubernetes manifests parse (deploy/kubernetes; not applied: no cluster here)"
 python3 -c 'import yaml, sys; [list(yaml.safe_load_all(open(f))) for f in sys.argv[1:]]' deploy/kubernetes/*.yaml

@@ -32,6 +32,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("update", 1),
     ("topic", 0),
     ("sse", 0),
+    // What /metrics measures: named by the hub, the engines and storage.
+    ("metrics", 0),
 ];
 
 /// Arrows the layers would allow but the design does not: the hub talks
