@@ -39,14 +39,45 @@ async fn post(app: &str, path: &str, cookie: &str, body: serde_json::Value) -> (
     )
 }
 
-#[tokio::test]
-async fn changes_made_while_herald_is_down_are_published_once_it_is_back() {
-    let bin = example_bin("notifications");
+/// The example `name` started with Herald's address, where nothing
+/// listens yet: the app, its data dir, and Herald's port.
+fn app_without_herald(name: &str) -> (App, tempfile::TempDir, u16) {
     let data = tempfile::tempdir().unwrap();
-    // Herald's address, with nothing listening there yet.
     let herald_port = free_port();
     let herald_url = format!("http://127.0.0.1:{herald_port}");
-    let app = App::start(&bin, "127.0.0.1:0", &herald_url, data.path(), &[]);
+    let app = App::start(
+        &example_bin(name),
+        "127.0.0.1:0",
+        &herald_url,
+        data.path(),
+        &[],
+    );
+    (app, data, herald_port)
+}
+
+/// Herald started on `port`, and a reader of `topic` (allowed its private
+/// updates) from the start of history.
+async fn herald_and_reader(port: u16, topic: &str) -> (Server, Sub) {
+    let listen = format!("127.0.0.1:{port}");
+    let server = Server::start_raw(&["serve", "--listen", &listen, "--jwt-key", KEY], &[]);
+    let token = token(&[], &[topic]);
+    let sub = Sub::open(
+        &server.hub(),
+        &format!("topic={}", enc(topic)),
+        SubOpts {
+            token: Some(&token),
+            last_event_id: Some("earliest"),
+            ..SubOpts::default()
+        },
+    )
+    .await;
+    assert_eq!(sub.status, 200);
+    (server, sub)
+}
+
+#[tokio::test]
+async fn changes_made_while_herald_is_down_are_published_once_it_is_back() {
+    let (app, _data, herald_port) = app_without_herald("notifications");
     let alice = log_in(&app.base, "alice").await;
     let bob = log_in(&app.base, "bob").await;
 
@@ -69,22 +100,8 @@ async fn changes_made_while_herald_is_down_are_published_once_it_is_back() {
     assert_eq!(status, 200, "{body}");
 
     // Herald comes up: the outbox publishes both, in order.
-    let listen = format!("127.0.0.1:{herald_port}");
-    let server = Server::start_raw(&["serve", "--listen", &listen, "--jwt-key", KEY], &[]);
-    let topic = "https://example.app/users/bob/notifications";
-    let token = token(&[], &[topic]);
-    let query = format!("topic={}", enc(topic));
-    let mut sub = Sub::open(
-        &server.hub(),
-        &query,
-        SubOpts {
-            token: Some(&token),
-            last_event_id: Some("earliest"),
-            ..SubOpts::default()
-        },
-    )
-    .await;
-    assert_eq!(sub.status, 200);
+    let (_server, mut sub) =
+        herald_and_reader(herald_port, "https://example.app/users/bob/notifications").await;
     let first = sub
         .next_within(Duration::from_secs(20))
         .await
@@ -124,11 +141,7 @@ async fn changes_made_while_herald_is_down_are_published_once_it_is_back() {
 /// back (it used to answer 502 and be gone).
 #[tokio::test]
 async fn a_chat_message_sent_while_herald_is_down_is_kept_and_published() {
-    let bin = example_bin("chat");
-    let data = tempfile::tempdir().unwrap();
-    let herald_port = free_port();
-    let herald_url = format!("http://127.0.0.1:{herald_port}");
-    let app = App::start(&bin, "127.0.0.1:0", &herald_url, data.path(), &[]);
+    let (app, _data, herald_port) = app_without_herald("chat");
     let alice = log_in(&app.base, "alice").await;
     let _bob = log_in(&app.base, "bob").await;
     let (status, body) = post(
@@ -150,21 +163,8 @@ async fn a_chat_message_sent_while_herald_is_down_is_kept_and_published() {
     let sent: serde_json::Value = serde_json::from_str(&body).unwrap();
     let id = sent["id"].as_str().expect("the id it is published with");
 
-    let listen = format!("127.0.0.1:{herald_port}");
-    let server = Server::start_raw(&["serve", "--listen", &listen, "--jwt-key", KEY], &[]);
-    let topic = "https://example.app/conversations/alice~bob";
-    let token = token(&[], &[topic]);
-    let mut sub = Sub::open(
-        &server.hub(),
-        &format!("topic={}", enc(topic)),
-        SubOpts {
-            token: Some(&token),
-            last_event_id: Some("earliest"),
-            ..SubOpts::default()
-        },
-    )
-    .await;
-    assert_eq!(sub.status, 200);
+    let (_server, mut sub) =
+        herald_and_reader(herald_port, "https://example.app/conversations/alice~bob").await;
     let got = sub
         .next_within(Duration::from_secs(20))
         .await

@@ -146,9 +146,16 @@ impl Held {
         }
     }
 
-    /// Where reading starts again when what is held is dropped.
-    pub(super) fn released(&self) -> (&str, Option<u64>) {
-        (&self.released.0, self.released.1)
+    /// The counter of the last entry let go (None: none yet).
+    pub(super) fn released_n(&self) -> Option<u64> {
+        self.released.1
+    }
+
+    /// Move the reader's cursor (stream id, counter) back to the last
+    /// entry let go.
+    pub(super) fn rewind(&self, position: &mut String, last_n: &mut Option<u64>) {
+        position.clone_from(&self.released.0);
+        *last_n = self.released.1;
     }
 
     pub(super) fn waiting_since(&self) -> Option<Instant> {
@@ -261,9 +268,7 @@ impl Cluster {
                         // again from the last entry let go.
                         for k in 0..parts.len() {
                             if held[k].drop_held() {
-                                let (at, n) = held[k].released();
-                                position[k] = at.to_string();
-                                last_n[k] = n;
+                                held[k].rewind(&mut position[k], &mut last_n[k]);
                             }
                         }
                         if self.stats.reconnects.fetch_add(1, Ordering::Relaxed)
@@ -394,9 +399,7 @@ impl Cluster {
                         if held[k].commit(c, &mut entries) {
                             // Some were dropped past MAX_HELD: read them
                             // again (the rest of this page with them).
-                            let (at, n) = held[k].released();
-                            position[k] = at.to_string();
-                            last_n[k] = n;
+                            held[k].rewind(&mut position[k], &mut last_n[k]);
                             break;
                         }
                         continue;
@@ -465,7 +468,7 @@ impl Cluster {
                     held[k].take(&entry_id, n, Some(read), &mut entries);
                 }
                 // What the merger may count as read: entries let go.
-                seen.push((parts[k], held[k].released().1.unwrap_or(0)));
+                seen.push((parts[k], held[k].released_n().unwrap_or(0)));
                 self.heads[parts[k]].store(last_n[k].unwrap_or(0), Ordering::Relaxed);
             }
             let idle = seen.is_empty();
@@ -503,7 +506,7 @@ impl Cluster {
                     for (k, counter) in counters.into_iter().enumerate() {
                         let got = counter.unwrap_or(0);
                         self.heads[parts[k]].store(got, Ordering::Relaxed);
-                        let released = held[k].released().1;
+                        let released = held[k].released_n();
                         if let Some(last) = released.filter(|last| got < *last) {
                             let reset = Read::Reset {
                                 partition: parts[k],
@@ -521,9 +524,7 @@ impl Cluster {
                             // Only entries held (not on a replica) are gone:
                             // read again from the last one let go.
                             held[k].drop_held();
-                            let (at, n) = held[k].released();
-                            position[k] = at.to_string();
-                            last_n[k] = n;
+                            held[k].rewind(&mut position[k], &mut last_n[k]);
                         }
                     }
                 }
