@@ -9,5 +9,5 @@ mod common;
 #[test]
 fn chat_in_chromium() {
     let report = common::apps::run_example("chat", "example_chat.mjs");
-    assert_eq!(report.matches("ok - ").count(), 9, "{report}");
+    assert_eq!(report.matches("ok - ").count(), 10, "{report}");
 }

@@ -12,14 +12,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::apps::{example_bin, screenshot_dir, App};
+use common::apps::{example_bin, screenshot_dir, start_on_port, App};
 use common::redis::{free_port, Redis};
-use common::{publisher, Server, KEY};
+use common::{publisher, KEY};
 
 /// Node 1's publisher key: not the one the worker mints its tokens with.
 const NODE1_PUBLISHER_KEY: &str = "node-1-takes-no-publishes-from-the-app";
@@ -75,57 +75,86 @@ fn export_in_chromium_on_two_clustered_nodes() {
             ("EXPORT_STEP_MS", "400"),
         ],
     );
-    let node = |port: u16, extra: &[&str]| {
-        let listen = format!("127.0.0.1:{port}");
-        let mut args = vec![
+    let args = |listen: &str, extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
             "serve",
             "--listen",
-            &listen,
+            listen,
             "--jwt-key",
             KEY,
             "--transport",
             &redis_url,
             "--cors-origins",
             &app.base,
-        ];
-        args.extend_from_slice(extra);
-        Server::start_raw(&args, &[])
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
     };
     // Node 1 verifies publisher tokens with another key: it refuses the
     // worker's, so whatever the page receives came through node 2 and
     // Redis.
-    let node1 = node(port1, &["--publisher-jwt-key", NODE1_PUBLISHER_KEY]);
-    let node2 = node(port2, &[]);
-    wait_ready(&node1.base);
-    wait_ready(&node2.base);
+    let args1 = args(
+        &format!("127.0.0.1:{port1}"),
+        &["--publisher-jwt-key", NODE1_PUBLISHER_KEY],
+    );
+    let args2 = args(&format!("127.0.0.1:{port2}"), &[]);
+    let start = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = start_on_port(&args);
+        wait_ready(&server.base);
+        server
+    };
+    let mut nodes = Some((start(&args1), start(&args2)));
+    let (node1_base, node2_base) = {
+        let (n1, n2) = nodes.as_ref().expect("started");
+        (n1.base.clone(), n2.base.clone())
+    };
 
     let mut script = Command::new("node")
         .arg("example_export.mjs")
         .current_dir(&dir)
         .env("APP_URL", &app.base)
-        .env("HERALD_URL", &node1.base)
-        .env("HERALD2_URL", &node2.base)
+        .env("HERALD_URL", &node1_base)
+        .env("HERALD2_URL", &node2_base)
         .env("HERALD_TOKEN", publisher())
         .env("APP_PID", app.child.id().to_string())
         .env("SCREENSHOT_DIR", screenshot_dir())
         .env("CHROMIUM", &chromium)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("run node");
+    let mut to_script = script.stdin.take().expect("stdin");
     let mut report = String::new();
     for line in BufReader::new(script.stdout.take().expect("stdout")).lines() {
         let line = line.expect("read node output");
+        // An outage: both nodes stopped (SIGTERM) while the app runs, then
+        // started again on their ports (Redis keeps the log).
+        if line == "@stop-herald" {
+            let (mut n1, mut n2) = nodes.take().expect("nodes are running");
+            n1.terminate();
+            n2.terminate();
+            writeln!(to_script, "stopped").expect("answer node");
+            continue;
+        }
+        if line == "@start-herald" {
+            assert!(nodes.is_none(), "the nodes are already running");
+            nodes = Some((start(&args1), start(&args2)));
+            writeln!(to_script, "started").expect("answer node");
+            continue;
+        }
         println!("{line}");
         report.push_str(&line);
         report.push('\n');
     }
     let status = script.wait().expect("wait for node");
     drop(app);
-    drop(node1);
-    drop(node2);
+    drop(nodes);
     drop(redis);
     assert!(status.success(), "example_export.mjs failed:\n{report}");
-    assert_eq!(report.matches("ok - ").count(), 6, "{report}");
+    assert_eq!(report.matches("ok - ").count(), 8, "{report}");
 }

@@ -17,5 +17,5 @@ fn likes_in_chromium() {
         &[("REDIS_URL", &redis.url())],
     );
     drop(redis);
-    assert_eq!(report.matches("ok - ").count(), 6, "{report}");
+    assert_eq!(report.matches("ok - ").count(), 8, "{report}");
 }

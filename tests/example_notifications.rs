@@ -14,5 +14,5 @@ fn notification_center_in_chromium() {
         "example_notifications.mjs",
         "/api/herald-session",
     );
-    assert_eq!(report.matches("ok - ").count(), 9, "{report}");
+    assert_eq!(report.matches("ok - ").count(), 10, "{report}");
 }

@@ -242,6 +242,49 @@ async fn cli_token_publish_and_subscribe() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 }
 
+/// The demo page at `/` tells a visitor of a hub started with a key (as
+/// `examples/run.sh` starts it, printing no token) how to make a publisher
+/// token; its command, run as written, makes one the hub takes.
+#[tokio::test]
+async fn the_demo_page_says_how_to_get_a_token_and_its_command_works() {
+    let s = Server::start(&[]);
+    let page = reqwest::get(format!("{}/", s.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = page
+        .lines()
+        .find(|l| l.contains("TOKEN=$(herald token"))
+        .unwrap_or_else(|| panic!("the demo page gives no token command:\n{page}"));
+    let at = line.find("TOKEN=$(herald ").expect("found above");
+    let command = line[at..]
+        .trim()
+        .strip_prefix("TOKEN=$(herald ")
+        .and_then(|c| c.strip_suffix(')'))
+        .expect("TOKEN=$(herald ...)")
+        .replace("&#39;", "'");
+    // The words, as a shell would split them (the page quotes simply).
+    let args: Vec<String> = command
+        .split_whitespace()
+        .map(|w| match w.trim_matches(|c| c == '"' || c == '\'') {
+            "$HERALD_JWT_KEY" => KEY.to_string(),
+            w => w.to_string(),
+        })
+        .collect();
+    let out = herald_cmd().args(&args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "herald {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tok = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let body = "topic=https%3A%2F%2Fexample.com%2Fhello&data=hi";
+    let (status, text) = publish_raw(&s.hub(), Some(&tok), body).await;
+    assert_eq!(status, 200, "the page's token was refused: {text}");
+}
+
 #[tokio::test]
 async fn serve_without_key_prints_a_working_dev_token() {
     let mut child = herald_cmd()

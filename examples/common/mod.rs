@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 /// Settings, from the environment (`examples/run.sh` sets them).
+#[derive(Clone)]
 pub struct Settings {
     /// `LISTEN`: where the app listens (port 0: any; printed at startup).
     pub listen: String,

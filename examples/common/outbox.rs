@@ -12,6 +12,7 @@
 //! 413: a bug in the app, not an outage) is kept with the reason and
 //! skipped, so one bad row does not block the rest. See docs/publishing.md.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,17 +76,96 @@ pub enum Sent {
     Retry(String),
 }
 
+/// One pending update, as its store hands it out (oldest first).
+pub struct Pending {
+    /// The store's own handle on it (a row number, a list position).
+    pub seq: i64,
+    pub id: String,
+    pub topic: String,
+    pub data: String,
+    pub private: bool,
+}
+
+/// Where an app keeps its pending updates: SQLite here ([`SqliteStore`]),
+/// Redis in the likes app. The publishing loop is the same for all.
+pub trait Store: Send + 'static {
+    /// What the log lines call it.
+    fn name(&self) -> String;
+    /// The oldest pending update not refused for good, if any.
+    fn next(&mut self) -> impl Future<Output = Result<Option<Pending>, String>> + Send;
+    /// Herald stored it: forget it.
+    fn done(&mut self, p: &Pending) -> impl Future<Output = Result<(), String>> + Send;
+    /// Herald refused it for good: keep it with the reason, skip it.
+    fn refused(
+        &mut self,
+        p: &Pending,
+        why: &str,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// The outbox table of an app's SQLite database.
+pub struct SqliteStore {
+    db: Connection,
+    path: PathBuf,
+}
+
+impl Store for SqliteStore {
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    async fn next(&mut self) -> Result<Option<Pending>, String> {
+        self.db
+            .query_row(
+                "SELECT seq, id, topic, data, private FROM outbox WHERE failed IS NULL ORDER BY seq LIMIT 1",
+                [],
+                |r| {
+                    Ok(Pending {
+                        seq: r.get(0)?,
+                        id: r.get(1)?,
+                        topic: r.get(2)?,
+                        data: r.get(3)?,
+                        private: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| e.to_string())
+    }
+
+    async fn done(&mut self, p: &Pending) -> Result<(), String> {
+        self.db
+            .execute("DELETE FROM outbox WHERE seq = ?1", params![p.seq])
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn refused(&mut self, p: &Pending, why: &str) -> Result<(), String> {
+        self.db
+            .execute(
+                "UPDATE outbox SET failed = ?2 WHERE seq = ?1",
+                params![p.seq, why],
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
 impl Outbox {
     /// Start publishing what the database at `path` holds in its outbox
     /// (what an earlier run left, then what [`enqueue`] adds).
     pub fn start(path: &Path, publisher: Publisher) -> rusqlite::Result<Outbox> {
         let db = Connection::open(path)?;
         db.busy_timeout(Duration::from_secs(5))?;
-        let wake = Arc::new(Notify::new());
-        let outbox = Outbox { wake: wake.clone() };
         let path = path.to_path_buf();
-        tokio::spawn(async move { run(db, path, publisher, wake).await });
-        Ok(outbox)
+        Ok(Outbox::start_with(SqliteStore { db, path }, publisher))
+    }
+
+    /// Start publishing what `store` holds.
+    pub fn start_with(store: impl Store, publisher: Publisher) -> Outbox {
+        let wake = Arc::new(Notify::new());
+        tokio::spawn(run(store, publisher, wake.clone()));
+        Outbox { wake }
     }
 
     /// Something was enqueued and committed.
@@ -94,43 +174,32 @@ impl Outbox {
     }
 }
 
-type Row = (i64, String, String, String, bool);
-
-fn next(db: &Connection) -> rusqlite::Result<Option<Row>> {
-    db.query_row(
-        "SELECT seq, id, topic, data, private FROM outbox WHERE failed IS NULL ORDER BY seq LIMIT 1",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-    )
-    .optional()
-}
-
-async fn run(db: Connection, path: PathBuf, publisher: Publisher, wake: Arc<Notify>) {
+async fn run(mut store: impl Store, publisher: Publisher, wake: Arc<Notify>) {
     let mut backoff = BACKOFF_MIN;
     let mut failing = false;
     loop {
-        let row = match next(&db) {
-            Ok(row) => row,
+        let pending = match store.next().await {
+            Ok(pending) => pending,
             Err(e) => {
-                eprintln!("outbox: cannot read {}: {e}", path.display());
+                eprintln!("outbox: cannot read {}: {e}", store.name());
                 tokio::time::sleep(BACKOFF_MAX).await;
                 continue;
             }
         };
-        let Some((seq, id, topic, data, private)) = row else {
+        let Some(p) = pending else {
             // Nothing pending: wait for a commit (or look again in a while,
             // in case a wake-up came between the read and the wait).
             let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
             continue;
         };
-        let done = match publisher.send(&topic, &data, private, &id).await {
-            Sent::Stored => db.execute("DELETE FROM outbox WHERE seq = ?1", params![seq]),
+        let done = match publisher.send(&p.topic, &p.data, p.private, &p.id).await {
+            Sent::Stored => store.done(&p).await,
             Sent::Refused(why) => {
-                eprintln!("outbox: Herald refused update {id} on {topic} for good: {why}");
-                db.execute(
-                    "UPDATE outbox SET failed = ?2 WHERE seq = ?1",
-                    params![seq, why],
-                )
+                eprintln!(
+                    "outbox: Herald refused update {} on {} for good: {why}",
+                    p.id, p.topic
+                );
+                store.refused(&p, &why).await
             }
             Sent::Retry(why) => {
                 if !failing {
@@ -148,7 +217,7 @@ async fn run(db: Connection, path: PathBuf, publisher: Publisher, wake: Arc<Noti
         }
         backoff = BACKOFF_MIN;
         if let Err(e) = done {
-            eprintln!("outbox: cannot update {}: {e}", path.display());
+            eprintln!("outbox: cannot update {}: {e}", store.name());
             tokio::time::sleep(BACKOFF_MAX).await;
         }
     }

@@ -19,7 +19,16 @@
 //! - the page subscribes with herald.js (no token: the topic is public),
 //!   imported from the hub (another origin: Herald runs with
 //!   `--cors-origins` listing this app); `GET /api/history` gives it the
-//!   last two minutes to start from.
+//!   last two minutes to start from, and again each time its stream opens
+//!   after a break (samples taken while Herald was away were never
+//!   published: the app keeps them, the page fills the gap from them);
+//! - every sample and log line carries the app's `epoch` (its start time):
+//!   a page that sees a newer epoch knows the app restarted, its numbering
+//!   starts again, and drops what it showed.
+//!
+//! Unlike the other apps, the dashboard publishes without an outbox: a
+//! sample is worth nothing a minute late, and the page refetches the window
+//! it draws (see docs/publishing.md).
 //!
 //! Run: `bash examples/run.sh` (or `cargo run --release --example
 //! dashboard` with `HERALD_JWT_KEY`, `HERALD_URL`, `LISTEN`).
@@ -58,6 +67,9 @@ struct App {
     pending: Mutex<Vec<Value>>,
     tail: Mutex<VecDeque<Value>>,
     lines: std::sync::atomic::AtomicU64,
+    /// When this run started (ms): tells a restarted app's samples (and
+    /// log lines, numbered from 1 again) from the last run's.
+    epoch: i64,
 }
 
 impl App {
@@ -97,6 +109,7 @@ async fn main() {
         pending: Mutex::new(Vec::new()),
         tail: Mutex::new(VecDeque::new()),
         lines: Default::default(),
+        epoch: now_ms(),
     });
     app.log("dashboard started: sampling /proc every second");
     tokio::spawn(sampler(app.clone(), herald));
@@ -118,7 +131,8 @@ async fn index(State(app): State<Shared>) -> Response {
 
 /// What a new page starts from: the hub, the topic, the samples kept and
 /// the log tail. Updates after this answer arrive on the stream (the page
-/// asks once its stream is open, and drops repeats by `seq`).
+/// asks once its stream is open, and drops repeats by `seq`), with the
+/// run's `epoch`.
 async fn history(State(app): State<Shared>) -> Json<Value> {
     let samples: Vec<Value> = app.samples.lock().unwrap().iter().cloned().collect();
     let log: Vec<Value> = app.tail.lock().unwrap().iter().cloned().collect();
@@ -126,6 +140,7 @@ async fn history(State(app): State<Shared>) -> Json<Value> {
         "hub": format!("{}/.well-known/mercure", app.settings.herald_url),
         "topic": TOPIC,
         "keep": KEEP_SAMPLES,
+        "epoch": app.epoch,
         "samples": samples,
         "log": log,
     }))
@@ -253,7 +268,7 @@ async fn sampler(app: Shared, herald: Publisher) {
                 samples.pop_front();
             }
         }
-        let update = json!({ "kind": "sample", "sample": sample, "log": log });
+        let update = json!({ "kind": "sample", "epoch": app.epoch, "sample": sample, "log": log });
         let sent = tokio::time::timeout(
             Duration::from_secs(2),
             herald.publish(TOPIC, &update, false),

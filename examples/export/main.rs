@@ -3,14 +3,20 @@
 //! Log in with a name (a signed cookie) and press "Export": the app starts
 //! the job in a *separate worker process* (this same binary, run as
 //! `export worker ...`), which writes a CSV file for a few seconds and
-//! publishes its progress (0..100 %) and finally a "ready" event with the
-//! download link. The page shows a progress bar, then a pop-up with the
+//! publishes its progress (0..100 %). When the worker exits, the app
+//! publishes the outcome: "ready" with the download link, or "failed"
+//! with the reason. The page shows a progress bar, then a pop-up with the
 //! link; the app serves the file to its owner only.
 //!
 //! Herald integration, all of it:
-//! - the worker publishes *private* updates on the user's topic
+//! - the worker publishes *private* progress updates on the user's topic
 //!   `https://example.app/users/{name}/jobs` with a publisher JWT it mints
-//!   for that topic (the key it shares with Herald, `HERALD_JWT_KEY`);
+//!   for that topic (the key it shares with Herald, `HERALD_JWT_KEY`).
+//!   Progress is a hint: one Herald missed (it was down) is skipped, and
+//!   the job goes on;
+//! - the outcome is what the user waits for, so it goes through the app's
+//!   outbox (examples/common/outbox.rs, SQLite in `DATA_DIR/outbox.db`):
+//!   published once Herald takes it, however long Herald is away;
 //! - the page gets a subscriber JWT for its user's topic only (`GET
 //!   /api/me`) and subscribes with herald.js, imported from the hub;
 //! - cluster mode: the page subscribes on `HERALD_URL` (node A), the worker
@@ -39,6 +45,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use common::outbox::{self, Outbox};
 use common::*;
 
 const PAGE: &str = include_str!("page.html");
@@ -49,6 +56,10 @@ const MAX_ROWS: u64 = 100_000;
 const MAX_RUNNING: usize = 3;
 /// Progress steps per job (10 %, 20 %, ... 100 %).
 const STEPS: u64 = 10;
+
+/// Every user's topic, as a URI template (the app's outbox publishes the
+/// outcome of anyone's job).
+const ALL_USER_TOPICS: &str = "https://example.app/users/{name}/jobs";
 
 fn user_topic(name: &str) -> String {
     format!("https://example.app/users/{name}/jobs")
@@ -84,6 +95,9 @@ struct App {
     /// Where the worker publishes (node B in a cluster).
     publish_url: String,
     exports_dir: PathBuf,
+    /// The outbox's database (jobs' outcomes to publish).
+    db: Db,
+    outbox: Outbox,
     jobs: Mutex<HashMap<String, Job>>,
 }
 
@@ -114,9 +128,25 @@ async fn serve_app() {
         std::process::exit(1);
     }
     let jobs = load_jobs(&exports_dir);
+    let db = Db::open_or_exit(&settings, "outbox.db", |path| {
+        let db = rusqlite::Connection::open(path)?;
+        outbox::prepare(&db)?;
+        Ok(db)
+    });
+    let publish_url = publish_url_from_env(&settings);
+    let mut through = settings.clone();
+    through.herald_url = publish_url.clone();
+    let publisher = Publisher::new(&through, &[ALL_USER_TOPICS]);
+    let outbox =
+        Outbox::start(&settings.data_dir.join("outbox.db"), publisher).unwrap_or_else(|e| {
+            eprintln!("error: outbox: {e}");
+            std::process::exit(1);
+        });
     let app = Arc::new(App {
         sessions: Sessions::new("export_session", &settings.session_key),
-        publish_url: publish_url_from_env(&settings),
+        publish_url,
+        db,
+        outbox,
         exports_dir,
         jobs: Mutex::new(jobs),
         settings,
@@ -354,8 +384,9 @@ async fn start_export(
         .env("HERALD_PUBLISH_URL", &app.publish_url)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn();
-    let mut child = match spawned {
+    let child = match spawned {
         Ok(c) => c,
         Err(e) => {
             app.jobs.lock().unwrap().remove(&id);
@@ -364,19 +395,66 @@ async fn start_export(
     };
     let watcher = app.clone();
     let job = id.clone();
+    let owner = name.clone();
     tokio::spawn(async move {
-        let ok = matches!(child.wait().await, Ok(s) if s.success());
-        let state = if ok && file_of(&watcher, &job).exists() {
-            JobState::Ready
-        } else {
-            JobState::Failed
+        let output = child.wait_with_output().await;
+        let file = file_of(&watcher, &job);
+        let outcome = match &output {
+            Ok(out) if out.status.success() && file.exists() => {
+                Ok(file.metadata().map(|m| m.len()).unwrap_or(0))
+            }
+            Ok(out) if out.status.code().is_none() => {
+                Err(format!("the worker was killed ({})", out.status))
+            }
+            Ok(out) => {
+                // The worker's last line says why.
+                let said = String::from_utf8_lossy(&out.stderr);
+                let last = said.lines().last().unwrap_or("").trim().to_string();
+                Err(if last.is_empty() {
+                    format!("the worker exited with {}", out.status)
+                } else {
+                    last
+                })
+            }
+            Err(e) => Err(format!("lost the worker: {e}")),
         };
-        if let Some(j) = watcher.jobs.lock().unwrap().get_mut(&job) {
-            j.state = state;
-        }
+        finish(&watcher, &job, &owner, rows, outcome);
     });
     let body = owned_job(&app, &name, &id)?.1;
     Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+/// The worker is gone: record the job's outcome and queue its event for the
+/// owner's pages ("ready" with the link, or "failed" with the reason).
+fn finish(app: &App, job: &str, owner: &str, rows: u64, outcome: Result<u64, String>) {
+    let state = if outcome.is_ok() {
+        JobState::Ready
+    } else {
+        JobState::Failed
+    };
+    if let Some(j) = app.jobs.lock().unwrap().get_mut(job) {
+        j.state = state;
+    }
+    let mut event = json!({ "kind": state.as_str(), "job": job, "rows": rows });
+    match outcome {
+        Ok(bytes) => {
+            event["percent"] = json!(100);
+            event["bytes"] = json!(bytes);
+            event["download"] = json!(format!("/api/exports/{job}/download"));
+        }
+        Err(why) => {
+            eprintln!("export job {job} failed: {why}");
+            event["percent"] = json!(0);
+            event["error"] = json!(why);
+        }
+    }
+    let queued = app
+        .db
+        .with(|db| Ok(outbox::enqueue(db, &user_topic(owner), &event, true)?));
+    match queued {
+        Ok(_) => app.outbox.wake(),
+        Err(e) => eprintln!("export job {job}: cannot queue its outcome: {}", e.message),
+    }
 }
 
 /// `GET /api/exports/{id}/download`: the file, to its owner only.
@@ -461,36 +539,46 @@ async fn worker(args: &[String]) -> i32 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(400);
     let pid = std::process::id();
-    let event = |kind: &str, percent: u64| json!({ "kind": kind, "job": w.job, "percent": percent, "rows": w.rows, "worker": pid });
-    match run_job(&w, &herald, &topic, step_ms, &event).await {
-        Ok(bytes) => {
-            let mut ready = event("ready", 100);
-            ready["bytes"] = json!(bytes);
-            ready["download"] = json!(format!("/api/exports/{}/download", w.job));
-            match herald.publish(&topic, &ready, true).await {
-                Ok(_) => 0,
-                Err(e) => {
-                    eprintln!("export worker {}: {}", w.job, e.message);
-                    1
-                }
-            }
-        }
+    let event = |percent: u64| json!({ "kind": "progress", "job": w.job, "percent": percent, "rows": w.rows, "worker": pid });
+    let progress = Progress {
+        herald: &herald,
+        topic: &topic,
+        missed: std::cell::Cell::new(false),
+    };
+    match run_job(&w, &progress, step_ms, &event).await {
+        Ok(_) => 0,
         Err(e) => {
+            // The app reads this last line as the reason.
             eprintln!("export worker {}: {e}", w.job);
-            let mut failed = event("failed", 0);
-            failed["error"] = json!(e);
-            let _ = herald.publish(&topic, &failed, true).await;
             1
+        }
+    }
+}
+
+/// The worker's progress updates: a hint, not a promise. One Herald does
+/// not take (it is down) is skipped; the outcome, published by the app
+/// through its outbox, is what counts.
+struct Progress<'a> {
+    herald: &'a Publisher,
+    topic: &'a str,
+    missed: std::cell::Cell<bool>,
+}
+
+impl Progress<'_> {
+    async fn tell(&self, update: Value) {
+        if let Err(e) = self.herald.publish(self.topic, &update, true).await {
+            if !self.missed.replace(true) {
+                eprintln!("progress not published (the job goes on): {}", e.message);
+            }
         }
     }
 }
 
 async fn run_job(
     w: &WorkerArgs,
-    herald: &Publisher,
-    topic: &str,
+    progress: &Progress<'_>,
     step_ms: u64,
-    event: &impl Fn(&str, u64) -> Value,
+    event: &impl Fn(u64) -> Value,
 ) -> Result<usize, String> {
     let tmp = w.out.with_extension("csv.part");
     let mut file = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
@@ -499,12 +587,8 @@ async fn run_job(
         bytes += s.len();
         file.write_all(s.as_bytes()).map_err(|e| e.to_string())
     };
-    write(format!("# export {} for {}\n", w.job, w.user))?;
     write("row,user,value\n".to_string())?;
-    herald
-        .publish(topic, &event("progress", 0), true)
-        .await
-        .map_err(|e| e.message)?;
+    progress.tell(event(0)).await;
     let mut done = 0u64;
     for step in 1..=STEPS {
         tokio::time::sleep(Duration::from_millis(step_ms)).await;
@@ -514,10 +598,7 @@ async fn run_job(
             write(format!("{done},{},{}\n", w.user, done * done % 9973))?;
         }
         if step < STEPS {
-            herald
-                .publish(topic, &event("progress", step * 100 / STEPS), true)
-                .await
-                .map_err(|e| e.message)?;
+            progress.tell(event(step * 100 / STEPS)).await;
         }
     }
     file.sync_all().map_err(|e| e.to_string())?;

@@ -150,6 +150,29 @@ export async function restartApp() {
   if (done || value.trim() !== 'restarted') throw new Error(`restart: got ${JSON.stringify(value)}`);
 }
 
+/** Have the Rust test stop Herald (SIGTERM; the apps keep running). */
+export async function stopHerald() {
+  console.log('@stop-herald');
+  const { value, done } = await stdinLines.next();
+  if (done || value.trim() !== 'stopped') throw new Error(`stop herald: got ${JSON.stringify(value)}`);
+}
+
+/** Have the Rust test start Herald again: same port, same data dir. */
+export async function startHerald() {
+  console.log('@start-herald');
+  const { value, done } = await stdinLines.next();
+  if (done || value.trim() !== 'started') throw new Error(`start herald: got ${JSON.stringify(value)}`);
+}
+
+/** Log `name` in through the API; answers the session cookie (for `call`). */
+export async function loginCookie(name) {
+  const resp = await fetch(`${app}/api/login`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name }),
+  });
+  check(resp.status === 200, `login ${name}: ${resp.status}`);
+  return resp.headers.get('set-cookie').split(';')[0];
+}
+
 /** Run `body` with a watchdog; print `not ok` and exit 1 on failure. */
 export async function main(name, body, limitMs = 90_000) {
   const watchdog = setTimeout(() => {

@@ -1,9 +1,11 @@
 // The chat (examples/chat) as people use it: alice and bob, two tabs each,
 // talk; carol, a third user, cannot read them by guessing the topic, live
-// or by replay. Started by tests/example_chat.rs. Prints `ok - ...` per check.
+// or by replay; a message sent while Herald is stopped reaches every tab
+// once it is back. Started by tests/example_chat.rs. Prints `ok - ...` per
+// check.
 import {
   app, hub, shots, check, sleep, until, person, openTab, ready, logIn, cookieOf, claimsOf,
-  readStream, call, expectError, restartApp, main, ok,
+  readStream, call, expectError, restartApp, main, ok, stopHerald, startHerald,
 } from './apps_common.mjs';
 
 const COOKIE = 'chat_session';
@@ -140,6 +142,24 @@ await main('chat', async (browser) => {
   talk.push('see you there');
   await expectMessages('the reloaded tabs are live', [a1, a2, b1, b2], talk);
   ok('a reloaded tab gets the whole conversation back from Herald\'s history (resume from earliest), also after the app restarted; and is live again');
+
+  // --- Herald down: a message sent meanwhile reaches every tab once back --
+  await open(a1, 'alice~carol');
+  await stopHerald();
+  await until('the pages notice', async () => (await b1.textContent('#conn')) !== 'open', 10_000);
+  await say(a2, 'sent while the hub was down');
+  await until('alice\'s box clears (the app stored it)', async () => (await a2.inputValue('#text')) === '');
+  check(await a2.isHidden('#error'), `sending with Herald down shows ${await a2.textContent('#error')}`);
+  talk.push('sent while the hub was down');
+  await startHerald();
+  await expectMessages('every tab gets it once Herald is back', [a2, b1, b2], talk);
+  await sleep(500);
+  await expectMessages('once each', [a2, b1, b2], talk);
+  check(!(await a1.$eval(`#conversations button[data-id="${AB}"]`, (b) => b.classList.contains('unread'))),
+    'alice\'s own message marked the conversation unread in her other tab');
+  await open(a1, AB);
+  await expectMessages('and alice\'s other tab', [a1], talk);
+  ok('Herald stopped: a message is stored at once (no error); Herald back: all four tabs show it, once, with no reload; alice\'s own message does not mark the conversation unread in her other tab');
 
   // --- bad input in the page ---------------------------------------------
   await b1.bringToFront();

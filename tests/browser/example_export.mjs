@@ -1,11 +1,15 @@
 // The async export (examples/export) as people use it, on two clustered
 // herald nodes: bob's page subscribes on node 1, the export worker (a
-// separate process) publishes through node 2. Carol is the other user.
-// Started by tests/example_export.rs. Prints `ok - ...` per check.
+// separate process) publishes its progress through node 2, the app its
+// outcome (through its outbox, also node 2). Carol is the other user. Then
+// an export started while both nodes are down, finished while they are
+// away, shows "ready" once they are back, and a worker killed mid-job
+// shows "failed" at once, both without a reload. Started by
+// tests/example_export.rs. Prints `ok - ...` per check.
 import { readFile } from 'node:fs/promises';
 import {
   app, heraldUrl, shots, check, sleep, until, person, logIn, cookieOf, claimsOf,
-  call, expectError, main, ok,
+  call, expectError, main, ok, stopHerald, startHerald,
 } from './apps_common.mjs';
 
 const COOKIE = 'export_session';
@@ -108,9 +112,8 @@ await main('export', async (browser) => {
   const [download] = await Promise.all([b1.waitForEvent('download'), b1.click('#popup-link')]);
   const content = await readFile(await download.path(), 'utf8');
   const lines = content.trimEnd().split('\n');
-  check(lines[0] === `# export ${jobId} for bob`, `the file starts ${JSON.stringify(lines[0])}`);
-  check(lines[1] === 'row,user,value', `header ${JSON.stringify(lines[1])}`);
-  check(lines.length === ROWS + 2, `the file has ${lines.length} lines, not ${ROWS + 2}`);
+  check(lines[0] === 'row,user,value', `the file starts ${JSON.stringify(lines[0])} (a spreadsheet reads line 1 as the header)`);
+  check(lines.length === ROWS + 1, `the file has ${lines.length} lines, not ${ROWS + 1}`);
   check(lines[lines.length - 1].startsWith(`${ROWS},bob,`), `last line ${lines[lines.length - 1]}`);
   check(download.suggestedFilename() === `export-${jobId}.csv`, `file name ${download.suggestedFilename()}`);
   const status = await call('GET', `/api/exports/${jobId}`, { cookie: await cookieOf(bob, COOKIE) });
@@ -122,9 +125,10 @@ await main('export', async (browser) => {
   const bobEvents = eventsOf(bobLive).filter((e) => e.job === jobId);
   check(bobEvents.some((e) => e.kind === 'ready') && bobEvents.filter((e) => e.kind === 'progress').length >= 5,
     `bob's own stream on node 1 lacks the job's events: ${bobLive}`);
-  const workers = new Set(bobEvents.map((e) => e.worker));
-  check(workers.size === 1, `events from ${[...workers]} workers`);
-  check(![...workers].includes(Number(process.env.APP_PID)), 'the app published the events itself, not a worker process');
+  const workers = new Set(bobEvents.filter((e) => e.kind === 'progress').map((e) => e.worker));
+  check(workers.size === 1, `progress from ${[...workers]} workers`);
+  check(![...workers].includes(Number(process.env.APP_PID)), 'the app published the progress itself, not a worker process');
+  check(bobEvents.filter((e) => e.kind === 'ready').length === 1, `bob got ${bobEvents.filter((e) => e.kind === 'ready').length} ready events`);
   for (const [who, text] of [['carol on node 1', carolLive1], ['carol on node 2', carolLive2], ['anonymous', anonLive]]) {
     check(!text.includes('data:'), `${who} got bob's events live: ${text}`);
   }
@@ -141,7 +145,7 @@ await main('export', async (browser) => {
   const carolJobs = await c1.evaluate(() => document.querySelectorAll('#jobs li').length);
   check(carolJobs === 0, `carol's page shows ${carolJobs} jobs`);
   check(await c1.isHidden('#popup'), 'carol\'s page shows a pop-up');
-  ok(`carol sees nothing of bob's job: not live (node 1, node 2, anonymous), not by replay (last_event_id=earliest), not in her page; bob's token, the control, got ${bobEvents.length} events, all from worker process ${[...workers][0]} (the app is ${process.env.APP_PID})`);
+  ok(`carol sees nothing of bob's job: not live (node 1, node 2, anonymous), not by replay (last_event_id=earliest), not in her page; bob's token, the control, got ${bobEvents.length} events, the progress from worker process ${[...workers][0]} (the app is ${process.env.APP_PID}), the outcome once`);
 
   const carolCookie = await cookieOf(carol, COOKIE);
   await expectError('carol downloads bob\'s file', 403, 'another user', 'GET', `/api/exports/${jobId}/download`, { cookie: carolCookie });
@@ -169,5 +173,42 @@ await main('export', async (browser) => {
   await until('the page shows the error', async () => (await b1.textContent('#error')).includes('rows must be'));
   check((await b1.evaluate(() => document.querySelectorAll('#jobs li').length)) === 1, 'a refused export appeared in the list');
   ok('bad input gets a clear 4xx: unknown job 404, malformed id 400, bad rows 400 (shown in the page), not JSON 415, not logged in 401');
-  await sleep(10);
+
+  // --- an outage: the export runs while Herald is away ---------------------
+  const stateOf = (id) => b1.evaluate((id) => document.querySelector(`#jobs li[data-id="${id}"] .state`)?.textContent, id);
+  await stopHerald();
+  await until('the page notices', async () => (await b1.textContent('#conn')) !== 'open', 10_000);
+  await b1.fill('#rows', '500');
+  await b1.click('#export');
+  await until('the job is listed', async () => (await b1.evaluate(() => document.querySelectorAll('#jobs li').length)) === 2);
+  check(await b1.isHidden('#error'), `starting an export with Herald down shows ${await b1.textContent('#error')}`);
+  const downId = await b1.evaluate(() => document.querySelector('#jobs li').dataset.id);
+  await until('the job finishes while Herald is down', async () =>
+    (await call('GET', `/api/exports/${downId}`, { cookie: bobCookie })).body.state === 'ready', 15_000);
+  check(await stateOf(downId) !== 'ready', 'the page cannot know yet');
+  await startHerald();
+  await until('the page shows ready once Herald is back', async () => (await stateOf(downId)) === 'ready', 15_000);
+  check(!(await b1.isHidden('#popup')) && (await b1.getAttribute('#popup', 'data-job')) === downId, 'the pop-up is for the job');
+  await b1.click('#popup-close');
+  ok('an export started while both nodes were down answers at once, runs, and its page shows "ready" (and the pop-up) once Herald is back, without a reload');
+
+  // --- a worker that dies mid-job: the page shows the failure when it happens
+  await b1.fill('#rows', '800');
+  await b1.click('#export');
+  await until('the job is listed', async () => (await b1.evaluate(() => document.querySelectorAll('#jobs li').length)) === 3);
+  const failId = await b1.evaluate(() => document.querySelector('#jobs li').dataset.id);
+  await until('its progress shows', async () => /^[1-9]\d? %$/.test(await stateOf(failId) || ''), 10_000);
+  const events = await (async () => { const t = Date.now(); for (;;) {
+    // The first progress events name the worker's process id.
+    if (Date.now() - t > 6_000) throw new Error('no progress event with a worker pid');
+    const text = await streamAt(heraldUrl, [topicOf('bob')], { token: bobMe.token, lastEventId: 'earliest', ms: 300 });
+    const mine = eventsOf(text).filter((e) => e.job === failId && e.worker);
+    if (mine.length) return mine;
+  } })();
+  process.kill(events[0].worker, 'SIGKILL');
+  const killedAt = Date.now();
+  await until('the page shows the failure', async () => (await stateOf(failId) || '').startsWith('failed'), 10_000);
+  const shown = await stateOf(failId);
+  check(shown.includes('killed'), `the page says ${JSON.stringify(shown)}, not why`);
+  ok(`a worker killed mid-job: bob's page shows "${shown}" ${Date.now() - killedAt} ms later, without a reload`);
 });

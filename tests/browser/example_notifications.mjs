@@ -1,9 +1,11 @@
 // The notification center (examples/notifications) as people use it: alice
-// and bob, two tabs each, carol later; through the page's forms and buttons.
-// Started by tests/example_notifications.rs. Prints `ok - ...` per check.
+// and bob, two tabs each, carol later; through the page's forms and buttons;
+// a notification and a "mark read" made while Herald is stopped reach every
+// tab once it is back. Started by tests/example_notifications.rs. Prints
+// `ok - ...` per check.
 import {
   app, hub, shots, check, sleep, until, person, openTab, ready, logIn, cookieOf, claimsOf,
-  readStream, call, expectError, restartApp, main, ok,
+  readStream, call, expectError, restartApp, main, ok, stopHerald, startHerald,
 } from './apps_common.mjs';
 
 const COOKIE = 'notifications_session';
@@ -161,6 +163,23 @@ await main('notifications', async (browser) => {
   await expectView('bob\'s tabs after mark read', [b1, b2], 1,
     [['Meeting moved to 3pm', false], ['Maintenance tonight at 22:00', true], ['Your export is ready', false]]);
   ok('the inbox and its read state survive a reload and a restart of the app (SQLite); sync works after it');
+
+  // --- Herald down: nothing lost, every tab catches up without a reload ---
+  await stopHerald();
+  await until('the pages notice', async () => (await b1.textContent('#conn')) !== 'open', 10_000);
+  await send(a1, 'bob', 'Sent while the hub was down');
+  await until('alice\'s form clears (the app stored it)', async () => (await a1.inputValue('#body')) === '');
+  check(await a1.isHidden('#error'), `notifying with Herald down shows ${await a1.textContent('#error')}`);
+  await clickMarkRead(b2, 'Maintenance tonight at 22:00');
+  await sleep(300);
+  check(await b2.isHidden('#error'), `mark read with Herald down shows ${await b2.textContent('#error')}`);
+  await startHerald();
+  const afterOutage = [['Sent while the hub was down', true], ['Meeting moved to 3pm', false],
+    ['Maintenance tonight at 22:00', false], ['Your export is ready', false]];
+  await expectView('bob\'s tabs catch up once Herald is back', [b1, b2], 1, afterOutage);
+  await sleep(500);
+  await expectView('once each', [b1, b2], 1, afterOutage);
+  ok('Herald stopped: a notification and a "mark read" are stored at once (no error); Herald back: both of bob\'s tabs show both, once each, with no reload');
 
   // --- CORS: the hub answers the app's origin, not an unlisted one -------
   const probe = (page) => page.evaluate((h) => fetch(`${h}?topic=https://example.app/broadcasts`, { headers: { accept: 'text/event-stream' } })

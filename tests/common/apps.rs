@@ -124,9 +124,48 @@ impl Drop for App {
 
 /// Start herald and the example, run `tests/browser/<script>`; the script
 /// may print `@restart-app` to have the app killed (SIGKILL) and started
-/// again on the same port and data dir. Returns the script's report.
+/// again on the same port and data dir, and `@stop-herald` / `@start-herald`
+/// to stop Herald (SIGTERM) while the app runs and start it again on the
+/// same port and data dir (an outage). Returns the script's report.
 pub fn run_example(name: &str, script: &str) -> String {
     run_example_with_env(name, script, &[])
+}
+
+/// Start Herald again on the port it had: that port may still be held for
+/// a moment by the old process's sockets, so try for a few seconds.
+pub fn start_on_port(args: &[&str]) -> Server {
+    for _ in 0..50 {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        let probe = cmd
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .env("HERALD_LOG", "warn")
+            .spawn();
+        let mut child = probe.expect("start herald");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let listening = lines.by_ref().map_while(Result::ok).find_map(|l| {
+            l.strip_prefix("listening on ")
+                .map(|addr| addr.trim().to_string())
+        });
+        match listening {
+            Some(base) => {
+                std::thread::spawn(move || for _ in lines {});
+                return Server {
+                    child,
+                    base,
+                    data_dir: None,
+                };
+            }
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+    panic!("herald could not listen again on its port within 5 s");
 }
 
 /// [`run_example`], the app getting `env` too (e.g. `REDIS_URL`).
@@ -159,8 +198,11 @@ fn run(name: &str, script: &str, env: &[(&str, &str)], auth_path: Option<&str>) 
     let herald_url = format!("http://127.0.0.1:{herald_port}");
     let mut app = App::start(&bin, "127.0.0.1:0", &herald_url, data.path(), env);
     let app_addr = app.base.strip_prefix("http://").expect("http").to_string();
+    let app_base = app.base.clone();
     // The app's page subscribes across origins: Herald lists it.
     let listen = format!("127.0.0.1:{herald_port}");
+    let herald_data = tempfile::tempdir().expect("herald data dir");
+    let herald_dir = herald_data.path().to_str().expect("utf-8 temp path");
     let mut args = vec![
         "serve",
         "--listen",
@@ -168,19 +210,22 @@ fn run(name: &str, script: &str, env: &[(&str, &str)], auth_path: Option<&str>) 
         "--jwt-key",
         KEY,
         "--cors-origins",
-        &app.base,
+        &app_base,
+        "--data-dir",
+        herald_dir,
     ];
-    let auth_url = auth_path.map(|p| format!("{}{p}", app.base));
+    let auth_url = auth_path.map(|p| format!("{app_base}{p}"));
     if let Some(url) = &auth_url {
         args.extend(["--auth-url", url.as_str()]);
     }
-    let server = Server::start_raw(&args, &[]);
+    let mut server = Some(Server::start_raw(&args, &[]));
+    let hub_url = server.as_ref().expect("started").base.clone();
 
     let mut node = Command::new("node")
         .arg(script)
         .current_dir(&dir)
-        .env("APP_URL", &app.base)
-        .env("HERALD_URL", &server.base)
+        .env("APP_URL", &app_base)
+        .env("HERALD_URL", &hub_url)
         .env("HERALD_TOKEN", publisher())
         .env("SCREENSHOT_DIR", screenshot_dir())
         .env("CHROMIUM", &chromium)
@@ -198,6 +243,18 @@ fn run(name: &str, script: &str, env: &[(&str, &str)], auth_path: Option<&str>) 
             app.kill();
             app = App::start(&bin, &app_addr, &herald_url, data.path(), env);
             writeln!(to_node, "restarted").expect("answer node");
+            continue;
+        }
+        if line == "@stop-herald" {
+            let mut stopped = server.take().expect("herald is running");
+            stopped.terminate();
+            writeln!(to_node, "stopped").expect("answer node");
+            continue;
+        }
+        if line == "@start-herald" {
+            assert!(server.is_none(), "herald is already running");
+            server = Some(start_on_port(&args));
+            writeln!(to_node, "started").expect("answer node");
             continue;
         }
         println!("{line}");
