@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+# The tests need no debug info: without it (Cargo.toml's release profile
+# keeps line tables for profiling) the ~35 test binaries link faster. The
+# scripts this one calls (bench/tls_fanout.sh, scripts/test-deb.sh) inherit
+# it, so they reuse what the tests built.
+export CARGO_PROFILE_RELEASE_DEBUG="${CARGO_PROFILE_RELEASE_DEBUG:-0}"
 
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
@@ -45,10 +50,12 @@ cargo clippy --release --locked --all-targets -- -D warnings
 echo "==> [$(date +%T)] cargo build --examples (the example apps, driven by tests/example_*.rs)"
 cargo build --release --locked --examples
 
-echo "==> [$(date +%T)] cargo test (unit + integration + browser)"
+echo "==> [$(date +%T)] cargo test (unit + integration + browser), three test binaries at a time"
 # Benchmarks (bench/*.rs) are programs that print figures, run by hand
-# (`cargo bench --bench NAME`); clippy above has compiled them.
-cargo test --release --locked --lib --bins --tests
+# (`cargo bench --bench NAME`); clippy above has compiled them. The tests
+# are `cargo test --release --lib --bins --tests`, their binaries run side by
+# side by scripts/run-tests.sh (most of their time is waiting).
+bash scripts/run-tests.sh
 
 echo "==> [$(date +%T)] load generator (bench/loadgen): fmt, clippy, unit tests"
 # It builds herald's library as a dependency: the shared target dir lets it

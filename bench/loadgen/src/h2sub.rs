@@ -12,9 +12,9 @@ use tokio::sync::watch;
 use tokio::time::{sleep, timeout};
 
 use crate::conn::{connect, Alpn};
+use crate::sse::SseParser;
 use crate::stats::now_ns;
 use crate::sub::{take_events, Checker, Ctx};
-use herald::sse::SseParser;
 
 /// One subscriber on a shared connection.
 pub struct Member {

@@ -489,7 +489,7 @@ mod tests {
         // SSE split arbitrarily across chunk boundaries.
         let body = b"7\r\ndata: 1\r\n3\r\n\r\n\r\r\n4\r\n\ndat\r\n6\r\na: 2\n\n\r\n";
         let mut d = ChunkedDecoder::new();
-        let mut p = herald::sse::SseParser::new();
+        let mut p = crate::sse::SseParser::new();
         let mut got = Vec::new();
         for piece in body.chunks(3) {
             d.feed(piece, &mut |c| {

@@ -12,9 +12,9 @@ use tokio::time::{sleep, timeout, Instant};
 
 use crate::conn::{connect, Alpn, Conn};
 use crate::http::{read_head, BodyKind, HeadError};
+use crate::sse::{SseEvent, SseParser};
 use crate::stats::{now_ns, parse_payload, Batch, SeqTracker, Stats};
 use crate::target::Target;
-use herald::sse::{SseEvent, SseParser};
 
 pub struct Ctx {
     pub target: Target,
