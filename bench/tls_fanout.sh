@@ -6,6 +6,7 @@
 #   bash bench/tls_fanout.sh [SUBSCRIBERS] [UPDATES] [STREAMS_PER_H2_CONNECTION]
 #   (defaults 5000 1000 50)
 #   HERALD_ONLY=1 bash bench/tls_fanout.sh 100 20 10   # Herald's four cases only
+#   HERALD_BIN=... LOADGEN_BIN=... bash bench/tls_fanout.sh   # binaries already built
 #
 # Exits non-zero when a case lost or duplicated a delivery or did not run
 # (the test command runs the small Herald-only form as a smoke test).
@@ -21,10 +22,19 @@ cd "$root"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 SUBS="${1:-5000}"; UPDATES="${2:-1000}"; PER="${3:-50}"
 
-cargo build --release --locked --bin herald >&2
-(cd bench/loadgen && cargo build --release --locked) >&2
-HERALD="$CARGO_TARGET_DIR/release/herald"
-LG="$CARGO_TARGET_DIR/release/herald-loadgen"
+# HERALD_BIN / LOADGEN_BIN: binaries already built (the test command passes
+# the ones its tests built, instead of building herald again with another
+# feature set); otherwise both are built here.
+HERALD="${HERALD_BIN:-}"
+LG="${LOADGEN_BIN:-}"
+if [ -z "$HERALD" ]; then
+  cargo build --release --locked --bin herald >&2
+  HERALD="$CARGO_TARGET_DIR/release/herald"
+fi
+if [ -z "$LG" ]; then
+  (cd bench/loadgen && cargo build --release --locked) >&2
+  LG="$CARGO_TARGET_DIR/release/herald-loadgen"
+fi
 
 tmp="$(mktemp -d)"
 herald_pid=""

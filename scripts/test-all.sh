@@ -43,28 +43,48 @@ if [ -f tests/browser/package.json ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --silent)
 fi
 
-echo "==> [$(date +%T)] cargo fmt --check, cargo clippy -D warnings"
+echo "==> [$(date +%T)] cargo fmt --check"
 cargo fmt --check
-cargo clippy --release --locked --all-targets -- -D warnings
+(cd bench/loadgen && cargo fmt --check)
 
-echo "==> [$(date +%T)] cargo build --examples (the example apps, driven by tests/example_*.rs)"
-cargo build --release --locked --examples
+# Clippy's lints, -D warnings, run inside the one release build below
+# instead of in a `cargo clippy` pass of its own: clippy-driver is the
+# workspace's compiler wrapper (what `cargo clippy` itself sets up, for
+# `cargo check`), so every workspace target (lib, bins, tests, benches,
+# examples) is linted as it compiles and the dependencies are compiled
+# once, not once to check and once to build. The same lints as
+# `cargo clippy --release --all-targets -- -D warnings`; exported, so every
+# build below (the tests', the load generator's) shares the one set of
+# artifacts and lints too.
+RUSTC_WORKSPACE_WRAPPER="$(command -v clippy-driver || true)"
+if [ -z "$RUSTC_WORKSPACE_WRAPPER" ]; then
+  echo "clippy-driver not found: install clippy (rustup component add clippy)" >&2
+  exit 1
+fi
+export RUSTC_WORKSPACE_WRAPPER
+export RUSTFLAGS="${RUSTFLAGS:-} -D warnings"
+
+echo "==> [$(date +%T)] cargo build --all-targets, linted by clippy (-D warnings): lib, bins, tests, benches, examples"
+# Benchmarks (bench/*.rs) are programs that print figures, run by hand
+# (`cargo bench --bench NAME`): built (and linted) here, not run.
+cargo build --release --locked --all-targets
 
 echo "==> [$(date +%T)] cargo test (unit + integration + browser), three test binaries at a time"
-# Benchmarks (bench/*.rs) are programs that print figures, run by hand
-# (`cargo bench --bench NAME`); clippy above has compiled them. The tests
-# are `cargo test --release --lib --bins --tests`, their binaries run side by
-# side by scripts/run-tests.sh (most of their time is waiting).
+# The tests are `cargo test --release --lib --bins --tests` (built above);
+# scripts/run-tests.sh runs their binaries side by side (most of their time
+# is waiting).
 bash scripts/run-tests.sh
 
-echo "==> [$(date +%T)] load generator (bench/loadgen): fmt, clippy, unit tests"
-# It builds herald's library as a dependency: the shared target dir lets it
-# reuse what the main build compiled.
-(cd bench/loadgen \
-  && cargo fmt --check && cargo clippy --release --locked --all-targets -- -D warnings \
-  && cargo test --release --locked)
+echo "==> [$(date +%T)] load generator (bench/loadgen): build, linted by clippy (-D warnings), unit tests"
+# Its own workspace (it compiles herald's SSE parser from src/sse.rs, not
+# the herald library).
+(cd bench/loadgen && cargo build --release --locked --all-targets && cargo test --release --locked)
+
+# The herald binary the tests ran (a plain `cargo build --bin herald` would
+# build the library again: the tests' dev-dependencies change its features).
+export HERALD_BIN="$CARGO_TARGET_DIR/release/herald"
 echo "==> [$(date +%T)] load generator over TLS, HTTP/2 and h2c against a real Herald (smoke)"
-HERALD_ONLY=1 bash bench/tls_fanout.sh 100 20 10
+LOADGEN_BIN="$CARGO_TARGET_DIR/release/herald-loadgen" HERALD_ONLY=1 bash bench/tls_fanout.sh 100 20 10
 echo "==> [$(date +%T)] the Debian package: cargo deb, dpkg -i, the unit's ExecStart, publish/subscribe, reload, purge"
 bash scripts/test-deb.sh
 echo "==> [$(date +%T)] the HTTP API against its OpenAPI document: schemathesis (PyPI), bounded in examples and time"

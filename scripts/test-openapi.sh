@@ -19,8 +19,13 @@ if ! command -v schemathesis >/dev/null 2>&1; then
   python3 -m pip install --quiet --break-system-packages 'schemathesis>=4,<5' 2>/dev/null \
     || python3 -m pip install --quiet 'schemathesis>=4,<5'
 fi
-cargo build --release --locked --bin herald
-herald="$CARGO_TARGET_DIR/release/herald"
+# HERALD_BIN: a herald binary already built (the test command passes the
+# one its tests ran); otherwise it is built here.
+herald="${HERALD_BIN:-}"
+if [ -z "$herald" ]; then
+  cargo build --release --locked --bin herald
+  herald="$CARGO_TARGET_DIR/release/herald"
+fi
 work="$(mktemp -d)"
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }

@@ -65,16 +65,13 @@ fn export_in_chromium_on_two_clustered_nodes() {
         format!("http://127.0.0.1:{port1}"),
         format!("http://127.0.0.1:{port2}"),
     );
-    let app = App::start(
-        &bin,
-        "127.0.0.1:0",
-        &node1_url,
-        data.path(),
-        &[
-            ("HERALD_PUBLISH_URL", &node2_url),
-            ("EXPORT_STEP_MS", "400"),
-        ],
-    );
+    let app_env = [
+        ("HERALD_PUBLISH_URL", node2_url.as_str()),
+        ("EXPORT_STEP_MS", "400"),
+    ];
+    let mut app = App::start(&bin, "127.0.0.1:0", &node1_url, data.path(), &app_env);
+    let app_base = app.base.clone();
+    let app_addr = app_base.strip_prefix("http://").expect("http").to_string();
     let args = |listen: &str, extra: &[&str]| -> Vec<String> {
         let mut args: Vec<String> = [
             "serve",
@@ -85,7 +82,7 @@ fn export_in_chromium_on_two_clustered_nodes() {
             "--transport",
             &redis_url,
             "--cors-origins",
-            &app.base,
+            &app_base,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -116,7 +113,7 @@ fn export_in_chromium_on_two_clustered_nodes() {
     let mut script = Command::new("node")
         .arg("example_export.mjs")
         .current_dir(&dir)
-        .env("APP_URL", &app.base)
+        .env("APP_URL", &app_base)
         .env("HERALD_URL", &node1_base)
         .env("HERALD2_URL", &node2_base)
         .env("HERALD_TOKEN", publisher())
@@ -141,6 +138,14 @@ fn export_in_chromium_on_two_clustered_nodes() {
             writeln!(to_script, "stopped").expect("answer node");
             continue;
         }
+        // The app killed (SIGKILL; its running workers go on) and started
+        // again on its address and data dir.
+        if line == "@restart-app" {
+            app.kill();
+            app = App::start(&bin, &app_addr, &node1_url, data.path(), &app_env);
+            writeln!(to_script, "restarted").expect("answer node");
+            continue;
+        }
         if line == "@start-herald" {
             assert!(nodes.is_none(), "the nodes are already running");
             nodes = Some((start(&args1), start(&args2)));
@@ -156,5 +161,5 @@ fn export_in_chromium_on_two_clustered_nodes() {
     drop(nodes);
     drop(redis);
     assert!(status.success(), "example_export.mjs failed:\n{report}");
-    assert_eq!(report.matches("ok - ").count(), 8, "{report}");
+    assert_eq!(report.matches("ok - ").count(), 10, "{report}");
 }

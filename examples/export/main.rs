@@ -3,9 +3,8 @@
 //! Log in with a name (a signed cookie) and press "Export": the app starts
 //! the job in a *separate worker process* (this same binary, run as
 //! `export worker ...`), which writes a CSV file for a few seconds and
-//! publishes its progress (0..100 %). When the worker exits, the app
-//! publishes the outcome: "ready" with the download link, or "failed"
-//! with the reason. The page shows a progress bar, then a pop-up with the
+//! publishes its progress (0..100 %), then its outcome: "ready" with the
+//! download link, or "failed" with the reason. The page shows a progress bar, then a pop-up with the
 //! link; the app serves the file to its owner only.
 //!
 //! Herald integration, all of it:
@@ -14,9 +13,13 @@
 //!   for that topic (the key it shares with Herald, `HERALD_JWT_KEY`).
 //!   Progress is a hint: one Herald missed (it was down) is skipped, and
 //!   the job goes on;
-//! - the outcome is what the user waits for, so it goes through the app's
+//! - the outcome is what the user waits for, so it goes through the
 //!   outbox (examples/common/outbox.rs, SQLite in `DATA_DIR/outbox.db`):
-//!   published once Herald takes it, however long Herald is away;
+//!   the worker records it there before it exits (and tries to publish it
+//!   at once, under the same id), and the app's outbox task publishes it
+//!   once Herald takes it, however long Herald is away, also if the app
+//!   restarted meanwhile. A worker that dies without recording one (killed,
+//!   crashed) gets a "failed" recorded by the app, which watches it;
 //! - the page gets a subscriber JWT for its user's topic only (`GET
 //!   /api/me`) and subscribes with herald.js, imported from the hub;
 //! - cluster mode: the page subscribes on `HERALD_URL` (node A), the worker
@@ -381,6 +384,8 @@ async fn start_export(
         .args(["--job", &id, "--user", &name, "--rows", &rows.to_string()])
         .arg("--out")
         .arg(file_of(&app, &id))
+        .arg("--outbox")
+        .arg(app.settings.data_dir.join("outbox.db"))
         .env("HERALD_PUBLISH_URL", &app.publish_url)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -399,10 +404,22 @@ async fn start_export(
     tokio::spawn(async move {
         let output = child.wait_with_output().await;
         let file = file_of(&watcher, &job);
-        let outcome = match &output {
-            Ok(out) if out.status.success() && file.exists() => {
-                Ok(file.metadata().map(|m| m.len()).unwrap_or(0))
+        // Exit 0 or 1: the worker recorded its outcome in the outbox.
+        if let Ok(out) = &output {
+            if let Some(code @ (RECORDED_READY | RECORDED_FAILED)) = out.status.code() {
+                let ready = code == RECORDED_READY && file.exists();
+                if let Some(j) = watcher.jobs.lock().unwrap().get_mut(&job) {
+                    j.state = if ready {
+                        JobState::Ready
+                    } else {
+                        JobState::Failed
+                    };
+                }
+                watcher.outbox.wake();
+                return;
             }
+        }
+        let outcome = match &output {
             Ok(out) if out.status.code().is_none() => {
                 Err(format!("the worker was killed ({})", out.status))
             }
@@ -424,30 +441,40 @@ async fn start_export(
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
-/// The worker is gone: record the job's outcome and queue its event for the
-/// owner's pages ("ready" with the link, or "failed" with the reason).
-fn finish(app: &App, job: &str, owner: &str, rows: u64, outcome: Result<u64, String>) {
-    let state = if outcome.is_ok() {
-        JobState::Ready
-    } else {
-        JobState::Failed
-    };
-    if let Some(j) = app.jobs.lock().unwrap().get_mut(job) {
-        j.state = state;
-    }
-    let mut event = json!({ "kind": state.as_str(), "job": job, "rows": rows });
+/// The worker's exit codes when it recorded its outcome in the outbox.
+const RECORDED_READY: i32 = 0;
+const RECORDED_FAILED: i32 = 1;
+/// ... and when it could not (the app records "failed" for it).
+const NOT_RECORDED: i32 = 3;
+
+/// A job's outcome, as the owner's pages receive it: "ready" with the
+/// file's size and link, or "failed" with the reason.
+fn outcome_event(job: &str, rows: u64, outcome: &Result<u64, String>) -> Value {
     match outcome {
-        Ok(bytes) => {
-            event["percent"] = json!(100);
-            event["bytes"] = json!(bytes);
-            event["download"] = json!(format!("/api/exports/{job}/download"));
-        }
-        Err(why) => {
-            eprintln!("export job {job} failed: {why}");
-            event["percent"] = json!(0);
-            event["error"] = json!(why);
-        }
+        Ok(bytes) => json!({
+            "kind": "ready", "job": job, "rows": rows, "percent": 100, "bytes": bytes,
+            "download": format!("/api/exports/{job}/download"),
+        }),
+        Err(why) => json!({
+            "kind": "failed", "job": job, "rows": rows, "percent": 0, "error": why,
+        }),
     }
+}
+
+/// The worker died without recording an outcome: record "failed" for it
+/// and queue its event for the owner's pages.
+fn finish(app: &App, job: &str, owner: &str, rows: u64, outcome: Result<u64, String>) {
+    if let Err(why) = &outcome {
+        eprintln!("export job {job} failed: {why}");
+    }
+    if let Some(j) = app.jobs.lock().unwrap().get_mut(job) {
+        j.state = if outcome.is_ok() {
+            JobState::Ready
+        } else {
+            JobState::Failed
+        };
+    }
+    let event = outcome_event(job, rows, &outcome);
     let queued = app
         .db
         .with(|db| Ok(outbox::enqueue(db, &user_topic(owner), &event, true)?));
@@ -497,11 +524,22 @@ async fn download(
 
 // --- the worker process --------------------------------------------------
 
+/// `eprintln!` for the worker, which must not die of a closed stderr (its
+/// app, which reads it, may have been restarted): a line that cannot be
+/// written is dropped.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 struct WorkerArgs {
     job: String,
     user: String,
     rows: u64,
     out: PathBuf,
+    outbox: PathBuf,
 }
 
 fn worker_args(args: &[String]) -> Result<WorkerArgs, String> {
@@ -517,17 +555,21 @@ fn worker_args(args: &[String]) -> Result<WorkerArgs, String> {
         user: user_name(&get("--user")?).map_err(|e| e.message)?,
         rows: get("--rows")?.parse().map_err(|e| format!("--rows: {e}"))?,
         out: PathBuf::from(get("--out")?),
+        outbox: PathBuf::from(get("--outbox")?),
     })
 }
 
-/// `export worker --job ID --user NAME --rows N --out FILE`: write the
-/// export step by step, publishing progress through `HERALD_PUBLISH_URL`.
+/// `export worker --job ID --user NAME --rows N --out FILE --outbox DB`:
+/// write the export step by step, publishing progress through
+/// `HERALD_PUBLISH_URL`; then record the outcome in the app's outbox and
+/// try to publish it at once. Exits 0 (ready, recorded), 1 (failed,
+/// recorded) or 3 (the outcome could not be recorded).
 async fn worker(args: &[String]) -> i32 {
     let w = match worker_args(args) {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("usage: export worker --job ID --user NAME --rows N --out FILE: {e}");
-            return 2;
+            say!("usage: export worker --job ID --user NAME --rows N --out FILE --outbox DB: {e}");
+            return NOT_RECORDED;
         }
     };
     let mut settings = Settings::from_env("127.0.0.1:0", "export-data");
@@ -545,13 +587,35 @@ async fn worker(args: &[String]) -> i32 {
         topic: &topic,
         missed: std::cell::Cell::new(false),
     };
-    match run_job(&w, &progress, step_ms, &event).await {
-        Ok(_) => 0,
+    let outcome = run_job(&w, &progress, step_ms, &event)
+        .await
+        .map(|bytes| bytes as u64);
+    if let Err(e) = &outcome {
+        say!("export worker {}: {e}", w.job);
+    }
+    let update = outcome_event(&w.job, w.rows, &outcome);
+    // Recorded first: published by the app's outbox task whatever happens
+    // next (Herald down, the app restarted, this process killed).
+    let recorded = rusqlite::Connection::open(&w.outbox).and_then(|db| {
+        outbox::prepare(&db)?;
+        outbox::enqueue(&db, &topic, &update, true)
+    });
+    let id = match recorded {
+        Ok(id) => id,
         Err(e) => {
             // The app reads this last line as the reason.
-            eprintln!("export worker {}: {e}", w.job);
-            1
+            say!("cannot record the outcome in {}: {e}", w.outbox.display());
+            return NOT_RECORDED;
         }
+    };
+    // The fast path: publish it now, under the id the outbox will use (its
+    // own try then gets 409, already stored). If this fails, the outbox
+    // publishes it.
+    let _ = herald.send(&topic, &update.to_string(), true, &id).await;
+    if outcome.is_ok() {
+        RECORDED_READY
+    } else {
+        RECORDED_FAILED
     }
 }
 
@@ -568,7 +632,7 @@ impl Progress<'_> {
     async fn tell(&self, update: Value) {
         if let Err(e) = self.herald.publish(self.topic, &update, true).await {
             if !self.missed.replace(true) {
-                eprintln!("progress not published (the job goes on): {}", e.message);
+                say!("progress not published (the job goes on): {}", e.message);
             }
         }
     }

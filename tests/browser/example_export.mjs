@@ -9,7 +9,7 @@
 import { readFile } from 'node:fs/promises';
 import {
   app, heraldUrl, shots, check, sleep, until, person, logIn, cookieOf, claimsOf,
-  call, expectError, main, ok, stopHerald, startHerald,
+  call, expectError, main, ok, stopHerald, startHerald, restartApp,
 } from './apps_common.mjs';
 
 const COOKIE = 'export_session';
@@ -211,4 +211,24 @@ await main('export', async (browser) => {
   const shown = await stateOf(failId);
   check(shown.includes('killed'), `the page says ${JSON.stringify(shown)}, not why`);
   ok(`a worker killed mid-job: bob's page shows "${shown}" ${Date.now() - killedAt} ms later, without a reload`);
+
+  // --- the app restarts while a job runs: the worker's outcome still arrives
+  await b1.fill('#rows', '600');
+  await b1.click('#export');
+  await until('the job is listed', async () => (await b1.evaluate(() => document.querySelectorAll('#jobs li').length)) === 4);
+  const orphanId = await b1.evaluate(() => document.querySelector('#jobs li').dataset.id);
+  await until('its progress shows', async () => /^[1-9]\d? %$/.test(await stateOf(orphanId) || ''), 10_000);
+  await restartApp();
+  await until('the page shows ready, the app restarted meanwhile', async () => (await stateOf(orphanId)) === 'ready', 15_000);
+  const after = await call('GET', `/api/exports/${orphanId}`, { cookie: bobCookie });
+  check(after.status === 200 && after.body.state === 'ready', `the restarted app says ${JSON.stringify(after.body)}`);
+  await b1.click('#popup-close');
+  ok('the app restarted (SIGKILL) while a job ran: the worker went on, recorded its outcome in the outbox, and bob\'s open page shows "ready" without a reload');
+
+  // --- an empty rows field exports what the form shows ---------------------
+  const shownRows = Number(await b1.getAttribute('#rows', 'value'));
+  const byDefault = await call('POST', '/api/exports', { cookie: bobCookie, json: {} });
+  check(byDefault.status === 202 && byDefault.body.rows === shownRows,
+    `an export without rows: ${JSON.stringify(byDefault.body)}; the form shows ${shownRows}`);
+  ok(`an export without a row count exports ${shownRows} rows, the number the form shows`);
 });
