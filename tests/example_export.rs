@@ -6,7 +6,8 @@
 //! only reach the page through node 2 and Redis). The page's progress bar advances, the "ready" pop-up appears,
 //! its link downloads the file; another user sees nothing of the job (live
 //! or by replay, on either node) and cannot download it; bad input gets a
-//! clear 4xx. The checks are in `tests/browser/example_export.mjs`. Needs
+//! clear 4xx; a job run while both nodes are stopped, a worker killed
+//! mid-job and the app restarted mid-job all reach the open page. The checks are in `tests/browser/example_export.mjs`. Needs
 //! the example built (`cargo build --release --examples`) and
 //! `redis-server` on PATH.
 

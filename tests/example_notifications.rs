@@ -1,6 +1,8 @@
 //! The notification center example (examples/notifications, scenario 1) in
 //! real Chromium: two users, two tabs each, through the page as a person
-//! uses it; plus bad requests answered with clear 4xx. The checks are in
+//! uses it; a notification and a "mark read" made while Herald is stopped
+//! reaching every tab once it is back; plus bad requests answered with
+//! clear 4xx. The checks are in
 //! `tests/browser/example_notifications.mjs`. Needs the example built
 //! (`cargo build --release --examples`, as scripts/test-all.sh does).
 
