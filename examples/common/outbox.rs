@@ -53,11 +53,27 @@ pub fn enqueue(
     private: bool,
 ) -> rusqlite::Result<String> {
     let id = format!("urn:uuid:{}", uuid::Uuid::new_v4());
-    db.execute(
-        "INSERT INTO outbox (id, topic, data, private, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    enqueue_once(db, &id, topic, data, private)?;
+    Ok(id)
+}
+
+/// [`enqueue`] with an id the caller chose for an update that must be
+/// published at most once, whoever queues it first (the export's outcome:
+/// the worker or, if it died, the app). Answers whether this call queued
+/// it (false: an update with that id is already queued; Herald would
+/// refuse a second one anyway, 409, if it was published already).
+pub fn enqueue_once(
+    db: &Connection,
+    id: &str,
+    topic: &str,
+    data: &serde_json::Value,
+    private: bool,
+) -> rusqlite::Result<bool> {
+    let n = db.execute(
+        "INSERT OR IGNORE INTO outbox (id, topic, data, private, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![id, topic, data.to_string(), private, now_ms()],
     )?;
-    Ok(id)
+    Ok(n == 1)
 }
 
 /// The publishing task's handle: wake it after a commit that enqueued.

@@ -447,6 +447,12 @@ const RECORDED_FAILED: i32 = 1;
 /// ... and when it could not (the app records "failed" for it).
 const NOT_RECORDED: i32 = 3;
 
+/// The id of a job's outcome update: one per job, so that "ready" and a
+/// late "failed" can never both be published (the first one queued wins).
+fn outcome_id(job: &str) -> String {
+    format!("urn:example-export:{job}:outcome")
+}
+
 /// A job's outcome, as the owner's pages receive it: "ready" with the
 /// file's size and link, or "failed" with the reason.
 fn outcome_event(job: &str, rows: u64, outcome: &Result<u64, String>) -> Value {
@@ -461,9 +467,15 @@ fn outcome_event(job: &str, rows: u64, outcome: &Result<u64, String>) -> Value {
     }
 }
 
-/// The worker died without recording an outcome: record "failed" for it
-/// and queue its event for the owner's pages.
+/// The worker died without recording an outcome: record one for it ("ready"
+/// if its file is in place after all, else "failed") and queue its event
+/// for the owner's pages, unless the worker queued one after all.
 fn finish(app: &App, job: &str, owner: &str, rows: u64, outcome: Result<u64, String>) {
+    let file = file_of(app, job);
+    let outcome = match outcome {
+        Err(_) if file.exists() => Ok(file.metadata().map(|m| m.len()).unwrap_or(0)),
+        outcome => outcome,
+    };
     if let Err(why) = &outcome {
         eprintln!("export job {job} failed: {why}");
     }
@@ -475,9 +487,15 @@ fn finish(app: &App, job: &str, owner: &str, rows: u64, outcome: Result<u64, Str
         };
     }
     let event = outcome_event(job, rows, &outcome);
-    let queued = app
-        .db
-        .with(|db| Ok(outbox::enqueue(db, &user_topic(owner), &event, true)?));
+    let queued = app.db.with(|db| {
+        Ok(outbox::enqueue_once(
+            db,
+            &outcome_id(job),
+            &user_topic(owner),
+            &event,
+            true,
+        )?)
+    });
     match queued {
         Ok(_) => app.outbox.wake(),
         Err(e) => eprintln!("export job {job}: cannot queue its outcome: {}", e.message),
@@ -596,18 +614,16 @@ async fn worker(args: &[String]) -> i32 {
     let update = outcome_event(&w.job, w.rows, &outcome);
     // Recorded first: published by the app's outbox task whatever happens
     // next (Herald down, the app restarted, this process killed).
+    let id = outcome_id(&w.job);
     let recorded = rusqlite::Connection::open(&w.outbox).and_then(|db| {
         outbox::prepare(&db)?;
-        outbox::enqueue(&db, &topic, &update, true)
+        outbox::enqueue_once(&db, &id, &topic, &update, true)
     });
-    let id = match recorded {
-        Ok(id) => id,
-        Err(e) => {
-            // The app reads this last line as the reason.
-            say!("cannot record the outcome in {}: {e}", w.outbox.display());
-            return NOT_RECORDED;
-        }
-    };
+    if let Err(e) = recorded {
+        // The app reads this last line as the reason.
+        say!("cannot record the outcome in {}: {e}", w.outbox.display());
+        return NOT_RECORDED;
+    }
     // The fast path: publish it now, under the id the outbox will use (its
     // own try then gets 409, already stored). If this fails, the outbox
     // publishes it.
@@ -630,10 +646,20 @@ struct Progress<'a> {
 
 impl Progress<'_> {
     async fn tell(&self, update: Value) {
-        if let Err(e) = self.herald.publish(self.topic, &update, true).await {
-            if !self.missed.replace(true) {
-                say!("progress not published (the job goes on): {}", e.message);
-            }
+        // Bounded: a hub that takes the connection but never answers must
+        // not hold the job up.
+        let sent = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.herald.publish(self.topic, &update, true),
+        )
+        .await;
+        let missed = match sent {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => e.message,
+            Err(_) => "Herald did not answer within 2 s".to_string(),
+        };
+        if !self.missed.replace(true) {
+            say!("progress not published (the job goes on): {missed}");
         }
     }
 }

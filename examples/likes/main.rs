@@ -62,6 +62,17 @@ const OUTBOX: &str = "likes:outbox";
 /// Updates Herald refused for good, with the reason (kept, skipped).
 const REFUSED: &str = "likes:outbox:refused";
 
+/// KEYS: the outbox, where a refused entry goes; ARGV: the entry published
+/// (or refused), and for a refused one what to keep. Pops the head only if
+/// it is still that entry: two app processes overlapping (a deploy) never
+/// drop an entry neither has published.
+const POP: &str = r#"
+if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[1] then return 0 end
+redis.call('LPOP', KEYS[1])
+if ARGV[2] then redis.call('RPUSH', KEYS[2], ARGV[2]) end
+return 1
+"#;
+
 /// Who likes comment `id`.
 fn likers(id: i64) -> String {
     format!("likes:by:{id}")
@@ -140,6 +151,8 @@ async fn main() {
     });
     let store = RedisOutbox {
         redis: redis.clone(),
+        pop: redis::Script::new(POP),
+        head: String::new(),
     };
     let app = Arc::new(App {
         outbox: Outbox::start_with(store, Publisher::new(&settings, &[TOPIC])),
@@ -179,9 +192,13 @@ async fn logout(State(app): State<Shared>) -> Response {
 }
 
 /// The outbox in Redis: the list `likes:outbox`, appended to by the Lua
-/// scripts, read and trimmed only by the app's one publishing task.
+/// scripts, read by the app's publishing task, which pops an entry only
+/// if it is still at the head (see `POP`).
 struct RedisOutbox {
     redis: MultiplexedConnection,
+    pop: redis::Script,
+    /// The head entry as read, to pop exactly that one.
+    head: String,
 }
 
 impl Store for RedisOutbox {
@@ -198,6 +215,7 @@ impl Store for RedisOutbox {
             .map_err(|e| e.to_string())?;
         let Some(head) = head else { return Ok(None) };
         let entry: Value = serde_json::from_str(&head).map_err(|e| format!("{head:?}: {e}"))?;
+        self.head = head.clone();
         let (Some(id), Some(data)) = (entry["id"].as_str(), entry["data"].as_str()) else {
             return Err(format!("{head:?}: no id or data"));
         };
@@ -211,9 +229,11 @@ impl Store for RedisOutbox {
     }
 
     async fn done(&mut self, _: &Pending) -> Result<(), String> {
-        redis::cmd("LPOP")
-            .arg(OUTBOX)
-            .query_async::<Option<String>>(&mut self.redis)
+        self.pop
+            .key(OUTBOX)
+            .key(REFUSED)
+            .arg(&self.head)
+            .invoke_async::<i64>(&mut self.redis)
             .await
             .map(drop)
             .map_err(|e| e.to_string())
@@ -221,17 +241,14 @@ impl Store for RedisOutbox {
 
     async fn refused(&mut self, p: &Pending, why: &str) -> Result<(), String> {
         let kept = json!({ "id": p.id, "data": p.data, "failed": why }).to_string();
-        redis::pipe()
-            .atomic()
-            .cmd("RPUSH")
-            .arg(REFUSED)
+        self.pop
+            .key(OUTBOX)
+            .key(REFUSED)
+            .arg(&self.head)
             .arg(kept)
-            .ignore()
-            .cmd("LPOP")
-            .arg(OUTBOX)
-            .ignore()
-            .query_async::<()>(&mut self.redis)
+            .invoke_async::<i64>(&mut self.redis)
             .await
+            .map(drop)
             .map_err(|e| e.to_string())
     }
 }

@@ -33,10 +33,10 @@ async function say(page, text) {
 }
 
 /** Every page shows exactly `want` in its open conversation. */
-async function expectMessages(what, pages, want) {
+async function expectMessages(what, pages, want, ms) {
   for (const [n, page] of pages.entries()) {
     try {
-      await until(`${what} (tab ${n})`, async () => JSON.stringify(await messagesOf(page)) === JSON.stringify(want));
+      await until(`${what} (tab ${n})`, async () => JSON.stringify(await messagesOf(page)) === JSON.stringify(want), ms);
     } catch (e) {
       throw new Error(`${e.message}: shows ${JSON.stringify(await messagesOf(page))}`);
     }
@@ -152,8 +152,9 @@ await main('chat', async (browser) => {
   check(await a2.isHidden('#error'), `sending with Herald down shows ${await a2.textContent('#error')}`);
   talk.push('sent while the hub was down');
   await startHerald();
-  await expectMessages('every tab gets it once Herald is back', [a2, b1, b2], talk);
-  await sleep(500);
+  await expectMessages('every tab gets it once Herald is back', [a2, b1, b2], talk, 30_000);
+  // Alice's first tab (on another conversation) got it at the same time.
+  await sleep(1_000);
   await expectMessages('once each', [a2, b1, b2], talk);
   check(!(await a1.$eval(`#conversations button[data-id="${AB}"]`, (b) => b.classList.contains('unread'))),
     'alice\'s own message marked the conversation unread in her other tab');

@@ -130,7 +130,7 @@ await main('dashboard', async (browser) => {
   await sleep(3_000);
   await startHerald();
   for (const [who, page] of [['alice', a], ['bob', b]]) {
-    await until(`${who}'s page is live again`, async () => (await view(page)).seq >= beforeOutage + 6, 15_000);
+    await until(`${who}'s page is live again`, async () => (await view(page)).seq >= beforeOutage + 6, 30_000);
     const seqs = (await view(page)).samples.map((x) => x.seq).filter((x) => x >= beforeOutage);
     check(seqs.every((x, i) => i === 0 || x === seqs[i - 1] + 1), `${who}'s samples across the outage: ${seqs}`);
   }
@@ -143,7 +143,7 @@ await main('dashboard', async (browser) => {
     await until(`${who}'s page shows the new run`, async () => {
       const v = await view(page);
       return v.samples.length >= 2 && v.samples[0].seq <= 2 && v.seq >= 3;
-    }, 15_000);
+    }, 30_000);
     const v = await view(page);
     const seqs = v.samples.map((x) => x.seq);
     check(seqs.every((x, i) => i === 0 || x === seqs[i - 1] + 1), `${who}'s samples after the restart: ${seqs}`);

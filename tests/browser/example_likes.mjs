@@ -17,10 +17,10 @@ function view(page) {
   ]));
 }
 
-async function expectView(what, pages, want) {
+async function expectView(what, pages, want, ms) {
   for (const [n, page] of pages.entries()) {
     try {
-      await until(`${what} (tab ${n})`, async () => JSON.stringify(await view(page)) === JSON.stringify(want));
+      await until(`${what} (tab ${n})`, async () => JSON.stringify(await view(page)) === JSON.stringify(want), ms);
     } catch (e) {
       throw new Error(`${e.message}: shows ${JSON.stringify(await view(page))}, expected ${JSON.stringify(want)}`);
     }
@@ -128,7 +128,7 @@ await main('likes', async (browser) => {
   check(await b1.isHidden('#error'), `liking with Herald down should not show an error: ${await b1.textContent('#error')}`);
   await startHerald();
   const want = [['First!', 40], ['I disagree with point 3', 2], ['Great article, thanks', 0], ['Written while the hub was down', 0]];
-  await expectView('every page catches up after the outage, without a reload', [...all, visitor], want);
+  await expectView('every page catches up after the outage, without a reload', [...all, visitor], want, 30_000);
   await sleep(500);
   await expectView('once each', [...all, visitor], want);
   ok('Herald stopped: a comment and a like answer at once and show in their own page; Herald back: every open page (4) shows both, once each, with no reload');

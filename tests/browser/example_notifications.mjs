@@ -26,14 +26,14 @@ async function view(page) {
 const texts = (v) => v.items.map((i) => i.text);
 
 /** Wait until every tab shows `badge` and exactly the items `want` ([text, unread]). */
-async function expectView(what, pages, badge, want) {
+async function expectView(what, pages, badge, want, ms) {
   for (const [n, page] of pages.entries()) {
     try {
       await until(`${what} (tab ${n})`, async () => {
         const v = await view(page);
         const got = JSON.stringify(v.items.map((i) => [i.text, i.unread]));
         return v.badge === String(badge) && got === JSON.stringify(want);
-      });
+      }, ms);
     } catch (e) {
       throw new Error(`${e.message}: shows ${JSON.stringify(await view(page))}`);
     }
@@ -176,7 +176,7 @@ await main('notifications', async (browser) => {
   await startHerald();
   const afterOutage = [['Sent while the hub was down', true], ['Meeting moved to 3pm', false],
     ['Maintenance tonight at 22:00', false], ['Your export is ready', false]];
-  await expectView('bob\'s tabs catch up once Herald is back', [b1, b2], 1, afterOutage);
+  await expectView('bob\'s tabs catch up once Herald is back', [b1, b2], 1, afterOutage, 30_000);
   await sleep(500);
   await expectView('once each', [b1, b2], 1, afterOutage);
   ok('Herald stopped: a notification and a "mark read" are stored at once (no error); Herald back: both of bob\'s tabs show both, once each, with no reload');
