@@ -407,14 +407,7 @@ async fn start_export(
         // Exit 0 or 1: the worker recorded its outcome in the outbox.
         if let Ok(out) = &output {
             if let Some(code @ (RECORDED_READY | RECORDED_FAILED)) = out.status.code() {
-                let ready = code == RECORDED_READY && file.exists();
-                if let Some(j) = watcher.jobs.lock().unwrap().get_mut(&job) {
-                    j.state = if ready {
-                        JobState::Ready
-                    } else {
-                        JobState::Failed
-                    };
-                }
+                mark(&watcher, &job, code == RECORDED_READY && file.exists());
                 watcher.outbox.wake();
                 return;
             }
@@ -467,6 +460,17 @@ fn outcome_event(job: &str, rows: u64, outcome: &Result<u64, String>) -> Value {
     }
 }
 
+/// The job's worker is gone: the job is ready or failed.
+fn mark(app: &App, job: &str, ready: bool) {
+    if let Some(j) = app.jobs.lock().unwrap().get_mut(job) {
+        j.state = if ready {
+            JobState::Ready
+        } else {
+            JobState::Failed
+        };
+    }
+}
+
 /// The worker died without recording an outcome: record one for it ("ready"
 /// if its file is in place after all, else "failed") and queue its event
 /// for the owner's pages, unless the worker queued one after all.
@@ -479,13 +483,7 @@ fn finish(app: &App, job: &str, owner: &str, rows: u64, outcome: Result<u64, Str
     if let Err(why) = &outcome {
         eprintln!("export job {job} failed: {why}");
     }
-    if let Some(j) = app.jobs.lock().unwrap().get_mut(job) {
-        j.state = if outcome.is_ok() {
-            JobState::Ready
-        } else {
-            JobState::Failed
-        };
-    }
+    mark(app, job, outcome.is_ok());
     let event = outcome_event(job, rows, &outcome);
     let queued = app.db.with(|db| {
         Ok(outbox::enqueue_once(
